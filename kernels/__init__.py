@@ -1,0 +1,18 @@
+"""Batched math for nudge: Beta-posterior sampling and sequence weights.
+
+Every function takes its arrays and an optional ``backend``; the backend is chosen
+once by :func:`resolve_backend`. Nothing here knows about HTTP or the model.
+"""
+from .backend import BackendUnavailable, available_backends, resolve_backend
+from .beta import beta_sample, beta_sample_numpy
+from .sequence import sequence_scores, sequence_scores_numpy
+
+__all__ = [
+    "BackendUnavailable",
+    "available_backends",
+    "beta_sample",
+    "beta_sample_numpy",
+    "resolve_backend",
+    "sequence_scores",
+    "sequence_scores_numpy",
+]

@@ -1,0 +1,79 @@
+"""Engagement score of action sequences: gather, decay, product, reduce."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._arrays import to_numpy
+from .backend import resolve_backend
+
+
+def sequence_scores_numpy(
+    actions: np.ndarray,
+    ages_s: np.ndarray,
+    lengths: np.ndarray,
+    theta: np.ndarray,
+    lift: np.ndarray,
+    *,
+    half_life_s: float,
+) -> np.ndarray:
+    """NumPy reference of 1 - prod_k (1 - min(1, theta[a_k] * lift[a_{k-1}, a_k] * 2^(-age_k / half_life_s)))."""
+    batch, window = actions.shape
+    valid = np.arange(window)[None, :] < np.asarray(lengths)[:, None]
+    codes = np.where(valid, actions, 0).astype(np.int64)
+    weight = np.take_along_axis(np.asarray(theta, dtype=np.float64), codes, axis=1)
+    prev = np.concatenate([codes[:, :1], codes[:, :-1]], axis=1)
+    step_lift = np.asarray(lift, dtype=np.float64)[prev, codes]
+    step_lift[:, 0] = 1.0
+    decay = np.exp2(-np.asarray(ages_s, dtype=np.float64) / float(half_life_s))
+    p = np.where(valid, np.minimum(1.0, weight * step_lift * decay), 0.0)
+    return (1.0 - np.prod(1.0 - p, axis=1)).astype(np.float32)
+
+
+def _check(actions: np.ndarray, ages_s: np.ndarray, lengths: np.ndarray, theta: np.ndarray, lift: np.ndarray) -> None:
+    if actions.ndim != 2:
+        raise ValueError(f"actions must be [B, K], got shape {actions.shape}")
+    batch, window = actions.shape
+    if ages_s.shape != actions.shape:
+        raise ValueError(f"ages_s must match actions {actions.shape}, got {ages_s.shape}")
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must be [{batch}], got {lengths.shape}")
+    if theta.ndim != 2 or theta.shape[0] != batch:
+        raise ValueError(f"theta must be [{batch}, A], got {theta.shape}")
+    n_actions = theta.shape[1]
+    if lift.shape != (n_actions, n_actions):
+        raise ValueError(f"lift must be [{n_actions}, {n_actions}], got {lift.shape}")
+    if lengths.size and (lengths.min() < 0 or lengths.max() > window):
+        raise ValueError(f"lengths must lie in [0, {window}]")
+    valid = np.arange(window)[None, :] < lengths[:, None]
+    if valid.any():
+        used = actions[valid]
+        if used.min() < 0 or used.max() >= n_actions:
+            raise ValueError(f"action codes must lie in [0, {n_actions}) within each row's length")
+
+
+def sequence_scores(
+    actions: Any,
+    ages_s: Any,
+    lengths: Any,
+    theta: Any,
+    lift: Any,
+    *,
+    half_life_s: float,
+    backend: str | None = None,
+) -> Any:
+    """Score per row, float32 [B], of the array kind of ``actions``."""
+    acts, back = to_numpy(actions)
+    ages = to_numpy(ages_s)[0]
+    lens = to_numpy(lengths)[0]
+    th = to_numpy(theta)[0]
+    lf = to_numpy(lift)[0]
+    if not half_life_s > 0:
+        raise ValueError(f"half_life_s must be > 0, got {half_life_s}")
+    _check(acts, ages, lens, th, lf)
+    impl = _IMPLEMENTATIONS[resolve_backend(backend) if backend is not None else "numpy"]
+    return back(impl(acts, ages, lens, th, lf, half_life_s=half_life_s))
+
+
+_IMPLEMENTATIONS = {"numpy": sequence_scores_numpy}

@@ -1,0 +1,231 @@
+"""The Action Weighting Engine: one tenant's posteriors, Markov chain and user windows."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import kernels
+
+from .attribution import Attribution, Resolved
+from .config import TenantConfig
+from .contexts import OTHER_DEVICE, context_codes, n_contexts
+from .events import EventBatch
+from .markov import MarkovChain
+from .posteriors import Evidence, beta_mean, prior_params, shrunk_rate, transition_lift
+from .windows import UserWindows
+
+# The Predictive Engagement Module's two horizons: conversion within 5 and within 60 minutes.
+PREDICT_HORIZONS_S = (300.0, 3600.0)
+SCORE_MODES = ("thompson", "mean", "prior")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per scored user: engagement score, next-action distribution, P(conversion in 5 / 60 min)."""
+
+    score: np.ndarray
+    next_probs: np.ndarray
+    purchase_5m: np.ndarray
+    purchase_60m: np.ndarray
+    known: np.ndarray
+
+
+class Engine:
+    """Applies event batches in log order and scores users; no I/O, deterministic given its inputs."""
+
+    def __init__(self, config: TenantConfig, backend: str = "numpy"):
+        self.config = config
+        self.backend = backend
+        n_actions = len(config.actions)
+        self.n_actions = n_actions
+        self.horizons_s = (config.horizon_s, *PREDICT_HORIZONS_S)
+        means = np.array([config.prior_mean(a) for a in config.actions])
+        self.prior_alpha, self.prior_beta = prior_params(means, config.prior_strength)
+        self.windows = UserWindows(config.window_size)
+        self.attribution = Attribution(self.horizons_s)
+        self.context_evidence = Evidence((n_contexts(len(config.segments)), n_actions))
+        # Row n_actions of the previous-action axis means "first action of a session".
+        self.transition_evidence = Evidence((len(self.horizons_s), n_actions + 1, n_actions))
+        self.markov = MarkovChain(n_actions)
+        self.clock_s = -np.inf
+        self.applied_seq = 0
+        self.draws = 0
+        self.events_applied = 0
+
+    # ---- ingest -------------------------------------------------------------------------------
+
+    def apply(self, batch: EventBatch, seqs: np.ndarray | None = None) -> int:
+        """Apply events in order; rows whose log sequence number was applied already are skipped."""
+        if seqs is not None:
+            fresh = seqs > self.applied_seq
+            if not fresh.all():
+                batch, seqs = batch.take(fresh), seqs[fresh]
+        if not len(batch):
+            return 0
+        cfg = self.config
+        self._advance_clock(float(batch.ts.max()))
+        ctx = context_codes(batch.device, batch.ts, batch.tz_offset_min, batch.segment)
+        users = self.windows.lookup(batch.user_ids, create=True)
+        prev_action, prev_ts = self.windows.push(users, batch.actions, batch.ts, ctx)
+        in_session = (prev_action >= 0) & (np.abs(batch.ts - prev_ts) <= cfg.session_gap_s)
+        prev = np.where(in_session, prev_action, self.n_actions)
+        self.markov.add(prev, batch.actions, self._weight_at(batch.ts))
+        self.attribution.add(users, batch.ts, batch.actions, prev, ctx, batch.actions == cfg.conversion_code)
+        self._learn(self.attribution.sweep(self.clock_s - cfg.allowed_lateness_s, cfg.conversion_code))
+        if seqs is not None:
+            self.applied_seq = int(seqs.max())
+        self.events_applied += len(batch)
+        return len(batch)
+
+    def _advance_clock(self, ts_max: float) -> None:
+        if ts_max <= self.clock_s:
+            return
+        if np.isfinite(self.clock_s):
+            factor = float(np.exp2(-(ts_max - self.clock_s) / self.config.forget_half_life_s))
+            self.context_evidence.scale(factor)
+            self.transition_evidence.scale(factor)
+            self.markov.scale(factor)
+        self.clock_s = ts_max
+
+    def _weight_at(self, t: np.ndarray) -> np.ndarray:
+        """Evidence dated ``t``, as weighted at the engine clock (forgetting in event time)."""
+        return np.exp2(-np.maximum(self.clock_s - t, 0.0) / self.config.forget_half_life_s)
+
+    def _learn(self, resolved: dict[float, Resolved]) -> None:
+        for h, horizon_s in enumerate(self.horizons_s):
+            r = resolved.get(horizon_s)
+            if r is None:
+                continue
+            w = self._weight_at(r.deadline)
+            if h == 0:
+                self.context_evidence.add((r.ctx, r.action), r.success, w)
+            self.transition_evidence.add((np.full(len(r), h), r.prev, r.action), r.success, w)
+
+    # ---- posteriors ---------------------------------------------------------------------------
+
+    def posterior(self) -> tuple[np.ndarray, np.ndarray]:
+        """Beta(alpha, beta) per (context, action)."""
+        ev = self.context_evidence
+        return self.prior_alpha + ev.success, self.prior_beta + ev.failure
+
+    def pooled_posterior(self) -> tuple[np.ndarray, np.ndarray]:
+        """Beta(alpha, beta) per action over all contexts."""
+        ev = self.context_evidence
+        return self.prior_alpha + ev.success.sum(axis=0), self.prior_beta + ev.failure.sum(axis=0)
+
+    def lift(self) -> np.ndarray:
+        """lift[prev, cur] of the weighting horizon."""
+        ev = self.transition_evidence
+        action_mean = beta_mean(*self.pooled_posterior())
+        n = self.n_actions
+        return transition_lift(ev.success[0, :n], ev.failure[0, :n], action_mean, self.config.prior_strength)
+
+    def _conversion_rates(self, h: int, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
+        """P(conversion within horizon h | prev -> cur), shrunk to the action's, then the overall rate."""
+        s, f = self.transition_evidence.success[h], self.transition_evidence.failure[h]
+        k = self.config.prior_strength
+        overall = (s.sum() + 1.0) / (s.sum() + f.sum() + 2.0)
+        action = shrunk_rate(s.sum(axis=0), f.sum(axis=0), overall, k)
+        pair = shrunk_rate(s, f, action[None, :], k)
+        return np.where(cur >= 0, pair[prev, np.maximum(cur, 0)], overall)
+
+    # ---- scoring ------------------------------------------------------------------------------
+
+    def score(self, user_ids, now_s: float, *, mode: str = "thompson", use_lift: bool = True) -> Scores:
+        """Score users at time ``now_s``; unknown users have empty windows and score from priors."""
+        if mode not in SCORE_MODES:
+            raise ValueError(f"mode must be one of {SCORE_MODES}, got {mode!r}")
+        users = self.windows.lookup(user_ids, create=False)
+        actions, ts, lengths = self.windows.gather(users)
+        known = users >= 0
+        default_ctx = context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0)
+        ctx = self.windows.last_context(users, int(default_ctx))
+        theta = self._theta(ctx, mode)
+        n = self.n_actions
+        lift = self.lift() if use_lift else np.ones((n, n))
+        ages = np.maximum(now_s - ts, 0.0).astype(np.float32)
+        scores = kernels.sequence_scores(
+            actions, ages, lengths, theta, lift.astype(np.float32),
+            half_life_s=self.config.recency_half_life_s, backend=self.backend,
+        )
+        rows = np.arange(len(users))
+        last = np.maximum(lengths - 1, 0)
+        cur = np.where(lengths > 0, actions[rows, last], -1)
+        before = np.where(lengths > 1, actions[rows, np.maximum(lengths - 2, 0)], -1)
+        last_ts, before_ts = ts[rows, last], ts[rows, np.maximum(lengths - 2, 0)]
+        active = (lengths > 0) & (now_s - last_ts <= self.config.session_gap_s)
+        markov_row = np.where(active, cur, self.markov.start)
+        pair_prev = np.where(
+            (before >= 0) & (np.abs(last_ts - before_ts) <= self.config.session_gap_s), before, n
+        )
+        return Scores(
+            score=np.asarray(scores),
+            next_probs=self.markov.probabilities()[markov_row],
+            purchase_5m=self._conversion_rates(1, pair_prev, cur),
+            purchase_60m=self._conversion_rates(2, pair_prev, cur),
+            known=known,
+        )
+
+    def _theta(self, ctx: np.ndarray, mode: str) -> np.ndarray:
+        if mode == "prior":
+            return np.broadcast_to(beta_mean(self.prior_alpha, self.prior_beta), (len(ctx), self.n_actions)).astype(
+                np.float32
+            )
+        alpha, beta = self.posterior()
+        alpha, beta = alpha[ctx], beta[ctx]
+        if mode == "mean":
+            return beta_mean(alpha, beta).astype(np.float32)
+        self.draws += 1
+        return np.asarray(
+            kernels.beta_sample(alpha, beta, seed=self.config.seed, offset=self.draws, backend=self.backend)
+        )
+
+    # ---- users --------------------------------------------------------------------------------
+
+    def recent_actions(self, user_id: str) -> list[tuple[str, float]] | None:
+        """The user's window as (action, ts), oldest first; None for an unknown user."""
+        users = self.windows.lookup([user_id], create=False)
+        if users[0] < 0:
+            return None
+        actions, ts, lengths = self.windows.gather(users)
+        k = int(lengths[0])
+        return [(self.config.actions[a], float(t)) for a, t in zip(actions[0, :k], ts[0, :k])]
+
+    def erase_user(self, user_id: str) -> bool:
+        """Forget everything held about one user; aggregate posteriors keep their anonymous counts."""
+        idx = self.windows.erase(user_id)
+        if idx is None:
+            return False
+        self.attribution.erase(idx)
+        return True
+
+    # ---- snapshots ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Everything needed to restore this engine exactly, as NumPy arrays."""
+        state = {f"windows.{k}": v for k, v in self.windows.state_dict().items()}
+        state.update({f"attribution.{k}": v for k, v in self.attribution.state_dict().items()})
+        state.update(
+            {
+                "context.success": self.context_evidence.success.copy(),
+                "context.failure": self.context_evidence.failure.copy(),
+                "transition.success": self.transition_evidence.success.copy(),
+                "transition.failure": self.transition_evidence.failure.copy(),
+                "markov.counts": self.markov.counts.copy(),
+                "scalars": np.array([self.clock_s, self.applied_seq, self.draws, self.events_applied], np.float64),
+            }
+        )
+        return state
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore from :meth:`state_dict` of an engine with the same config."""
+        self.windows.load_state({k[8:]: v for k, v in state.items() if k.startswith("windows.")})
+        self.attribution.load_state({k[12:]: v for k, v in state.items() if k.startswith("attribution.")})
+        self.context_evidence.success = state["context.success"].copy()
+        self.context_evidence.failure = state["context.failure"].copy()
+        self.transition_evidence.success = state["transition.success"].copy()
+        self.transition_evidence.failure = state["transition.failure"].copy()
+        self.markov.counts = state["markov.counts"].copy()
+        clock, seq, draws, applied = state["scalars"]
+        self.clock_s, self.applied_seq, self.draws, self.events_applied = float(clock), int(seq), int(draws), int(applied)

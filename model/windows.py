@@ -1,0 +1,112 @@
+"""Each user's last K events, kept as rings in flat arrays indexed by a user number."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._rings import grow, plan_ring_append, ring_write
+
+
+class UserWindows:
+    """User ids to dense indexes, and per user the last ``size`` (action, time) pairs in arrival order."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.index: dict[str, int] = {}
+        self.ids: list[str] = []
+        self.actions = np.zeros((0, size), np.int32)
+        self.ts = np.zeros((0, size), np.float64)
+        self.head = np.zeros(0, np.int32)
+        self.length = np.zeros(0, np.int32)
+        self.last_ctx = np.zeros(0, np.int32)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def lookup(self, user_ids, *, create: bool) -> np.ndarray:
+        """Dense index per user id; -1 for unknown ids unless ``create``."""
+        index = self.index
+        if create:
+            # First-appearance order, so the numbering does not depend on how events were batched.
+            for uid in dict.fromkeys(user_ids):
+                if uid not in index:
+                    index[uid] = len(self.ids)
+                    self.ids.append(uid)
+            self._ensure(len(self.ids))
+        return np.fromiter((index.get(u, -1) for u in user_ids), dtype=np.int64, count=len(user_ids))
+
+    def _ensure(self, rows: int) -> None:
+        self.actions = grow(self.actions, rows, 0)
+        self.ts = grow(self.ts, rows, 0.0)
+        self.head = grow(self.head, rows, 0)
+        self.length = grow(self.length, rows, 0)
+        self.last_ctx = grow(self.last_ctx, rows, 0)
+
+    def push(self, users: np.ndarray, actions: np.ndarray, ts: np.ndarray, ctx: np.ndarray):
+        """Append events in arrival order; return each event's previous (action, time), action -1 if none."""
+        plan = plan_ring_append(users)
+        a_sorted, t_sorted = actions[plan.order], ts[plan.order]
+        owners = plan.owners
+        stored_last = (self.head[owners] - 1) % self.size
+        has_stored = self.length[owners] > 0
+        prev_a = np.empty(len(owners), np.int32)
+        prev_t = np.empty(len(owners), np.float64)
+        prev_a[1:], prev_t[1:] = a_sorted[:-1], t_sorted[:-1]
+        f = plan.first
+        prev_a[f] = np.where(has_stored[f], self.actions[owners[f], stored_last[f]], -1)
+        prev_t[f] = np.where(has_stored[f], self.ts[owners[f], stored_last[f]], np.nan)
+
+        ring_write(plan, self.head, self.size, [(self.actions, a_sorted), (self.ts, t_sorted)])
+        self.length[plan.unique_owners] = np.minimum(self.size, self.length[plan.unique_owners] + plan.counts)
+        self.last_ctx[plan.unique_owners] = ctx[plan.order][plan.last]
+
+        out_a, out_t = np.empty_like(prev_a), np.empty_like(prev_t)
+        out_a[plan.order], out_t[plan.order] = prev_a, prev_t
+        return out_a, out_t
+
+    def gather(self, users: np.ndarray):
+        """Windows of ``users`` (-1 = unknown), oldest first: actions [B, K], times [B, K], lengths [B]."""
+        known = users >= 0
+        rows = np.where(known, users, 0)
+        lengths = np.where(known, self.length[rows] if len(self.length) else 0, 0).astype(np.int32)
+        if not len(self.length):
+            shape = (len(users), self.size)
+            return np.zeros(shape, np.int32), np.zeros(shape, np.float64), lengths
+        slots = (self.head[rows, None] - lengths[:, None] + np.arange(self.size)[None, :]) % self.size
+        return self.actions[rows[:, None], slots], self.ts[rows[:, None], slots], lengths
+
+    def last_context(self, users: np.ndarray, default: int) -> np.ndarray:
+        """Context code of each user's latest event; ``default`` for unknown users."""
+        if not len(self.last_ctx):
+            return np.full(len(users), default, np.int32)
+        return np.where(users >= 0, self.last_ctx[np.maximum(users, 0)], default)
+
+    def erase(self, user_id: str) -> int | None:
+        """Forget a user; their index is never reused. Returns the index, or None if unknown."""
+        idx = self.index.pop(user_id, None)
+        if idx is not None:
+            self.ids[idx] = ""
+            self.length[idx] = 0
+            self.actions[idx] = 0
+            self.ts[idx] = 0.0
+        return idx
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        n = len(self.ids)
+        blob = "\n".join(self.ids).encode()
+        return {
+            "user_ids": np.frombuffer(blob, dtype=np.uint8).copy(),
+            "n_users": np.array(n),
+            "actions": self.actions[:n].copy(),
+            "ts": self.ts[:n].copy(),
+            "head": self.head[:n].copy(),
+            "length": self.length[:n].copy(),
+            "last_ctx": self.last_ctx[:n].copy(),
+        }
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        n = int(state["n_users"])
+        self.ids = bytes(state["user_ids"]).decode().split("\n") if n else []
+        self.index = {uid: i for i, uid in enumerate(self.ids) if uid}
+        self.actions, self.ts = state["actions"].copy(), state["ts"].copy()
+        self.head, self.length = state["head"].copy(), state["length"].copy()
+        self.last_ctx = state["last_ctx"].copy()

@@ -1,0 +1,152 @@
+"""Micro-batching: requests of a few items each in, one batch per device call out, same order back."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The queue is full; the caller should retry after ``retry_after_s``."""
+
+    def __init__(self, queued: int, retry_after_s: float):
+        super().__init__(f"{queued} items already wait for the device")
+        self.retry_after_s = retry_after_s
+
+
+class MicroBatcher:
+    """Collects submitted item lists into batches of up to ``max_batch_size`` items.
+
+    Parameters
+    ----------
+    run_batch : called in ``executor`` with the concatenated items; returns one result per item.
+    executor : where batches run (one thread: the device worker).
+    max_batch_size : a batch closes once it holds this many items (one larger request runs alone).
+    max_wait_ms : a batch closes this long after its first request arrived.
+    max_queue_items : submissions beyond this many waiting items raise :class:`Overloaded`.
+    on_batch : optional callback with each batch's size, for metrics.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[Any]], Sequence[Any]],
+        executor: concurrent.futures.Executor,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue_items: int,
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        self._run_batch = run_batch
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_wait_ms = max_wait_ms
+        self.max_queue_items = max_queue_items
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[tuple[list[Any], asyncio.Future]] = asyncio.Queue()
+        self.queued_items = 0
+        self._task: asyncio.Task | None = None
+        self._carry: tuple[list[Any], asyncio.Future] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._worker())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        waiting = [self._carry] if self._carry else []
+        self._carry = None
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        for _, fut in waiting:
+            if not fut.done():
+                fut.set_exception(RuntimeError("the server is shutting down"))
+
+    async def submit(self, items: list[Any]) -> list[Any]:
+        """Results for ``items`` in their order, once their batch has run."""
+        if self.queued_items + len(items) > self.max_queue_items and self.queued_items:
+            raise Overloaded(self.queued_items, retry_after_s=1.0)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.queued_items += len(items)
+        self._queue.put_nowait((items, fut))
+        self.start()
+        return await fut
+
+    async def _collect(self) -> list[tuple[list[Any], asyncio.Future]]:
+        first = self._carry if self._carry is not None else await self._queue.get()
+        self._carry = None
+        batch, size = [first], len(first[0])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_ms / 1000.0
+        while size < self.max_batch_size:
+            if self._queue.empty():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    entry = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            else:
+                entry = self._queue.get_nowait()
+            if size + len(entry[0]) > self.max_batch_size:
+                self._carry = entry  # opens the next batch, so request order is kept
+                break
+            batch.append(entry)
+            size += len(entry[0])
+        return batch
+
+    async def _worker(self) -> None:
+        while True:
+            batch = await self._collect()
+            self.queued_items -= sum(len(items) for items, _ in batch)
+            try:
+                await self._run(batch)
+            except asyncio.CancelledError:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(RuntimeError("the server is shutting down"))
+                raise
+
+    async def _run(self, batch: list[tuple[list[Any], asyncio.Future]]) -> None:
+        loop = asyncio.get_running_loop()
+        flat = [item for items, _ in batch for item in items]
+        if self._on_batch:
+            self._on_batch(len(flat))
+        try:
+            results = await loop.run_in_executor(self._executor, self._run_batch, flat)
+            if len(results) != len(flat):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(flat)} items")
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0][1], exc=exc)
+                return
+            # One bad request must not fail its neighbours: run each on its own to find it.
+            for items, fut in batch:
+                try:
+                    _settle(fut, await loop.run_in_executor(self._executor, self._run_batch, items))
+                except Exception as single_exc:
+                    _settle(fut, exc=single_exc)
+            return
+        start = 0
+        for items, fut in batch:
+            _settle(fut, list(results[start : start + len(items)]))
+            start += len(items)
+
+
+def _settle(fut: asyncio.Future, result: Any = None, exc: BaseException | None = None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)

@@ -1,0 +1,96 @@
+"""Server configuration: defaults < TOML file < NUDGE_* environment < command line."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of one nudge server process.
+
+    Parameters
+    ----------
+    data_dir : where the SQLite database and engine snapshots live.
+    host, port : where to listen.
+    backend : array backend: auto, numpy, triton or cupy.
+    max_body_bytes : larger request bodies are refused with 413.
+    max_items_per_request : most events or users in one request.
+    max_batch_size : most users in one scoring batch.
+    max_wait_ms : longest a scoring request waits for its batch to fill.
+    max_queue_users : users waiting for scoring before new requests are shed with 503.
+    rate_limit_per_s, rate_limit_burst : per-tenant token bucket (0 disables).
+    snapshot_interval_s : how often engine snapshots are written.
+    max_commit_events : most events in one group commit.
+    log_level : Python logging level name.
+    """
+
+    data_dir: Path = Path("nudge-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    backend: str = "auto"
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_items_per_request: int = 10_000
+    max_batch_size: int = 1024
+    max_wait_ms: float = 2.0
+    max_queue_users: int = 65_536
+    rate_limit_per_s: float = 2000.0
+    rate_limit_burst: float = 4000.0
+    snapshot_interval_s: float = 60.0
+    max_commit_events: int = 100_000
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.backend not in ("auto", "numpy", "triton", "cupy"):
+            problems.append(f"backend must be auto, numpy, triton or cupy, got {self.backend!r}")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port must lie in [0, 65535], got {self.port}")
+        positive = (
+            "max_body_bytes", "max_items_per_request", "max_batch_size", "max_queue_users",
+            "snapshot_interval_s", "max_commit_events",
+        )
+        problems += [f"{n} must be > 0, got {getattr(self, n)}" for n in positive if not getattr(self, n) > 0]
+        non_negative = ("max_wait_ms", "rate_limit_per_s", "rate_limit_burst")
+        problems += [f"{n} must be >= 0, got {getattr(self, n)}" for n in non_negative if getattr(self, n) < 0]
+        if problems:
+            raise ValueError("invalid server config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ServerConfig":
+        """Build from a mapping of setting names to values (strings are converted)."""
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(types))
+        if unknown:
+            raise ValueError(f"unknown server settings: {', '.join(unknown)}; known: {', '.join(sorted(types))}")
+        return cls(**{k: _coerce(k, types[k], v) for k, v in data.items()})
+
+    @classmethod
+    def load(cls, file: str | os.PathLike | None = None, env: Mapping[str, str] | None = None, **overrides: Any):
+        """Layer a TOML file, ``NUDGE_*`` variables and explicit overrides (None means 'not given')."""
+        values: dict[str, Any] = {}
+        if file:
+            with open(file, "rb") as fh:
+                values.update(tomllib.load(fh))
+        env = os.environ if env is None else env
+        names = {f.name for f in dataclasses.fields(cls)}
+        values.update({k[6:].lower(): v for k, v in env.items() if k.startswith("NUDGE_") and k[6:].lower() in names})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+
+def _coerce(name: str, kind: str, value: Any) -> Any:
+    try:
+        if kind == "Path":
+            return Path(value)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"server setting {name} must be {kind}, got {value!r}") from None

@@ -1,0 +1,200 @@
+"""HTTP handlers and middlewares: decode, validate, submit, await, encode."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from aiohttp import web
+
+from model import ConfigError, TenantConfig
+from model.report import weights_report
+
+from .batcher import Overloaded
+from .codecs import decode, request_format, respond
+from .errors import ApiError, invalid_field
+from .keys import METRICS, RUNTIME, SPEC, TENANT
+from .metrics import CONTENT_TYPE
+from .runtime import ConfigConflict, NotReady
+from .validation import parse_events, parse_score_request, user_id_problem
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _route_name(request: web.Request) -> str:
+    route = request.match_info.route
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """Every error becomes the one error body; unexpected ones are logged once and answer 500."""
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request["request_id"] = request_id
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = respond(request, exc.body(), exc.status, exc.headers)
+    except web.HTTPException as exc:
+        code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
+        message = {
+            404: f"no route {request.path}; see /openapi.json",
+            405: f"{request.method} is not allowed on {request.path}",
+            413: "the request body is larger than the server accepts",
+        }.get(exc.status, exc.reason)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        response = respond(request, ApiError(exc.status, code, message).body(), exc.status, headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
+        err = ApiError(500, "internal_error", f"an internal error occurred; quote request id {request_id}")
+        response = respond(request, err.body(), 500)
+    response.headers["X-Request-Id"] = request_id
+    request.app[METRICS].request_seconds.labels(_route_name(request), request.method, response.status).observe(
+        time.perf_counter() - started
+    )
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    """Bearer key to tenant for /v1 routes; then the tenant's rate limit."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise _unauthorized("send 'Authorization: Bearer <api key>'")
+    try:
+        state = await request.app[RUNTIME].authenticate(key.strip())
+    except NotReady:
+        raise ApiError(503, "not_ready", "the server is recovering its state; retry shortly", headers={"Retry-After": "1"})
+    if state is None:
+        raise _unauthorized("the API key is not valid")
+    wait = state.bucket.take()
+    if wait is not None:
+        raise ApiError(429, "rate_limited", "too many requests for this tenant", headers={"Retry-After": str(int(wait))})
+    request[TENANT] = state
+    return await handler(request)
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="nudge"'})
+
+
+async def _body(request: web.Request):
+    fmt = request_format(request)
+    return decode(await request.read(), fmt)
+
+
+async def post_events(request: web.Request) -> web.Response:
+    state = request[TENANT]
+    cfg = request.app[RUNTIME].config
+    batch = parse_events(await _body(request), state.config, time.time(), cfg.max_items_per_request)
+    accepted, duplicates = await request.app[RUNTIME].ingest(state, batch)
+    return respond(request, {"accepted": accepted, "duplicates": duplicates})
+
+
+async def post_score(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    user_ids, explain = parse_score_request(await _body(request), runtime.config.max_items_per_request)
+    try:
+        results = await runtime.score(request[TENANT], user_ids, explain)
+    except Overloaded as exc:
+        raise ApiError(503, "overloaded", str(exc), headers={"Retry-After": str(int(exc.retry_after_s))})
+    return respond(request, {"results": results})
+
+
+async def get_weights(request: web.Request) -> web.Response:
+    state = request[TENANT]
+    report = await request.app[RUNTIME].on_device(lambda: weights_report(state.engine))
+    return respond(request, report)
+
+
+def _path_user(request: web.Request) -> str:
+    user_id = request.match_info["user_id"]
+    reason = user_id_problem(user_id)
+    if reason:
+        raise invalid_field("user_id", reason)
+    return user_id
+
+
+async def get_user(request: web.Request) -> web.Response:
+    user_id = _path_user(request)
+    view = await request.app[RUNTIME].user(request[TENANT], user_id)
+    if view is None:
+        raise ApiError(404, "user_not_found", f"no events for user {user_id!r}", [{"field": "user_id", "reason": "unknown"}])
+    return respond(request, view)
+
+
+async def delete_user(request: web.Request) -> web.Response:
+    user_id = _path_user(request)
+    return respond(request, await request.app[RUNTIME].erase_user(request[TENANT], user_id))
+
+
+async def get_config(request: web.Request) -> web.Response:
+    return respond(request, request[TENANT].config.to_dict())
+
+
+async def put_config(request: web.Request) -> web.Response:
+    state = request[TENANT]
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise invalid_field("body", "must be an object of settings")
+    try:
+        config = TenantConfig.from_dict({**state.config.to_dict(), **body})
+    except ConfigError as exc:
+        details = [{"field": f, "reason": r} for f, r in exc.problems]
+        raise ApiError(400, "invalid_config", str(exc), details) from None
+    try:
+        await request.app[RUNTIME].put_config(state, config)
+    except ConfigConflict as exc:
+        raise ApiError(409, "config_conflict", str(exc)) from None
+    return respond(request, config.to_dict())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return respond(request, {"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    body = {"ready": runtime.ready, "backend": runtime.backend, "recovery": runtime.recovery.as_dict()}
+    return respond(request, body, 200 if runtime.ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    runtime.metrics.score_queue_users.set(sum(s.batcher.queued_items for s in runtime.tenants.values()))
+    return web.Response(body=runtime.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return respond(request, request.app[SPEC])
+
+
+ROUTES = [
+    ("POST", "/v1/events", post_events),
+    ("POST", "/v1/score", post_score),
+    ("GET", "/v1/weights", get_weights),
+    ("GET", "/v1/users/{user_id}", get_user),
+    ("DELETE", "/v1/users/{user_id}", delete_user),
+    ("GET", "/v1/config", get_config),
+    ("PUT", "/v1/config", put_config),
+    ("GET", "/healthz", healthz),
+    ("GET", "/readyz", readyz),
+    ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi),
+]

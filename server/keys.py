@@ -1,0 +1,15 @@
+"""Typed keys of the app and request state."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .runtime import Runtime
+
+RUNTIME: web.AppKey["Runtime"] = web.AppKey("runtime")
+METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
+SPEC: web.AppKey[dict[str, Any]] = web.AppKey("spec")
+TENANT = "nudge.tenant"

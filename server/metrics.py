@@ -1,0 +1,35 @@
+"""Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.request_seconds = Histogram(
+            "nudge_request_seconds", "Request latency by route", ["route", "method", "status"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.events_ingested = Counter("nudge_events_ingested_total", "Events committed to the log", ["tenant"], registry=r)
+        self.events_duplicate = Counter("nudge_events_duplicate_total", "Events skipped as retries", ["tenant"], registry=r)
+        self.commit_events = Histogram(
+            "nudge_commit_events", "Events per group commit", registry=r,
+            buckets=(1, 10, 100, 1000, 10_000, 100_000),
+        )
+        self.score_batch_users = Histogram(
+            "nudge_score_batch_users", "Users per scoring batch", registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384),
+        )
+        self.score_queue_users = Gauge("nudge_score_queue_users", "Users waiting to be scored", registry=r)
+        self.backend = Gauge("nudge_backend_info", "The array backend in use (value 1)", ["backend"], registry=r)
+        self.ready = Gauge("nudge_ready", "1 once recovery has finished", registry=r)
+        self.replayed_events = Counter("nudge_recovery_replayed_events_total", "Events replayed at start-up", registry=r)
+        self.snapshots = Counter("nudge_snapshots_total", "Engine snapshots written", registry=r)
+        self.apply_errors = Counter("nudge_engine_apply_errors_total", "Engine updates that failed", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,136 @@
+"""The OpenAPI 3 document of the HTTP API (a test checks it against the app's routes)."""
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_BODY_TYPES = ("application/json", "application/msgpack")
+
+
+def _content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {t: {"schema": schema} for t in _BODY_TYPES}
+
+
+def _op(summary: str, ok: dict[str, Any], *, body: dict[str, Any] | None = None, auth: bool = True,
+        errors: tuple[int, ...] = (), ok_status: str = "200", params: list | None = None) -> dict[str, Any]:
+    responses: dict[str, Any] = {ok_status: {"description": "OK", "content": _content(ok)}}
+    codes = set(errors) | ({401, 429, 503} if auth else set()) | ({400, 413, 415} if body else set())
+    for code in sorted(codes):
+        responses[str(code)] = {"description": "Error", "content": _content(_ERROR)}
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": _content(body)}
+    if not auth:
+        op["security"] = []
+    if params:
+        op["parameters"] = params
+    return op
+
+
+_EVENT = {
+    "type": "object",
+    "required": ["user_id", "action"],
+    "additionalProperties": False,
+    "properties": {
+        "user_id": {"type": "string", "maxLength": 128, "description": "Your pseudonymous id (no e-mail or phone)"},
+        "action": {"type": "string", "description": "One of the tenant's actions"},
+        "ts": {"type": "number", "description": "Seconds since the epoch; defaults to now"},
+        "event_id": {"type": "string", "maxLength": 128, "description": "Makes retries idempotent"},
+        "item_id": {"type": "string"},
+        "category": {"type": "string"},
+        "query": {"type": "string", "maxLength": 512},
+        "context": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "device": {"type": "string", "enum": ["desktop", "mobile", "tablet", "other"]},
+                "segment": {"type": "string"},
+                "tz_offset_min": {"type": "integer", "minimum": -840, "maximum": 840},
+            },
+        },
+    },
+}
+_USER_PARAM = [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_OBJECT = {"type": "object"}
+
+
+def build_spec() -> dict[str, Any]:
+    """The whole document."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "nudge", "version": "1", "description": "Engagement scoring from streamed user actions."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message", "details"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                                "details": {"type": "array", "items": {"type": "object"}},
+                            },
+                        }
+                    },
+                },
+                "Event": _EVENT,
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/events": {
+                "post": _op(
+                    "Ingest actions (row-wise 'events' or column-wise 'columns'); answered once durable",
+                    {"type": "object", "properties": {"accepted": {"type": "integer"}, "duplicates": {"type": "integer"}}},
+                    body={
+                        "oneOf": [
+                            {"type": "object", "required": ["events"],
+                             "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}},
+                            {"type": "object", "required": ["columns"],
+                             "properties": {"columns": {"type": "object", "additionalProperties": {"type": "array"}}}},
+                        ]
+                    },
+                )
+            },
+            "/v1/score": {
+                "post": _op(
+                    "Score users: engagement score, predicted next action, purchase probabilities",
+                    {"type": "object", "properties": {"results": {"type": "array", "items": _OBJECT}}},
+                    body={
+                        "type": "object",
+                        "required": ["users"],
+                        "properties": {
+                            "users": {"type": "array", "items": {
+                                "type": "object", "required": ["user_id"],
+                                "properties": {"user_id": {"type": "string"}, "state": _OBJECT}}},
+                            "explain": {"type": "boolean"},
+                        },
+                    },
+                )
+            },
+            "/v1/weights": {"get": _op("Action weights (Beta posteriors), transitions and lifts", _OBJECT)},
+            "/v1/users/{user_id}": {
+                "get": _op("A user's recent actions and score", _OBJECT, errors=(400, 404), params=_USER_PARAM),
+                "delete": _op("Erase everything about a user", _OBJECT, errors=(400,), params=_USER_PARAM),
+            },
+            "/v1/config": {
+                "get": _op("The tenant's configuration", _OBJECT),
+                "put": _op("Change settings (fields not given keep their values)", _OBJECT, body=_OBJECT,
+                           errors=(409,)),
+            },
+            "/healthz": {"get": _op("Liveness", _OBJECT, auth=False)},
+            "/readyz": {"get": _op("Readiness: recovery state and backend", _OBJECT, auth=False, errors=(503,))},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "security": [],
+                    "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                }
+            },
+            "/openapi.json": {"get": _op("This document", _OBJECT, auth=False)},
+        },
+    }

@@ -1,0 +1,399 @@
+"""The long-lived parts of a running server, with no HTTP in them.
+
+Threads: one owns the SQLite writer connection (every database call runs there, in order), one is
+the device worker (every engine update and scoring batch runs there, in order). Because an
+engine update is queued on the device worker as soon as its group commit returns, and before the
+request is acknowledged, a score requested after an acknowledged ingest always sees its events.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+import kernels
+from model import Engine, EventBatch, TenantConfig
+from model.contexts import describe_context
+
+from .batcher import MicroBatcher
+from .config import ServerConfig
+from .metrics import Metrics
+from .ratelimit import TokenBucket
+from .snapshots import load_snapshot, remove_snapshot, save_snapshot, snapshot_path
+from .storage import Store, Tenant, hash_key
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(Exception):
+    """Recovery has not finished yet."""
+
+
+class ConfigConflict(ValueError):
+    """A new config cannot describe the events already logged."""
+
+
+@dataclass
+class TenantState:
+    tenant: Tenant
+    engine: Engine
+    batcher: MicroBatcher
+    bucket: TokenBucket
+    snapshot_seq: int = 0
+
+    @property
+    def config(self) -> TenantConfig:
+        return self.engine.config
+
+
+@dataclass
+class _Pending:
+    state: TenantState
+    batch: EventBatch
+    config: TenantConfig
+    future: asyncio.Future
+
+
+@dataclass
+class Recovery:
+    state: str = "pending"
+    tenants: int = 0
+    from_snapshots: int = 0
+    replayed_events: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Runtime:
+    """Tenants, their engines and batchers, the group-committing event log and the snapshotter."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics):
+        self.config = config
+        self.metrics = metrics
+        self.backend = kernels.resolve_backend(config.backend)
+        metrics.backend.labels(self.backend).set(1)
+        self._storage_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-storage")
+        self._device_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-device")
+        self.store: Store | None = None
+        self._reader: Store | None = None  # used only on the device thread, for replays
+        self.tenants: dict[int, TenantState] = {}
+        self._key_to_tenant: dict[str, int] = {}
+        self.recovery = Recovery()
+        self._commits: asyncio.Queue[_Pending] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._recovered = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self.recovery.state == "ready"
+
+    # ---- threads ------------------------------------------------------------------------------
+
+    async def on_storage(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._storage_thread, fn, *args)
+
+    async def on_device(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._device_thread, fn, *args)
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        data_dir = self.config.data_dir
+        self.store = await self.on_storage(Store, data_dir)
+        self._reader = await self.on_device(Store, data_dir)
+        self._commits = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._committer(), name="nudge-committer"),
+            loop.create_task(self._recover(), name="nudge-recovery"),
+            loop.create_task(self._snapshotter(), name="nudge-snapshots"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for state in self.tenants.values():
+            await state.batcher.stop()
+        if self.ready:
+            await self.snapshot_all()
+        if self.store is not None:
+            await self.on_storage(self.store.close)
+        if self._reader is not None:
+            await self.on_device(self._reader.close)
+        self._storage_thread.shutdown(wait=True)
+        self._device_thread.shutdown(wait=True)
+
+    def _new_state(self, tenant: Tenant, engine: Engine | None = None) -> TenantState:
+        cfg = self.config
+        batcher = MicroBatcher(
+            functools.partial(self._score_batch, tenant.id),
+            self._device_thread,
+            max_batch_size=cfg.max_batch_size,
+            max_wait_ms=cfg.max_wait_ms,
+            max_queue_items=cfg.max_queue_users,
+            on_batch=self.metrics.score_batch_users.observe,
+        )
+        return TenantState(
+            tenant=tenant,
+            engine=engine or Engine(tenant.config, backend=self.backend),
+            batcher=batcher,
+            bucket=TokenBucket(cfg.rate_limit_per_s, cfg.rate_limit_burst),
+        )
+
+    # ---- recovery -----------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        started = time.perf_counter()
+        self.recovery.state = "recovering"
+        try:
+            tenants = await self.on_storage(self.store.tenants)
+            for tenant in tenants:
+                state = await self.on_device(self._restore, tenant)
+                self.tenants[tenant.id] = state
+            self.recovery.tenants = len(tenants)
+            self.recovery.state = "ready"
+            self.metrics.ready.set(1)
+        except Exception as exc:  # recovery must say why it failed, not die silently
+            log.exception("recovery failed")
+            self.recovery.state = "failed"
+            self.recovery.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.recovery.seconds = round(time.perf_counter() - started, 3)
+            self._recovered.set()
+
+    def _restore(self, tenant: Tenant) -> TenantState:
+        """Latest snapshot (if its config still applies) plus the log after it. Runs on the device thread."""
+        engine = Engine(tenant.config, backend=self.backend)
+        snap = load_snapshot(snapshot_path(self.config.data_dir, tenant.id))
+        if snap is not None and snap[1] == tenant.config.to_dict():
+            engine.load_state(snap[0])
+            self.recovery.from_snapshots += 1
+        snapshot_seq = engine.applied_seq
+        self.recovery.replayed_events += self._replay_into(engine, tenant)
+        state = self._new_state(tenant, engine)
+        state.snapshot_seq = snapshot_seq
+        log.info("tenant %s recovered: %d users, log applied to seq %d", tenant.name, len(engine.windows), engine.applied_seq)
+        return state
+
+    def _replay_into(self, engine: Engine, tenant: Tenant) -> int:
+        replayed = 0
+        for batch, seqs in self._reader.read_events(tenant.id, engine.config, after_seq=engine.applied_seq):
+            replayed += engine.apply(batch, seqs)
+        self.metrics.replayed_events.inc(replayed)
+        return replayed
+
+    async def wait_ready(self) -> None:
+        await self._recovered.wait()
+
+    # ---- tenants and keys ---------------------------------------------------------------------
+
+    async def authenticate(self, key: str) -> TenantState | None:
+        """The tenant owning ``key``; tenants created while the server runs are picked up here."""
+        if not self.ready:
+            raise NotReady()
+        tenant_id = self._key_to_tenant.get(hash_key(key))
+        if tenant_id is None:
+            tenant = await self.on_storage(self.store.tenant_by_key, key)
+            if tenant is None:
+                return None
+            if tenant.id not in self.tenants:
+                self.tenants[tenant.id] = await self.on_device(self._restore, tenant)
+            tenant_id = self._key_to_tenant[hash_key(key)] = tenant.id
+        return self.tenants[tenant_id]
+
+    # ---- ingest -------------------------------------------------------------------------------
+
+    async def ingest(self, state: TenantState, batch: EventBatch) -> tuple[int, int]:
+        """(accepted, duplicates) once the batch is durable in the log."""
+        fut = asyncio.get_running_loop().create_future()
+        self._commits.put_nowait(_Pending(state, batch, state.config, fut))
+        return await fut
+
+    async def _committer(self) -> None:
+        while True:
+            group = [await self._commits.get()]
+            size = len(group[0].batch)
+            while not self._commits.empty() and size < self.config.max_commit_events:
+                group.append(self._commits.get_nowait())
+                size += len(group[-1].batch)
+            try:
+                results = await self.on_storage(
+                    self.store.append, [(p.state.tenant.id, p.batch, p.config) for p in group]
+                )
+            except Exception as exc:
+                log.exception("group commit of %d batches failed", len(group))
+                for p in group:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            self.metrics.commit_events.observe(size)
+            for p, result in zip(group, results):
+                accepted = int(result.accepted.sum())
+                duplicates = len(p.batch) - accepted
+                name = p.state.tenant.name
+                self.metrics.events_ingested.labels(name).inc(accepted)
+                self.metrics.events_duplicate.labels(name).inc(duplicates)
+                if accepted:
+                    self._apply_later(p.state, p.batch.take(result.accepted), result.seqs, p.config)
+                if not p.future.done():
+                    p.future.set_result((accepted, duplicates))
+
+    def _apply_later(self, state: TenantState, batch: EventBatch, seqs: np.ndarray, config: TenantConfig) -> None:
+        def apply() -> None:
+            if state.engine.config != config:
+                # The config changed between validation and commit: the log has the truth.
+                self._replay_into(state.engine, state.tenant)
+            else:
+                state.engine.apply(batch, seqs)
+
+        fut = self._device_thread.submit(apply)
+        fut.add_done_callback(self._report_apply)
+
+    def _report_apply(self, fut: concurrent.futures.Future) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            self.metrics.apply_errors.inc()
+            log.error("engine update failed; the events are in the log and return on restart", exc_info=exc)
+
+    # ---- scoring ------------------------------------------------------------------------------
+
+    def _score_batch(self, tenant_id: int, user_ids: list[str]) -> list[dict[str, Any]]:
+        engine = self.tenants[tenant_id].engine
+        scores = engine.score(user_ids, time.time())
+        actions = engine.config.actions
+        probs = np.round(scores.next_probs, 6)
+        best = probs.argmax(axis=1)
+        results = []
+        for i, uid in enumerate(user_ids):
+            results.append(
+                {
+                    "user_id": uid,
+                    "score": float(scores.score[i]),
+                    "predicted": {
+                        "next_action": actions[best[i]],
+                        "probs": dict(zip(actions, probs[i].tolist())),
+                        "purchase_5m": float(scores.purchase_5m[i]),
+                        "purchase_60m": float(scores.purchase_60m[i]),
+                        "predictor": "markov",
+                    },
+                    "signal": None,
+                }
+            )
+        return results
+
+    async def score(self, state: TenantState, user_ids: list[str], explain: bool) -> list[dict[str, Any]]:
+        self.metrics.score_queue_users.set(state.batcher.queued_items + len(user_ids))
+        results = await state.batcher.submit(user_ids)
+        if explain:
+            details = await self.on_device(self._explain, state, user_ids)
+            for result, detail in zip(results, details):
+                result["explain"] = detail
+        return results
+
+    def _explain(self, state: TenantState, user_ids: list[str]) -> list[dict[str, Any]]:
+        engine, now = state.engine, time.time()
+        out = []
+        for uid in user_ids:
+            window = engine.recent_actions(uid) or []
+            users = engine.windows.lookup([uid], create=False)
+            ctx = int(engine.windows.last_ctx[users[0]]) if users[0] >= 0 else None
+            out.append(
+                {
+                    "known": users[0] >= 0,
+                    "context": describe_context(ctx, engine.config.segments) if ctx is not None else None,
+                    "window": [{"action": a, "age_s": round(max(now - t, 0.0), 3)} for a, t in window],
+                }
+            )
+        return out
+
+    # ---- users --------------------------------------------------------------------------------
+
+    async def user(self, state: TenantState, user_id: str) -> dict[str, Any] | None:
+        def view():
+            window = state.engine.recent_actions(user_id)
+            if window is None:
+                return None
+            now = time.time()
+            s = state.engine.score([user_id], now, mode="mean")
+            return {
+                "user_id": user_id,
+                "recent_actions": [{"action": a, "ts": t} for a, t in window],
+                "score": float(s.score[0]),
+                "score_kind": "posterior_mean",
+            }
+
+        return await self.on_device(view)
+
+    async def erase_user(self, state: TenantState, user_id: str) -> dict[str, Any]:
+        """Remove a user from the log, the engine and every snapshot."""
+        path = snapshot_path(self.config.data_dir, state.tenant.id)
+        # The old snapshot still holds the user: drop it first, so a crash at any later step
+        # restarts from the log (already without the user) or from the new snapshot.
+        await self.on_storage(remove_snapshot, path)
+        deleted = await self.on_storage(self.store.erase_user, state.tenant.id, user_id)
+        known = await self.on_device(state.engine.erase_user, user_id)
+        await self.snapshot(state)
+        return {"user_id": user_id, "erased": bool(deleted or known), "events_deleted": deleted}
+
+    # ---- config -------------------------------------------------------------------------------
+
+    async def put_config(self, state: TenantState, config: TenantConfig) -> None:
+        """Store a new config and rebuild the tenant's engine from its log under it."""
+        logged = await self.on_storage(self.store.logged_actions, state.tenant.id)
+        missing = sorted(logged - set(config.actions))
+        if missing:
+            raise ConfigConflict(f"the event log holds actions the new vocabulary lacks: {missing[:10]}")
+        logged_segments = await self.on_storage(self.store.logged_segments, state.tenant.id)
+        missing = sorted(logged_segments - set(config.segments))
+        if missing:
+            raise ConfigConflict(f"the event log holds segments the new config lacks: {missing[:10]}")
+        await self.on_storage(self.store.save_config, state.tenant.id, config)
+
+        def rebuild() -> None:
+            engine = Engine(config, backend=self.backend)
+            self._replay_into(engine, state.tenant)
+            engine.draws = state.engine.draws
+            state.engine = engine
+            state.tenant = Tenant(state.tenant.id, state.tenant.name, config)
+
+        await self.on_device(rebuild)
+        await self.snapshot(state)
+
+    # ---- snapshots ----------------------------------------------------------------------------
+
+    async def snapshot(self, state: TenantState) -> None:
+        engine_state, seq, cfg = await self.on_device(
+            lambda: (state.engine.state_dict(), state.engine.applied_seq, state.engine.config.to_dict())
+        )
+        path = snapshot_path(self.config.data_dir, state.tenant.id)
+        await asyncio.get_running_loop().run_in_executor(None, save_snapshot, path, engine_state, cfg)
+        state.snapshot_seq = seq
+        self.metrics.snapshots.inc()
+
+    async def snapshot_all(self) -> None:
+        for state in list(self.tenants.values()):
+            if state.engine.applied_seq > state.snapshot_seq:
+                await self.snapshot(state)
+
+    async def _snapshotter(self) -> None:
+        await self._recovered.wait()
+        while True:
+            await asyncio.sleep(self.config.snapshot_interval_s)
+            try:
+                await self.snapshot_all()
+            except Exception:
+                log.exception("snapshot failed; the log still holds every event")

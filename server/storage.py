@@ -1,0 +1,244 @@
+"""The SQLite database: tenants and their hashed keys, configs, and the durable event log.
+
+One ``Store`` owns one connection and is used from one thread at a time (the server gives it a
+dedicated thread). The event log is the source of truth: engine state is rebuilt from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from model import DEVICES, EventBatch, TenantConfig
+
+DB_NAME = "nudge.sqlite3"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    key_hash TEXT NOT NULL UNIQUE,
+    config TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    -- AUTOINCREMENT: erasure deletes rows, and a reused sequence number would be skipped on replay.
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id INTEGER NOT NULL,
+    event_id TEXT,
+    user_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    ts REAL NOT NULL,
+    device TEXT NOT NULL,
+    segment TEXT,
+    tz_offset_min INTEGER NOT NULL,
+    item_id TEXT,
+    category TEXT,
+    query TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (tenant_id, event_id) WHERE event_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_user ON events (tenant_id, user_id);
+CREATE INDEX IF NOT EXISTS events_tenant_seq ON events (tenant_id, seq);
+"""
+_INSERT = (
+    "INSERT INTO events (tenant_id, event_id, user_id, action, ts, device, segment, tz_offset_min, item_id, "
+    "category, query) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: int
+    name: str
+    config: TenantConfig
+
+
+@dataclass(frozen=True)
+class Appended:
+    """The outcome of one batch in a group commit: which rows were new, and their log positions."""
+
+    accepted: np.ndarray  # bool per row of the submitted batch
+    seqs: np.ndarray  # int64 log sequence numbers of the accepted rows, in order
+
+
+def hash_key(key: str) -> str:
+    """API keys are long random strings, so one SHA-256 is enough to store them safely."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_api_key() -> str:
+    return "nk_" + secrets.token_urlsafe(32)
+
+
+class Store:
+    """SQLite access for one thread."""
+
+    def __init__(self, data_dir: Path):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / DB_NAME
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # FULL: every commit is fsynced before it returns, so an acknowledged batch survives a crash.
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA busy_timeout=10000")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- tenants ------------------------------------------------------------------------------
+
+    def create_tenant(self, name: str, config: TenantConfig | None = None) -> tuple[Tenant, str]:
+        """A new tenant and its API key (shown once; only its hash is kept)."""
+        if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"tenant name must be 1-64 letters, digits, '-' or '_', got {name!r}")
+        config = config or TenantConfig()
+        key = new_api_key()
+        try:
+            cur = self.db.execute(
+                "INSERT INTO tenants (name, key_hash, config, created_at) VALUES (?, ?, ?, ?)",
+                (name, hash_key(key), json.dumps(config.to_dict()), time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise ValueError(f"a tenant named {name!r} exists already") from None
+        return Tenant(cur.lastrowid, name, config), key
+
+    def tenants(self) -> list[Tenant]:
+        rows = self.db.execute("SELECT id, name, config FROM tenants ORDER BY id").fetchall()
+        return [Tenant(i, n, TenantConfig.from_dict(json.loads(c))) for i, n, c in rows]
+
+    def tenant_by_key(self, key: str) -> Tenant | None:
+        row = self.db.execute("SELECT id, name, config FROM tenants WHERE key_hash = ?", (hash_key(key),)).fetchone()
+        return Tenant(row[0], row[1], TenantConfig.from_dict(json.loads(row[2]))) if row else None
+
+    def save_config(self, tenant_id: int, config: TenantConfig) -> None:
+        self.db.execute("UPDATE tenants SET config = ? WHERE id = ?", (json.dumps(config.to_dict()), tenant_id))
+
+    # ---- the event log ------------------------------------------------------------------------
+
+    def append(self, groups: list[tuple[int, EventBatch, TenantConfig]]) -> list[Appended]:
+        """Commit several tenants' batches in one transaction (group commit), skipping known event ids."""
+        out = []
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for tenant_id, batch, config in groups:
+                out.append(self._append_one(tenant_id, batch, config))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return out
+
+    def _append_one(self, tenant_id: int, batch: EventBatch, config: TenantConfig) -> Appended:
+        accepted = np.ones(len(batch), dtype=bool)
+        ids = batch.event_ids
+        with_id = np.flatnonzero(ids != None)  # noqa: E711 - elementwise comparison on an object array
+        if len(with_id):
+            wanted = list(dict.fromkeys(ids[with_id]))
+            known = set()
+            for start in range(0, len(wanted), _SELECT_CHUNK):
+                part = wanted[start : start + _SELECT_CHUNK]
+                marks = ",".join("?" * len(part))
+                known.update(
+                    r[0]
+                    for r in self.db.execute(
+                        f"SELECT event_id FROM events WHERE tenant_id = ? AND event_id IN ({marks})",
+                        (tenant_id, *part),
+                    )
+                )
+            seen: set = set()
+            for i in with_id:
+                eid = ids[i]
+                if eid in known or eid in seen:
+                    accepted[i] = False
+                seen.add(eid)
+        rows = np.flatnonzero(accepted)
+        if not len(rows):
+            return Appended(accepted, np.zeros(0, np.int64))
+        actions = np.asarray(config.actions, dtype=object)[batch.actions[rows]]
+        segments = np.asarray((None, *config.segments), dtype=object)[batch.segment[rows]]
+        devices = np.asarray(DEVICES, dtype=object)[batch.device[rows]]
+        records = zip(
+            [tenant_id] * len(rows),
+            batch.event_ids[rows].tolist(),
+            batch.user_ids[rows].tolist(),
+            actions.tolist(),
+            batch.ts[rows].tolist(),
+            devices.tolist(),
+            segments.tolist(),
+            batch.tz_offset_min[rows].tolist(),
+            batch.item_ids[rows].tolist(),
+            batch.categories[rows].tolist(),
+            batch.queries[rows].tolist(),
+        )
+        self.db.executemany(_INSERT, records)
+        # This connection holds the write lock, so the rows just inserted got consecutive sequence numbers.
+        last = self.db.execute("SELECT last_insert_rowid()").fetchone()[0]
+        seqs = np.arange(last - len(rows) + 1, last + 1, dtype=np.int64)
+        return Appended(accepted, seqs)
+
+    def read_events(
+        self, tenant_id: int, config: TenantConfig, after_seq: int = 0, chunk: int = 50_000
+    ) -> Iterator[tuple[EventBatch, np.ndarray]]:
+        """The tenant's log after ``after_seq`` in order, as (batch, seqs) chunks."""
+        vocab = {a: i for i, a in enumerate(config.actions)}
+        segments = {s: i + 1 for i, s in enumerate(config.segments)}
+        devices = {d: i for i, d in enumerate(DEVICES)}
+        last = after_seq
+        while True:
+            rows = self.db.execute(
+                "SELECT seq, event_id, user_id, action, ts, device, segment, tz_offset_min, item_id, category, query "
+                "FROM events WHERE tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (tenant_id, last, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            cols = list(zip(*rows))
+            try:
+                actions = [vocab[a] for a in cols[3]]
+            except KeyError as exc:
+                raise ValueError(f"the event log holds action {exc.args[0]!r}, which the config lacks") from None
+            batch = EventBatch.build(
+                user_ids=cols[2],
+                actions=actions,
+                ts=cols[4],
+                device=[devices[d] for d in cols[5]],
+                segment=[segments.get(s, 0) for s in cols[6]],
+                tz_offset_min=cols[7],
+                event_ids=cols[1],
+                item_ids=cols[8],
+                categories=cols[9],
+                queries=cols[10],
+            )
+            seqs = np.asarray(cols[0], dtype=np.int64)
+            last = int(seqs[-1])
+            yield batch, seqs
+
+    def logged_actions(self, tenant_id: int) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT DISTINCT action FROM events WHERE tenant_id = ?", (tenant_id,))}
+
+    def logged_segments(self, tenant_id: int) -> set[str]:
+        rows = self.db.execute("SELECT DISTINCT segment FROM events WHERE tenant_id = ? AND segment IS NOT NULL", (tenant_id,))
+        return {r[0] for r in rows}
+
+    def count_events(self, tenant_id: int, user_id: str | None = None) -> int:
+        if user_id is None:
+            return self.db.execute("SELECT COUNT(*) FROM events WHERE tenant_id = ?", (tenant_id,)).fetchone()[0]
+        return self.db.execute(
+            "SELECT COUNT(*) FROM events WHERE tenant_id = ? AND user_id = ?", (tenant_id, user_id)
+        ).fetchone()[0]
+
+    def erase_user(self, tenant_id: int, user_id: str) -> int:
+        """Delete every logged event of one user; returns how many."""
+        cur = self.db.execute("DELETE FROM events WHERE tenant_id = ? AND user_id = ?", (tenant_id, user_id))
+        return cur.rowcount
+
+    def stats(self) -> dict[str, Any]:
+        return {"events": self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]}

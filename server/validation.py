@@ -1,0 +1,284 @@
+"""Wire bodies to validated columns: every bad (index, field) is reported, nothing half-applied."""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+from model import DEVICES, EventBatch, TenantConfig
+
+from .errors import ApiError, invalid_field
+
+MAX_ID_CHARS = 128
+MAX_QUERY_CHARS = 512
+MAX_TZ_OFFSET_MIN = 14 * 60
+PAST_WINDOW_S = 7 * 86400.0
+FUTURE_SKEW_S = 300.0
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Phone numbers: international form (+ or 00 then 8-15 digits), or digits broken up by the separators
+# people write phones with. Plain digit strings stay valid ids: numeric user ids are common.
+_PHONE_INTL = re.compile(r"^(\+|00)[\d\s().-]{7,22}$")
+_PHONE_SEPARATED = re.compile(r"^\(?\d{2,5}\)?([\s.-]\(?\d{2,5}\)?){2,5}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+ROW_FIELDS = ("user_id", "action", "ts", "event_id", "item_id", "category", "query", "context")
+CONTEXT_FIELDS = ("device", "segment", "tz_offset_min")
+COLUMN_FIELDS = ROW_FIELDS[:-1] + CONTEXT_FIELDS
+STATE_FIELDS = ("category", "query", "page")
+
+Problem = tuple[int, str, str]
+
+
+def user_id_problem(value: Any) -> str | None:
+    """Why ``value`` is not an acceptable pseudonymous user id, or None."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return "must be a string"
+    text = str(value)
+    if not 1 <= len(text) <= MAX_ID_CHARS:
+        return f"must be 1 to {MAX_ID_CHARS} characters"
+    if _CONTROL.search(text):
+        return "must not contain control characters"
+    if _EMAIL.match(text):
+        return "looks like an e-mail address; send your own pseudonymous id instead"
+    digits = sum(ch.isdigit() for ch in text)
+    if 7 <= digits <= 15 and (_PHONE_INTL.match(text) or _PHONE_SEPARATED.match(text)):
+        return "looks like a phone number; send your own pseudonymous id instead"
+    return None
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _optional_text(max_chars: int, allow_int: bool) -> Callable[[Any], str | None]:
+    def problem(value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int) if allow_int else str):
+            return "must be a string" + (" or an integer" if allow_int else "")
+        if isinstance(value, str) and len(value) > max_chars:
+            return f"must be at most {max_chars} characters"
+        if isinstance(value, int) and not -(2**63) <= value < 2**64:
+            return "integer out of range"
+        return None
+
+    return problem
+
+
+_ID_TEXT = _optional_text(MAX_ID_CHARS, allow_int=True)
+_QUERY_TEXT = _optional_text(MAX_QUERY_CHARS, allow_int=False)
+
+
+def _check_column(values: list, field: str, problem: Callable[[Any], str | None], out: list[Problem]) -> None:
+    # Ids repeat a lot within a batch; each distinct value is checked once.
+    verdicts: dict[Any, str | None] = {}
+    for i, v in enumerate(values):
+        key = (type(v), v) if isinstance(v, (str, int, float, type(None))) else None
+        if key is None:
+            reason = problem(v)
+        elif key in verdicts:
+            reason = verdicts[key]
+        else:
+            reason = verdicts[key] = problem(v)
+        if reason:
+            out.append((i, field, reason))
+
+
+def _rows_to_columns(events: Any, out: list[Problem]) -> dict[str, list]:
+    if not isinstance(events, list):
+        raise invalid_field("events", "must be a list of event objects")
+    columns: dict[str, list] = {name: [] for name in COLUMN_FIELDS}
+    empty: dict = {}
+    for i, event in enumerate(events):
+        if not isinstance(event, dict):
+            out.append((i, "", "must be an object"))
+            event = empty
+        for key in event:
+            if key not in ROW_FIELDS:
+                out.append((i, str(key)[:64], "unknown field"))
+        ctx = event.get("context")
+        if ctx is not None and not isinstance(ctx, dict):
+            out.append((i, "context", "must be an object"))
+            ctx = None
+        ctx = ctx or empty
+        for key in ctx:
+            if key not in CONTEXT_FIELDS:
+                out.append((i, f"context.{str(key)[:64]}", "unknown field"))
+        for name in ROW_FIELDS[:-1]:
+            columns[name].append(event.get(name))
+        for name in CONTEXT_FIELDS:
+            columns[name].append(ctx.get(name))
+    return columns
+
+
+def _columns(raw: Any) -> tuple[dict[str, list], int]:
+    if not isinstance(raw, dict):
+        raise invalid_field("columns", "must map field names to lists")
+    unknown = [k for k in raw if k not in COLUMN_FIELDS]
+    if unknown:
+        raise invalid_field(f"columns.{str(unknown[0])[:64]}", f"unknown column; known: {', '.join(COLUMN_FIELDS)}")
+    for required in ("user_id", "action"):
+        if required not in raw:
+            raise invalid_field(f"columns.{required}", "is required")
+    lengths = set()
+    for name, values in raw.items():
+        if not isinstance(values, list):
+            raise invalid_field(f"columns.{name}", "must be a list")
+        lengths.add(len(values))
+    if len(lengths) != 1:
+        raise invalid_field("columns", "all columns must have the same length")
+    n = lengths.pop()
+    return {name: raw.get(name) or [None] * n for name in COLUMN_FIELDS}, n
+
+
+def parse_events(body: Any, config: TenantConfig, now_s: float, max_items: int) -> EventBatch:
+    """Validate an ingest body (row-wise ``events`` or column-wise ``columns``) into an EventBatch."""
+    if not isinstance(body, dict):
+        raise invalid_field("body", "must be an object with 'events' or 'columns'")
+    extra = [k for k in body if k not in ("events", "columns")]
+    if extra or ("events" in body) == ("columns" in body):
+        raise invalid_field("body", "must have exactly one of 'events' (rows) or 'columns'")
+    problems: list[Problem] = []
+    row_form = "events" in body
+    if row_form:
+        n = len(body["events"]) if isinstance(body["events"], list) else 0
+        if n > max_items:
+            raise _too_many(n, max_items)
+        columns = _rows_to_columns(body["events"], problems)
+    else:
+        columns, n = _columns(body["columns"])
+        if n > max_items:
+            raise _too_many(n, max_items)
+    if n == 0:
+        raise invalid_field("events", "must hold at least one event")
+
+    vocab = {a: i for i, a in enumerate(config.actions)}
+    segments = {s: i + 1 for i, s in enumerate(config.segments)}
+    devices = {d: i for i, d in enumerate(DEVICES)}
+
+    def required(problem):
+        return lambda v: "is required" if v is None else problem(v)
+
+    def member(choices: dict, what: str):
+        def problem(v):
+            if v is None or (isinstance(v, str) and v in choices):
+                return None
+            shown = ", ".join(list(choices)[:12]) or "(none configured)"
+            return f"unknown {what}; one of: {shown}"
+
+        return problem
+
+    earliest = 0.0 if config.allow_backfill else now_s - PAST_WINDOW_S
+
+    def ts_problem(v):
+        if v is None:
+            return None
+        if not _is_number(v) or not math.isfinite(v):
+            return "must be a finite number of seconds since the epoch"
+        if v > now_s + FUTURE_SKEW_S:
+            if v > 1e11:
+                return "looks like milliseconds; send seconds since the epoch"
+            return f"is more than {FUTURE_SKEW_S:g} s in the future"
+        if v < earliest:
+            return "is more than 7 days old; enable allow_backfill in the tenant config to send history"
+        return None
+
+    def tz_problem(v):
+        if v is None:
+            return None
+        if not isinstance(v, int) or isinstance(v, bool) or abs(v) > MAX_TZ_OFFSET_MIN:
+            return f"must be an integer number of minutes in [-{MAX_TZ_OFFSET_MIN}, {MAX_TZ_OFFSET_MIN}]"
+        return None
+
+    checks = {
+        "user_id": required(user_id_problem),
+        "action": required(member(vocab, "action")),
+        "ts": ts_problem,
+        "event_id": _ID_TEXT,
+        "item_id": _ID_TEXT,
+        "category": _ID_TEXT,
+        "query": _QUERY_TEXT,
+        "device": member(devices, "device"),
+        "segment": member(segments, "segment"),
+        "tz_offset_min": tz_problem,
+    }
+    for name, check in checks.items():
+        wire_name = f"context.{name}" if row_form and name in CONTEXT_FIELDS else name
+        _check_column(columns[name], wire_name, check, problems)
+    if problems:
+        problems.sort(key=lambda p: p[0])
+        details = [{"index": i, "field": f, "reason": r} for i, f, r in problems]
+        bad = len({p[0] for p in problems})
+        raise ApiError(400, "invalid_event", f"{bad} of {n} events are invalid; nothing was accepted", details)
+
+    def codes(values, table, default):
+        return [default if v is None else table[v] for v in values]
+
+    def text(values):
+        return [None if v is None else str(v) for v in values]
+
+    return EventBatch.build(
+        user_ids=[str(u) for u in columns["user_id"]],
+        actions=codes(columns["action"], vocab, 0),
+        ts=[now_s if t is None else float(t) for t in columns["ts"]],
+        device=codes(columns["device"], devices, devices["other"]),
+        segment=codes(columns["segment"], segments, 0),
+        tz_offset_min=[0 if v is None else v for v in columns["tz_offset_min"]],
+        event_ids=text(columns["event_id"]),
+        item_ids=text(columns["item_id"]),
+        categories=text(columns["category"]),
+        queries=columns["query"],
+    )
+
+
+def _too_many(n: int, limit: int) -> ApiError:
+    return ApiError(
+        413, "too_many_items", f"{n} events in one request; send at most {limit}", [{"field": "events", "reason": "too many"}]
+    )
+
+
+def parse_score_request(body: Any, max_items: int) -> tuple[list[str], bool]:
+    """Validate a score body into the user ids, in request order, and the explain flag."""
+    if not isinstance(body, dict):
+        raise invalid_field("body", "must be an object with 'users'")
+    extra = [k for k in body if k not in ("users", "explain")]
+    if extra:
+        raise invalid_field(str(extra[0])[:64], "unknown field")
+    users = body.get("users")
+    if not isinstance(users, list) or not users:
+        raise invalid_field("users", "must be a non-empty list of {user_id, state?} objects")
+    if len(users) > max_items:
+        raise ApiError(413, "too_many_items", f"{len(users)} users in one request; send at most {max_items}")
+    explain = body.get("explain", False)
+    if not isinstance(explain, bool):
+        raise invalid_field("explain", "must be true or false")
+    problems: list[dict[str, Any]] = []
+    ids: list[str] = []
+    for i, user in enumerate(users):
+        if not isinstance(user, dict):
+            problems.append({"index": i, "field": "", "reason": "must be an object"})
+            continue
+        for key in user:
+            if key not in ("user_id", "state"):
+                problems.append({"index": i, "field": str(key)[:64], "reason": "unknown field"})
+        reason = user_id_problem(user.get("user_id")) if "user_id" in user else "is required"
+        if reason:
+            problems.append({"index": i, "field": "user_id", "reason": reason})
+        else:
+            ids.append(str(user["user_id"]))
+        state = user.get("state")
+        if state is not None:
+            if not isinstance(state, dict):
+                problems.append({"index": i, "field": "state", "reason": "must be an object"})
+            else:
+                for key, value in state.items():
+                    if key not in STATE_FIELDS:
+                        problems.append({"index": i, "field": f"state.{str(key)[:64]}", "reason": "unknown field"})
+                    elif _QUERY_TEXT(value):
+                        problems.append({"index": i, "field": f"state.{key}", "reason": _QUERY_TEXT(value)})
+    if problems:
+        raise ApiError(400, "invalid_request", "some users are invalid; nothing was scored", problems)
+    return ids, explain

@@ -1,0 +1,68 @@
+import asyncio
+import concurrent.futures
+
+import pytest
+
+from server.batcher import MicroBatcher, Overloaded
+
+
+@pytest.fixture
+def executor():
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+def make(executor, fn, **limits):
+    sizes = []
+    options = {"max_batch_size": 8, "max_wait_ms": 20.0, "max_queue_items": 1000, **limits}
+    return MicroBatcher(fn, executor, on_batch=sizes.append, **options), sizes
+
+
+async def test_batcher_returns_each_request_its_own_results_in_order(executor):
+    batcher, sizes = make(executor, lambda items: [x * 10 for x in items])
+    requests = [[i, i + 100] if i % 2 else [i] for i in range(12)]
+    results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+    assert results == [[x * 10 for x in r] for r in requests]
+    assert sum(sizes) == 18 and max(sizes) <= 8 and len(sizes) < 12
+    await batcher.stop()
+
+
+async def test_batcher_closes_a_batch_after_max_wait(executor):
+    batcher, sizes = make(executor, lambda items: items, max_batch_size=1000, max_wait_ms=5.0)
+    assert await asyncio.wait_for(batcher.submit([1]), 1.0) == [1]
+    assert sizes == [1]
+    await batcher.stop()
+
+
+async def test_batcher_failure_reaches_only_the_bad_request(executor):
+    def fn(items):
+        if "bad" in items:
+            raise ValueError("bad item")
+        return items
+
+    batcher, _ = make(executor, fn)
+    results = await asyncio.gather(batcher.submit(["a"]), batcher.submit(["bad"]), batcher.submit(["c"]), return_exceptions=True)
+    assert results[0] == ["a"] and results[2] == ["c"]
+    assert isinstance(results[1], ValueError)
+    await batcher.stop()
+
+
+async def test_batcher_sheds_load_when_the_queue_is_full(executor):
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow(items):
+        asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+        return items
+
+    batcher, _ = make(executor, slow, max_batch_size=2, max_wait_ms=0.0, max_queue_items=4)
+    first = asyncio.ensure_future(batcher.submit([1, 2]))
+    await asyncio.sleep(0.05)  # the first batch is running and blocked
+    waiting = [asyncio.ensure_future(batcher.submit([i])) for i in range(4)]
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded):
+        await batcher.submit([99])
+    gate.set()
+    assert await first == [1, 2]
+    assert [await w for w in waiting] == [[0], [1], [2], [3]]
+    await batcher.stop()

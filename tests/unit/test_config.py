@@ -1,0 +1,40 @@
+import pytest
+
+from model import ConfigError, TenantConfig
+from server.config import ServerConfig
+
+
+def test_tenant_config_round_trips_through_a_dict():
+    cfg = TenantConfig(segments=("a",), horizon_s=600.0)
+    assert TenantConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_tenant_config_names_every_bad_field():
+    with pytest.raises(ConfigError) as info:
+        TenantConfig.from_dict({"horizon_s": -1, "window_size": "big", "colour": "red", "conversion_action": "x"})
+    fields = {f for f, _ in info.value.problems}
+    assert fields == {"colour", "window_size"}  # type errors are reported before range checks
+    with pytest.raises(ConfigError) as info:
+        TenantConfig.from_dict({"horizon_s": -1, "conversion_action": "x", "prior_means": {"view": 2.0}})
+    assert {f for f, _ in info.value.problems} == {"horizon_s", "conversion_action", "prior_means"}
+
+
+def test_tenant_config_clips_a_certain_prior():
+    assert TenantConfig().prior_mean("purchase") == 0.99
+    assert TenantConfig(prior_means={}).prior_mean("view") == 0.1
+
+
+def test_server_config_layers_file_env_and_overrides(tmp_path):
+    path = tmp_path / "nudge.toml"
+    path.write_text('port = 9000\nmax_wait_ms = 5.0\nhost = "0.0.0.0"\n')
+    cfg = ServerConfig.load(path, env={"NUDGE_PORT": "9100", "NUDGE_MAX_BATCH_SIZE": "64", "OTHER": "x"}, host=None, max_wait_ms=1.0)
+    assert (cfg.port, cfg.max_batch_size, cfg.max_wait_ms, cfg.host) == (9100, 64, 1.0, "0.0.0.0")
+
+
+def test_server_config_rejects_unknown_and_bad_values():
+    with pytest.raises(ValueError, match="unknown server settings: colour"):
+        ServerConfig.from_dict({"colour": "red"})
+    with pytest.raises(ValueError, match="backend"):
+        ServerConfig(backend="abacus")
+    with pytest.raises(ValueError, match="port must be int"):
+        ServerConfig.load(env={"NUDGE_PORT": "eighty"})
