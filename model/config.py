@@ -90,7 +90,7 @@ class TenantConfig:
         if not isinstance(data, Mapping):
             raise ConfigError([("config", "must be an object")])
         known = {f.name: f for f in dataclasses.fields(cls)}
-        problems = [(key, "unknown setting") for key in data if key not in known]
+        problems = [(str(key)[:64], "unknown setting") for key in data if key not in known]
         values: dict[str, Any] = {}
         for key, raw in data.items():
             if key not in known:

@@ -14,7 +14,7 @@ from model.report import weights_report
 from .batcher import Overloaded
 from .codecs import decode, request_format, respond
 from .errors import ApiError, invalid_field
-from .keys import METRICS, RUNTIME, SPEC, TENANT
+from .keys import METRICS, REQUEST_ID, RUNTIME, SPEC, TENANT
 from .metrics import CONTENT_TYPE
 from .runtime import ConfigConflict, NotReady
 from .validation import parse_events, parse_score_request, user_id_problem
@@ -40,7 +40,7 @@ def _route_name(request: web.Request) -> str:
 async def error_middleware(request: web.Request, handler):
     """Every error becomes the one error body; unexpected ones are logged once and answer 500."""
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     started = time.perf_counter()
     try:
         response = await handler(request)

@@ -1,0 +1,184 @@
+"""Malformed, mistyped, huge and deeply nested bodies at every route: never a 5xx, never a dead server."""
+import asyncio
+import http.client
+import json
+import threading
+import time
+import urllib.parse
+
+import msgpack
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server import ServerConfig, create_app
+
+from .conftest import make_tenants
+
+ROUTES = [
+    ("POST", "/v1/events"),
+    ("POST", "/v1/score"),
+    ("GET", "/v1/weights"),
+    ("GET", "/v1/users/{}"),
+    ("DELETE", "/v1/users/{}"),
+    ("GET", "/v1/config"),
+    ("PUT", "/v1/config"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+]
+EVENT_FIELDS = ["user_id", "action", "ts", "event_id", "item_id", "category", "query", "context", "device"]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """The real app on a real socket, served from a thread so hypothesis can drive it synchronously."""
+    data_dir = tmp_path_factory.mktemp("fuzz")
+    keys = make_tenants(data_dir)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    state = {}
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        app = create_app(ServerConfig(data_dir=data_dir, backend="numpy", rate_limit_per_s=0, max_body_bytes=256 * 1024))
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        state["port"] = runner.addresses[0][1]
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(30)
+    port = state["port"]
+    for _ in range(100):
+        if request(port, "GET", "/readyz")[0] == 200:
+            break
+        time.sleep(0.05)
+    yield port, keys["acme"]
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(30)
+
+
+def request(port, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Type", ""), resp.read()
+    finally:
+        conn.close()
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=300),
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5), max_leaves=30)
+# Half plausible, half garbage: plausible values get past the first checks to the later ones.
+plausible = st.one_of(
+    st.sampled_from(["view", "purchase", "add_to_cart", "u-1", "mobile", "vip", "a@b.co", "+1 415 555 2671"]),
+    st.floats(min_value=time.time() - 9 * 86400, max_value=time.time() + 3600),
+    st.integers(min_value=-900, max_value=900),
+)
+field_values = st.one_of(plausible, values)
+contexts = st.dictionaries(st.sampled_from(["device", "segment", "tz_offset_min", "x"]), field_values, max_size=3)
+event = st.dictionaries(st.sampled_from(EVENT_FIELDS), st.one_of(field_values, contexts), max_size=8)
+ingest_bodies = st.one_of(
+    st.fixed_dictionaries({"events": st.lists(st.one_of(event, values), max_size=20)}),
+    st.fixed_dictionaries({"columns": st.dictionaries(st.sampled_from(EVENT_FIELDS + ["segment", "tz_offset_min"]), st.lists(field_values, max_size=4), max_size=5)}),
+    st.dictionaries(st.sampled_from(["events", "columns", "x"]), values, max_size=2),
+)
+score_bodies = st.fixed_dictionaries(
+    {"users": st.lists(st.one_of(st.dictionaries(st.sampled_from(["user_id", "state", "x"]), st.one_of(field_values, contexts), max_size=3), values), max_size=5)},
+    optional={"explain": field_values},
+)
+config_bodies = st.dictionaries(
+    st.sampled_from(["horizon_s", "actions", "prior_means", "window_size", "segments", "seed", "allow_backfill", "prior_strength", "zz"]),
+    st.one_of(field_values, st.lists(field_values, max_size=4), st.dictionaries(st.sampled_from(["view", "purchase", "x"]), field_values, max_size=3)),
+    max_size=4,
+)
+
+
+def _nested(depth: int, fmt: str) -> bytes:
+    if fmt == "json":
+        return b"[" * depth + b"]" * depth
+    return b"\x91" * depth + b"\xc0"  # msgpack: arrays of one element, then nil
+
+
+def _encoded(structured):
+    return st.one_of(
+        st.tuples(st.just("json"), structured.map(lambda v: json.dumps(v).encode())),
+        st.tuples(st.just("msgpack"), structured.map(lambda v: msgpack.packb(v))),
+    )
+
+
+raw_bodies = st.one_of(
+    _encoded(values),
+    st.tuples(st.sampled_from(["json", "msgpack", "text/plain", ""]), st.binary(max_size=2000)),
+    st.tuples(st.sampled_from(["json", "msgpack"]), st.sampled_from([100, 5000, 200_000])).map(lambda t: (t[0], _nested(t[1], t[0]))),
+    st.tuples(st.just("json"), st.integers(min_value=1, max_value=400_000).map(lambda n: b'{"events": "' + b"x" * n + b'"}')),
+)
+CONTENT_TYPES = {"json": "application/json", "msgpack": "application/msgpack", "text/plain": "text/plain", "": None}
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def check(live, method, path, body, *, authed=True, accept=None):
+    port, key = live
+    fmt, payload = body
+    headers = {}
+    if authed:
+        headers["Authorization"] = f"Bearer {key}"
+    if CONTENT_TYPES[fmt]:
+        headers["Content-Type"] = CONTENT_TYPES[fmt]
+    if accept:
+        headers["Accept"] = accept
+    status, kind, raw = request(port, method, path, payload, headers)
+    assert status < 500, raw[:500]
+    if status >= 400:
+        decoded = msgpack.unpackb(raw) if kind.startswith("application/msgpack") else json.loads(raw)
+        assert isinstance(decoded["error"]["code"], str) and decoded["error"]["message"]
+    return status
+
+
+@FUZZ
+@given(body=_encoded(ingest_bodies))
+def test_fuzz_ingest_never_fails_inside(live, body):
+    check(live, "POST", "/v1/events", body)
+
+
+@FUZZ
+@given(body=_encoded(score_bodies))
+def test_fuzz_score_never_fails_inside(live, body):
+    check(live, "POST", "/v1/score", body)
+
+
+@FUZZ
+@given(body=_encoded(config_bodies))
+def test_fuzz_config_never_fails_inside(live, body):
+    check(live, "PUT", "/v1/config", body)
+
+
+@FUZZ
+@given(route=st.sampled_from(ROUTES), body=raw_bodies, user=st.text(min_size=1, max_size=200), authed=st.booleans(),
+       accept=st.sampled_from([None, "application/msgpack", "*/*", "text/html", "application/json;q=x"]))
+def test_fuzz_any_route_any_bytes(live, route, body, user, authed, accept):
+    method, path = route
+    check(live, method, path.format(urllib.parse.quote(user, safe="")), body, authed=authed, accept=accept)
+
+
+def test_server_still_answers_after_the_fuzzing(live):
+    port, key = live
+    assert request(port, "GET", "/healthz")[0] == 200
+    status, _, raw = request(port, "POST", "/v1/score", json.dumps({"users": [{"user_id": "after"}]}).encode(),
+                             {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    assert status == 200 and json.loads(raw)["results"][0]["user_id"] == "after"
