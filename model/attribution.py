@@ -1,7 +1,10 @@
 """Attribution: each action becomes a success or a failure once its horizon has closed.
 
 Every action waits, once per horizon, until the watermark passes ``ts + horizon``; it is then a
-success if the same user converted within ``[ts, ts + horizon]``. Resolving successes and
+success if the same user converted within ``[ts, ts + horizon]``. Only events that arrive on
+time take part (the engine filters late ones): a conversion that arrives on time cannot fall in
+the horizon of an action that has already been resolved, so outcomes do not depend on when the
+sweep runs. Resolving successes and
 failures at the same point in event time (rather than successes as soon as the conversion
 arrives) keeps the posteriors free of the delayed-feedback bias, where successes would be counted
 a horizon before the failures that balance them, and makes the result the same however the
@@ -78,13 +81,19 @@ class _DeadlineQueue:
 
 
 class Attribution:
-    """One deadline queue per distinct horizon, and each user's recent conversion times."""
+    """One deadline queue per distinct horizon, and the recent conversion times of users who convert.
+
+    Most users never convert, so conversion rings are rows of a compact table reached through
+    ``conv_row[user]`` (-1: none yet) rather than a ring for every user.
+    """
 
     def __init__(self, horizons_s: tuple[float, ...]):
         self.horizons_s = tuple(sorted(set(float(h) for h in horizons_s)))
         self._queues = [_DeadlineQueue(h) for h in self.horizons_s]
+        self.conv_row = np.zeros(0, np.int64)
         self.conv_ts = np.full((0, CONVERSIONS_KEPT), -np.inf)
         self.conv_head = np.zeros(0, np.int32)
+        self.converters = 0
 
     @property
     def pending(self) -> int:
@@ -93,11 +102,15 @@ class Attribution:
 
     def add(self, user, ts, action, prev, ctx, is_conversion) -> None:
         """Record new actions (each waits for every horizon) and the conversions among them."""
-        rows = int(user.max()) + 1 if len(user) else 0
-        self.conv_ts = grow(self.conv_ts, rows, -np.inf)
-        self.conv_head = grow(self.conv_head, rows, 0)
+        self.conv_row = grow(self.conv_row, int(user.max()) + 1 if len(user) else 0, -1)
         if is_conversion.any():
-            plan = plan_ring_append(user[is_conversion])
+            converting = user[is_conversion]
+            new = np.unique(converting[self.conv_row[converting] < 0])
+            self.conv_row[new] = self.converters + np.arange(len(new))
+            self.converters += len(new)
+            self.conv_ts = grow(self.conv_ts, self.converters, -np.inf)
+            self.conv_head = grow(self.conv_head, self.converters, 0)
+            plan = plan_ring_append(self.conv_row[converting])
             ring_write(plan, self.conv_head, CONVERSIONS_KEPT, [(self.conv_ts, ts[is_conversion][plan.order])])
         order = np.argsort(ts, kind="stable")
         chunk = dict(zip(_FIELDS, (user[order], ts[order], action[order], prev[order], ctx[order])))
@@ -111,7 +124,8 @@ class Attribution:
             due = queue.pop_due(watermark)
             if due is None:
                 continue
-            conv = self.conv_ts[due["user"]]  # [n, CONVERSIONS_KEPT]
+            rows = self.conv_row[due["user"]]
+            conv = np.where((rows >= 0)[:, None], self.conv_ts[np.maximum(rows, 0)] if self.converters else -np.inf, -np.inf)
             ts = due["ts"][:, None]
             # A conversion is not its own success; one at the same second as another action counts for it.
             not_self = (conv > ts) | ((conv == ts) & (due["action"] != conversion_code)[:, None])
@@ -123,11 +137,15 @@ class Attribution:
         """Drop a user's pending actions and conversion times."""
         for queue in self._queues:
             queue.drop_user(user)
-        if user < len(self.conv_ts):
-            self.conv_ts[user] = -np.inf
+        if user < len(self.conv_row) and self.conv_row[user] >= 0:
+            self.conv_ts[self.conv_row[user]] = -np.inf
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        state: dict[str, np.ndarray] = {"conv_ts": self.conv_ts.copy(), "conv_head": self.conv_head.copy()}
+        state: dict[str, np.ndarray] = {
+            "conv_row": self.conv_row.copy(),
+            "conv_ts": self.conv_ts[: self.converters].copy(),
+            "conv_head": self.conv_head[: self.converters].copy(),
+        }
         for i, queue in enumerate(self._queues):
             queue.compact()
             chunk = queue.chunks[0] if queue.chunks else None
@@ -136,7 +154,9 @@ class Attribution:
         return state
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.conv_row = state["conv_row"].copy()
         self.conv_ts, self.conv_head = state["conv_ts"].copy(), state["conv_head"].copy()
+        self.converters = len(self.conv_ts)
         for i, queue in enumerate(self._queues):
             chunk = {k: state[f"pending{i}_{k}"].copy() for k in _FIELDS}
             queue.chunks = [chunk] if len(chunk["user"]) else []

@@ -52,6 +52,7 @@ class Engine:
         self.applied_seq = 0
         self.draws = 0
         self.events_applied = 0
+        self.late_events = 0  # arrived behind the watermark: in windows and the chain, not attributed
 
     # ---- ingest -------------------------------------------------------------------------------
 
@@ -64,6 +65,10 @@ class Engine:
         if not len(batch):
             return 0
         cfg = self.config
+        # Each event's watermark is the newest time seen before it, less the allowed lateness. It
+        # does not depend on how the stream was batched, so neither does attribution.
+        newest_before = np.maximum.accumulate(np.r_[self.clock_s, batch.ts])[:-1]
+        on_time = batch.ts >= newest_before - cfg.allowed_lateness_s
         self._advance_clock(float(batch.ts.max()))
         ctx = context_codes(batch.device, batch.ts, batch.tz_offset_min, batch.segment)
         users = self.windows.lookup(batch.user_ids, create=True)
@@ -71,7 +76,9 @@ class Engine:
         in_session = (prev_action >= 0) & (np.abs(batch.ts - prev_ts) <= cfg.session_gap_s)
         prev = np.where(in_session, prev_action, self.n_actions)
         self.markov.add(prev, batch.actions, self._weight_at(batch.ts))
-        self.attribution.add(users, batch.ts, batch.actions, prev, ctx, batch.actions == cfg.conversion_code)
+        self.late_events += int((~on_time).sum())
+        a = on_time
+        self.attribution.add(users[a], batch.ts[a], batch.actions[a], prev[a], ctx[a], batch.actions[a] == cfg.conversion_code)
         self._learn(self.attribution.sweep(self.clock_s - cfg.allowed_lateness_s, cfg.conversion_code))
         if seqs is not None:
             self.applied_seq = int(seqs.max())
@@ -213,7 +220,9 @@ class Engine:
                 "transition.success": self.transition_evidence.success.copy(),
                 "transition.failure": self.transition_evidence.failure.copy(),
                 "markov.counts": self.markov.counts.copy(),
-                "scalars": np.array([self.clock_s, self.applied_seq, self.draws, self.events_applied], np.float64),
+                "scalars": np.array(
+                    [self.clock_s, self.applied_seq, self.draws, self.events_applied, self.late_events], np.float64
+                ),
             }
         )
         return state
@@ -227,5 +236,6 @@ class Engine:
         self.transition_evidence.success = state["transition.success"].copy()
         self.transition_evidence.failure = state["transition.failure"].copy()
         self.markov.counts = state["markov.counts"].copy()
-        clock, seq, draws, applied = state["scalars"]
-        self.clock_s, self.applied_seq, self.draws, self.events_applied = float(clock), int(seq), int(draws), int(applied)
+        clock, seq, draws, applied, late = state["scalars"]
+        self.clock_s, self.applied_seq, self.draws = float(clock), int(seq), int(draws)
+        self.events_applied, self.late_events = int(applied), int(late)

@@ -42,6 +42,7 @@ def weights_report(engine: Engine) -> dict[str, Any]:
         "clock_s": engine.clock_s if np.isfinite(engine.clock_s) else None,
         "events_applied": engine.events_applied,
         "pending_attribution": engine.attribution.pending,
+        "late_events": engine.late_events,
         "actions": _rows(actions, *engine.pooled_posterior(), prior),
         "contexts": contexts,
         "transitions": {

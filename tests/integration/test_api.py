@@ -79,7 +79,7 @@ async def test_concurrent_score_requests_share_batches(start):
 
 async def test_weights_show_posteriors_transitions_and_learning(start):
     s = await start()
-    cfg = await s.acme.call("PUT", "/v1/config", {"horizon_s": 60.0, "allowed_lateness_s": 0.0})
+    cfg = await s.acme.call("PUT", "/v1/config", {"horizon_s": 60.0, "allowed_lateness_s": 60.0})
     assert cfg.status == 200
     t = NOW() - 3000
     events = []
