@@ -126,6 +126,7 @@ def replay(batch: EventBatch, config: TenantConfig, *, chunk_s: float = 1.0) -> 
     n = len(batch)
     scores = {name: np.zeros(n, np.float32) for name in VARIANTS}
     p5, p60 = np.zeros(n), np.zeros(n)
+    has_history = np.zeros(n, bool)
     buckets = np.floor(batch.ts / chunk_s)
     bounds = np.flatnonzero(np.diff(buckets)) + 1
     starts, ends = np.r_[0, bounds], np.r_[bounds, n]
@@ -135,22 +136,31 @@ def replay(batch: EventBatch, config: TenantConfig, *, chunk_s: float = 1.0) -> 
             result = engine.score(users, now, mode=mode, use_lift=use_lift)
             scores[name][lo:hi] = result.score
         p5[lo:hi], p60[lo:hi] = result.purchase_5m, result.purchase_60m
+        has_history[lo:hi] = result.known
         engine.apply(batch.take(slice(lo, hi)))
     rows = []
     labels = [conversion_labels(batch, config.conversion_code, h) for h in PREDICT_HORIZONS_S]
-    candidates = {**{f"engagement score: {k}": v for k, v in scores.items()}}
-    candidates["markov purchase_5m / purchase_60m"] = None
-    for name, values in candidates.items():
+    candidates: dict[str, tuple[np.ndarray | None, np.ndarray]] = {
+        f"engagement score: {k}": (v, np.ones(n, bool)) for k, v in scores.items()
+    }
+    candidates["markov purchase_5m / purchase_60m"] = (None, np.ones(n, bool))
+    candidates["engagement score: full, users with history only"] = (scores["full"], has_history)
+    for name, (values, subset) in candidates.items():
         row: dict[str, Any] = {"predictor": name}
         for (label, observed), key, markov in zip(labels, ("auc_5m", "auc_60m"), (p5, p60)):
-            used = markov if values is None else values
-            row[key] = auc(used[observed], label[observed])
-            row[f"{key}_ci95"] = auc_interval(row[key], label[observed])
+            used = (markov if values is None else values)[observed & subset]
+            row[key] = auc(used, label[observed & subset])
+            row[f"{key}_ci95"] = auc_interval(row[key], label[observed & subset])
         rows.append(row)
     (l5, o5), (l60, o60) = labels
     rows.append(
         {"predictor": "(events scored / positives at 5 min, 60 min)",
          "auc_5m": f"{int(o5.sum())} / {int(l5[o5].sum())}", "auc_60m": f"{int(o60.sum())} / {int(l60[o60].sum())}"}
+    )
+    h5, h60 = o5 & has_history, o60 & has_history
+    rows.append(
+        {"predictor": "(of which users with history)",
+         "auc_5m": f"{int(h5.sum())} / {int(l5[h5].sum())}", "auc_60m": f"{int(h60.sum())} / {int(l60[h60].sum())}"}
     )
     alpha, beta = engine.pooled_posterior()
     weights = {a: float(alpha[i] / (alpha[i] + beta[i])) for i, a in enumerate(config.actions)}

@@ -44,7 +44,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (tenant_id, event_id) WHERE event_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_user ON events (tenant_id, user_id);
-CREATE INDEX IF NOT EXISTS events_tenant_seq ON events (tenant_id, seq);
 """
 _INSERT = (
     "INSERT INTO events (tenant_id, event_id, user_id, action, ts, device, segment, tz_offset_min, item_id, "

@@ -23,11 +23,14 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE_INTL = re.compile(r"^(\+|00)[\d\s().-]{7,22}$")
 _PHONE_SEPARATED = re.compile(r"^\(?\d{2,5}\)?([\s.-]\(?\d{2,5}\)?){2,5}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Ids made only of these characters can be neither e-mail addresses nor phone numbers.
+_PLAIN_ID = re.compile(r"(?!00)[A-Za-z0-9_:]{1,128}")
 
 ROW_FIELDS = ("user_id", "action", "ts", "event_id", "item_id", "category", "query", "context")
 CONTEXT_FIELDS = ("device", "segment", "tz_offset_min")
 COLUMN_FIELDS = ROW_FIELDS[:-1] + CONTEXT_FIELDS
 STATE_FIELDS = ("category", "query", "page")
+REQUIRED = ("user_id", "action")
 
 Problem = tuple[int, str, str]
 
@@ -72,7 +75,28 @@ _ID_TEXT = _optional_text(MAX_ID_CHARS, allow_int=True)
 _QUERY_TEXT = _optional_text(MAX_QUERY_CHARS, allow_int=False)
 
 
-def _check_column(values: list, field: str, problem: Callable[[Any], str | None], out: list[Problem]) -> None:
+def _all_valid(values: list, check: Callable[[list], bool] | None, optional: bool) -> bool:
+    """Whole-column check at C speed for the common case; any doubt goes to the per-value check."""
+    if optional and values.count(None) == len(values):
+        return True
+    if check is None:
+        return False
+    try:
+        return bool(check(values))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _check_column(
+    values: list,
+    field: str,
+    problem: Callable[[Any], str | None],
+    out: list[Problem],
+    fast: Callable | None = None,
+    optional: bool = True,
+) -> None:
+    if _all_valid(values, fast, optional):
+        return
     # Ids repeat a lot within a batch; each distinct value is checked once.
     verdicts: dict[Any, str | None] = {}
     for i, v in enumerate(values):
@@ -90,27 +114,37 @@ def _check_column(values: list, field: str, problem: Callable[[Any], str | None]
 def _rows_to_columns(events: Any, out: list[Problem]) -> dict[str, list]:
     if not isinstance(events, list):
         raise invalid_field("events", "must be a list of event objects")
-    columns: dict[str, list] = {name: [] for name in COLUMN_FIELDS}
-    empty: dict = {}
-    for i, event in enumerate(events):
-        if not isinstance(event, dict):
-            out.append((i, "", "must be an object"))
-            event = empty
-        for key in event:
-            if key not in ROW_FIELDS:
-                out.append((i, str(key)[:64], "unknown field"))
-        ctx = event.get("context")
-        if ctx is not None and not isinstance(ctx, dict):
+    if all(type(e) is dict for e in events):
+        fields = set().union(*events)
+        if not fields.issubset(ROW_FIELDS):
+            for i, event in enumerate(events):
+                out.extend((i, str(k)[:64], "unknown field") for k in event if k not in ROW_FIELDS)
+        rows = events
+    else:
+        rows = []
+        for i, event in enumerate(events):
+            if type(event) is dict:
+                out.extend((i, str(k)[:64], "unknown field") for k in event if k not in ROW_FIELDS)
+                rows.append(event)
+            else:
+                out.append((i, "", "must be an object"))
+                rows.append({})
+    columns = {name: [e.get(name) for e in rows] for name in ROW_FIELDS[:-1]}
+    contexts = [e.get("context") for e in rows]
+    if contexts.count(None) == len(contexts):
+        for name in CONTEXT_FIELDS:
+            columns[name] = [None] * len(rows)
+        return columns
+    clean = []
+    for i, ctx in enumerate(contexts):
+        if ctx is not None and type(ctx) is not dict:
             out.append((i, "context", "must be an object"))
             ctx = None
-        ctx = ctx or empty
-        for key in ctx:
-            if key not in CONTEXT_FIELDS:
-                out.append((i, f"context.{str(key)[:64]}", "unknown field"))
-        for name in ROW_FIELDS[:-1]:
-            columns[name].append(event.get(name))
-        for name in CONTEXT_FIELDS:
-            columns[name].append(ctx.get(name))
+        elif ctx:
+            out.extend((i, f"context.{str(k)[:64]}", "unknown field") for k in ctx if k not in CONTEXT_FIELDS)
+        clean.append(ctx or {})
+    for name in CONTEXT_FIELDS:
+        columns[name] = [c.get(name) for c in clean]
     return columns
 
 
@@ -193,6 +227,28 @@ def parse_events(body: Any, config: TenantConfig, now_s: float, max_items: int) 
             return f"must be an integer number of minutes in [-{MAX_TZ_OFFSET_MIN}, {MAX_TZ_OFFSET_MIN}]"
         return None
 
+    def numbers_within(lo: float, hi: float, integers: bool = False):
+        def check(values):
+            if not all(type(v) is int or (type(v) is float and not integers) for v in values):
+                return False
+            arr = np.array(values, dtype=np.float64)
+            return bool(np.isfinite(arr).all() and (arr >= lo).all() and (arr <= hi).all())
+
+        return check
+
+    def members(choices):
+        return lambda values: set(values) <= choices.keys() | {None}
+
+    fast = {
+        "user_id": lambda values: all(map(_PLAIN_ID.fullmatch, values)),
+        "action": lambda values: set(values) <= vocab.keys(),
+        "ts": lambda values: numbers_within(earliest, now_s + FUTURE_SKEW_S)([v for v in values if v is not None]),
+        "device": members(devices),
+        "segment": members(segments),
+        "tz_offset_min": lambda values: numbers_within(-MAX_TZ_OFFSET_MIN, MAX_TZ_OFFSET_MIN, True)(
+            [v for v in values if v is not None]
+        ),
+    }
     checks = {
         "user_id": required(user_id_problem),
         "action": required(member(vocab, "action")),
@@ -207,7 +263,7 @@ def parse_events(body: Any, config: TenantConfig, now_s: float, max_items: int) 
     }
     for name, check in checks.items():
         wire_name = f"context.{name}" if row_form and name in CONTEXT_FIELDS else name
-        _check_column(columns[name], wire_name, check, problems)
+        _check_column(columns[name], wire_name, check, problems, fast.get(name), optional=name not in REQUIRED)
     if problems:
         problems.sort(key=lambda p: p[0])
         details = [{"index": i, "field": f, "reason": r} for i, f, r in problems]

@@ -99,3 +99,22 @@ def test_parse_score_request_keeps_order_and_reports_bad_users():
     with pytest.raises(ApiError) as info:
         parse_score_request({"users": [{"user_id": "a@b.co"}, {"state": 3}, {"user_id": "c", "state": {"x": 1}}]}, 10)
     assert {(d["index"], d["field"]) for d in info.value.details} == {(0, "user_id"), (1, "user_id"), (1, "state"), (2, "state.x")}
+
+
+def test_parse_events_requires_user_and_action_even_when_every_event_lacks_them():
+    err = invalid({"events": [{"ts": NOW}, {"ts": NOW}]})
+    assert {(d["index"], d["field"]) for d in err.details} == {(0, "user_id"), (1, "user_id"), (0, "action"), (1, "action")}
+    err = invalid({"columns": {"user_id": [None], "action": [None]}})
+    assert {d["field"] for d in err.details} == {"user_id", "action"}
+
+
+def test_parse_events_fast_and_slow_paths_agree_on_ids():
+    ids = ["plain_1", "with-dash", "00441234567890", "+441234567890", 12345, "x" * 129]
+    for uid in ids:
+        body = {"events": [{"user_id": uid, "action": "view"}]}
+        try:
+            parse_events(body, CFG, NOW, 10)
+            accepted = True
+        except ApiError:
+            accepted = False
+        assert accepted == (user_id_problem(uid) is None), uid

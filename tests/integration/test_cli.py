@@ -1,0 +1,105 @@
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .test_crash import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TAOBAO = ROOT.parent / "shared" / "data" / "taobao-userbehavior-slice" / "UserBehavior_slice.csv"
+
+
+def nudge(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_tenant_create_prints_the_key_last_and_refuses_duplicates(tmp_path):
+    made = nudge("tenant", "create", "shop-1", "--data-dir", str(tmp_path))
+    assert made.returncode == 0
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("nk_") and len(key) > 40
+    again = nudge("tenant", "create", "shop-1", "--data-dir", str(tmp_path))
+    assert again.returncode == 2 and "exists already" in again.stderr
+    db = (tmp_path / "nudge.sqlite3").read_bytes()
+    assert key.encode() not in db  # only the hash is stored
+
+
+def test_serve_on_an_empty_data_dir_creates_a_demo_tenant_whose_key_works(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(tmp_path / "d"), "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]
+        key = lines[1].strip()
+        assert "demo" in lines[0] and key.startswith("nk_")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as r:
+                    if json.load(r)["ready"]:
+                        break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/events", method="POST",
+            data=json.dumps({"events": [{"user_id": "first", "action": "view"}]}).encode(),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req) as r:
+            assert json.load(r) == {"accepted": 1, "duplicates": 0}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert proc.returncode == 0  # a clean stop on SIGTERM
+    assert (tmp_path / "d" / "snapshots" / "tenant-1.npz").exists()
+
+
+def test_replay_reports_auc_for_every_variant_on_a_synthetic_file(tmp_path):
+    # Converters put something in the cart, look at it again and buy; the others look twice and leave.
+    rows, t = [], 1_511_658_000
+    for u in range(600):
+        first, then = ("cart", "buy") if u % 2 else ("pv", None)
+        rows.append(f"{u},1,1,{first},{t + 10 * u}")
+        rows.append(f"{u},1,1,pv,{t + 10 * u + 30}")
+        if then:
+            rows.append(f"{u},1,1,{then},{t + 10 * u + 60}")
+    rows.append(f"9999,1,1,pv,{t + 10 * 600 + 400}")  # so the last 5-minute horizons are observed
+    path = tmp_path / "events.csv"
+    path.write_text("\n".join(rows) + "\n")
+    out = nudge("replay", "--data", str(path), "--format", "taobao", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["events"] == len(rows)
+    names = [r["predictor"] for r in report["rows"]]
+    assert {"engagement score: full", "engagement score: heuristic_weights", "engagement score: posterior_mean",
+            "engagement score: no_sequence_lift"} <= set(names)
+    for row in report["rows"][:-2]:
+        assert 0.0 <= row["auc_5m"] <= 1.0 and row["auc_5m_ci95"][0] < row["auc_5m"] < row["auc_5m_ci95"][1]
+    # Every cart was followed by a purchase, a look only by one half of the time.
+    assert report["weights"]["add_to_cart"] > 0.9
+    assert 0.3 < report["weights"]["view"] < 0.6
+
+
+def test_replay_rejects_an_unknown_format_and_bad_rows(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("1,2,3,jump,1511658000\n")
+    out = nudge("replay", "--data", str(path))
+    assert out.returncode == 2 and "unknown behaviors" in out.stderr
+
+
+@pytest.mark.skipif(not TAOBAO.exists(), reason="../shared/data is not present")
+def test_replay_runs_on_the_real_taobao_slice():
+    out = nudge("replay", "--data", str(TAOBAO), "--format", "taobao", "--limit", "15000", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["events"] == 15000
+    # Real behaviour: purchases are followed by purchases more often than views are.
+    assert report["weights"]["purchase"] > report["weights"]["view"]
