@@ -10,6 +10,7 @@ from pathlib import Path
 from model import TenantConfig
 
 from .config import ServerConfig
+from .logs import ACCESS_LOG_FORMAT, configure_logging
 from .storage import Store
 
 
@@ -21,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig.load(
         args.config, data_dir=args.data_dir, host=args.host, port=args.port, backend=args.backend
     )
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level.upper(), config.log_format)
     store = Store(config.data_dir)
     try:
         if not store.tenants():
@@ -32,7 +33,15 @@ def _serve(args: argparse.Namespace) -> int:
         store.close()
     app = create_app(config)
     print(f"nudge serving on http://{config.host}:{config.port} (data in {config.data_dir})", flush=True)
-    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None, handle_signals=True)
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        print=None,
+        access_log=logging.getLogger("nudge.access") if config.access_log else None,
+        access_log_format=ACCESS_LOG_FORMAT,
+        handle_signals=True,
+    )
     return 0
 
 

@@ -27,6 +27,8 @@ class ServerConfig:
     snapshot_interval_s : how often engine snapshots are written.
     max_commit_events : most events in one group commit.
     log_level : Python logging level name.
+    log_format : ``text`` or ``json`` (one object per line).
+    access_log : log every request with its request id (off by default: it is one line per request).
     """
 
     data_dir: Path = Path("nudge-data")
@@ -43,11 +45,17 @@ class ServerConfig:
     snapshot_interval_s: float = 60.0
     max_commit_events: int = 100_000
     log_level: str = "INFO"
+    log_format: str = "text"
+    access_log: int = 0
 
     def __post_init__(self) -> None:
         problems = []
         if self.backend not in ("auto", "numpy", "triton", "cupy"):
             problems.append(f"backend must be auto, numpy, triton or cupy, got {self.backend!r}")
+        if self.log_format not in ("text", "json"):
+            problems.append(f"log_format must be text or json, got {self.log_format!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            problems.append(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}")
         if not 0 <= self.port <= 65535:
             problems.append(f"port must lie in [0, 65535], got {self.port}")
         positive = (

@@ -1,7 +1,12 @@
+import json
+import logging
+import sys
+
 import pytest
 
 from model import ConfigError, TenantConfig
 from server.config import ServerConfig
+from server.logs import JsonFormatter
 
 
 def test_tenant_config_round_trips_through_a_dict():
@@ -38,3 +43,15 @@ def test_server_config_rejects_unknown_and_bad_values():
         ServerConfig(backend="abacus")
     with pytest.raises(ValueError, match="port must be int"):
         ServerConfig.load(env={"NUDGE_PORT": "eighty"})
+
+
+def test_json_log_lines_carry_level_logger_and_exception():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("server.x", logging.ERROR, __file__, 1, "failed %s", ("here",), sys.exc_info())
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "ERROR" and line["logger"] == "server.x" and line["message"] == "failed here"
+    assert "ValueError: boom" in line["exception"]
+    with pytest.raises(ValueError, match="log_format"):
+        ServerConfig(log_format="xml")
