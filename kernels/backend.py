@@ -1,7 +1,11 @@
 """The one place where the array backend is chosen."""
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
+import os
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -12,6 +16,7 @@ class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run on this machine."""
 
 
+@functools.lru_cache(maxsize=None)
 def _cuda_device_present() -> bool:
     try:
         import torch
@@ -20,34 +25,70 @@ def _cuda_device_present() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _why_unavailable(name: str) -> str | None:
-    """Return the reason ``name`` cannot run here, or None when it can."""
+    """The reason ``name`` cannot run here, or None when it can."""
     if name == "numpy":
         return None
-    if name in ("triton", "cupy"):
-        # The GPU implementations land with the kernels issue; until then the
-        # resolver says so instead of pretending.
-        if not _cuda_device_present():
-            return f"backend {name!r} needs a CUDA device and none is visible"
-        return f"backend {name!r} is not part of this build yet; use 'numpy'"
+    if name == "triton":
+        try:
+            import torch  # noqa: F401
+            import triton  # noqa: F401
+        except ImportError as exc:
+            return f"backend 'triton' needs torch and triton installed ({exc})"
+        if not (_cuda_device_present() or _interpreting()):
+            return "backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to run on the CPU, slowly)"
+        return None
+    if name == "cupy":
+        try:
+            import cupy
+        except ImportError as exc:
+            return f"backend 'cupy' needs cupy installed (cupy-cuda13x) ({exc})"
+        try:
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                return "backend 'cupy' needs a CUDA device and none is visible"
+        except Exception as exc:  # CuPy raises its own CUDA errors when no driver is present
+            return f"backend 'cupy' needs a CUDA device: {exc}"
+        return None
     return f"unknown backend {name!r}; choose one of auto, {', '.join(KNOWN_BACKENDS)}"
 
 
 def available_backends() -> list[str]:
-    """The backends that can run on this machine, best first."""
+    """The backends that can run on this machine (Triton under the interpreter counts)."""
     return [name for name in ("triton", "cupy", "numpy") if _why_unavailable(name) is None]
 
 
+@functools.lru_cache(maxsize=None)
+def _auto() -> str:
+    # Automatic choice never picks the Triton interpreter: it is a correctness tool, not a backend.
+    for name in ("triton", "cupy"):
+        reason = _why_unavailable(name)
+        if reason is None and _cuda_device_present():
+            log.info("array backend: %s (automatic)", name)
+            return name
+        if _cuda_device_present():
+            log.warning("array backend %s unavailable (%s); trying the next", name, reason)
+    log.info("array backend: numpy (automatic: no CUDA device)")
+    return "numpy"
+
+
 def resolve_backend(name: str | None = "auto") -> str:
-    """Return the backend to use: ``auto`` picks the best available, an explicit name must work."""
+    """The backend to use: ``auto`` picks the best available, an explicit name must work."""
     if name is None or name == "auto":
-        chosen = available_backends()[0]
-        for better in ("triton", "cupy"):
-            if better != chosen and _cuda_device_present():
-                log.info("backend %s unavailable (%s); falling back", better, _why_unavailable(better))
-        log.info("array backend: %s", chosen)
-        return chosen
+        return _auto()
     reason = _why_unavailable(name)
     if reason is not None:
         raise BackendUnavailable(reason)
     return name
+
+
+def implementation(kernel: str, backend: str) -> Callable:
+    """The function computing ``kernel`` (e.g. 'beta_sample') on ``backend``."""
+    if backend == "numpy":
+        module = importlib.import_module(f"kernels.{kernel.split('_')[0]}")
+        return getattr(module, f"{kernel}_numpy")
+    module = importlib.import_module(f"kernels.{kernel.split('_')[0]}_{backend}")
+    return getattr(module, f"{kernel}_{backend}")

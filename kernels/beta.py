@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import to_numpy
-from .backend import resolve_backend
+from ._arrays import for_backend, like
+from .backend import implementation, resolve_backend
 
 _MASK64 = (1 << 64) - 1
 
@@ -35,17 +35,18 @@ def beta_sample_numpy(alpha: np.ndarray, beta: np.ndarray, *, seed: int, offset:
 
 
 def beta_sample(alpha: Any, beta: Any, *, seed: int, offset: int = 0, backend: str | None = None) -> Any:
-    """Samples of Beta(alpha, beta), float32, same shape and array kind as ``alpha``."""
-    a, back = to_numpy(alpha)
-    b, _ = to_numpy(beta)
-    if a.shape != b.shape:
-        raise ValueError(f"alpha and beta must have the same shape, got {a.shape} and {b.shape}")
-    if a.size and not (np.all(a > 0) and np.all(b > 0)):
-        raise ValueError("alpha and beta must be > 0 everywhere (and not NaN)")
+    """Samples of Beta(alpha, beta), float32, same shape and array kind as ``alpha``.
+
+    Counter-based: the same (seed, offset, shape) gives the same samples on the same backend; another
+    offset gives independent ones. ``backend=None`` uses the resolver's automatic choice.
+    """
+    name = resolve_backend(backend)
+    a, b = for_backend(alpha, name), for_backend(beta, name)
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"alpha and beta must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if int(seed) < 0 or int(offset) < 0:
         raise ValueError(f"seed and offset must be >= 0, got seed={seed}, offset={offset}")
-    impl = _IMPLEMENTATIONS[resolve_backend(backend) if backend is not None else "numpy"]
-    return back(impl(a, b, seed=seed, offset=offset))
-
-
-_IMPLEMENTATIONS = {"numpy": beta_sample_numpy}
+    if a.size if name != "triton" else a.numel():
+        if not (bool((a > 0).all()) and bool((b > 0).all())):
+            raise ValueError("alpha and beta must be > 0 everywhere (and not NaN)")
+    return like(implementation("beta_sample", name)(a, b, seed=seed, offset=offset), alpha)

@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import to_numpy
-from .backend import resolve_backend
+from ._arrays import for_backend, like
+from .backend import implementation, resolve_backend
 
 
 def sequence_scores_numpy(
@@ -31,7 +31,7 @@ def sequence_scores_numpy(
     return (1.0 - np.prod(1.0 - p, axis=1)).astype(np.float32)
 
 
-def _check(actions: np.ndarray, ages_s: np.ndarray, lengths: np.ndarray, theta: np.ndarray, lift: np.ndarray) -> None:
+def _check(actions, ages_s, lengths, theta, lift) -> None:
     if actions.ndim != 2:
         raise ValueError(f"actions must be [B, K], got shape {actions.shape}")
     batch, window = actions.shape
@@ -63,17 +63,17 @@ def sequence_scores(
     half_life_s: float,
     backend: str | None = None,
 ) -> Any:
-    """Score per row, float32 [B], of the array kind of ``actions``."""
-    acts, back = to_numpy(actions)
-    ages = to_numpy(ages_s)[0]
-    lens = to_numpy(lengths)[0]
-    th = to_numpy(theta)[0]
-    lf = to_numpy(lift)[0]
+    """Score per row, float32 [B], of the array kind of ``actions``.
+
+    actions int32 [B, K] (codes, left-aligned, oldest first), ages_s float32 [B, K], lengths int32 [B],
+    theta float32 [B, A] (each row's weights), lift float32 [A, A] (lift[prev, cur]).
+    ``backend=None`` uses the resolver's automatic choice.
+    """
     if not half_life_s > 0:
         raise ValueError(f"half_life_s must be > 0, got {half_life_s}")
-    _check(acts, ages, lens, th, lf)
-    impl = _IMPLEMENTATIONS[resolve_backend(backend) if backend is not None else "numpy"]
-    return back(impl(acts, ages, lens, th, lf, half_life_s=half_life_s))
-
-
-_IMPLEMENTATIONS = {"numpy": sequence_scores_numpy}
+    # Shapes and codes are checked on the host: a bad code would read out of bounds on a device.
+    host = [for_backend(x, "numpy") for x in (actions, ages_s, lengths, theta, lift)]
+    _check(*host)
+    name = resolve_backend(backend)
+    args = host if name == "numpy" else [for_backend(x, name) for x in (actions, ages_s, lengths, theta, lift)]
+    return like(implementation("sequence_scores", name)(*args, half_life_s=half_life_s), actions)

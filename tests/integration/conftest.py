@@ -84,7 +84,7 @@ def start(aiohttp_client, tmp_path):
 
     async def _start(data_dir: Path = tmp_path / "data", **settings) -> Server:
         keys.update(make_tenants(data_dir))
-        config = ServerConfig(data_dir=data_dir, backend="numpy", **settings)
+        config = ServerConfig(data_dir=data_dir, **{"backend": "numpy", **settings})
         app = create_app(config)
         client = await aiohttp_client(app)
         server = Server(app, client, Api(client, keys["acme"]), Api(client, keys["globex"]), data_dir)

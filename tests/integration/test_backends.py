@@ -1,0 +1,61 @@
+"""The server on the Triton backend (interpreted without a GPU) agrees with the NumPy backend."""
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import kernels
+from model import Engine, EventBatch, TenantConfig
+
+GPU_BACKENDS = [b for b in kernels.available_backends() if b != "numpy"]
+pytestmark = pytest.mark.skipif(not GPU_BACKENDS, reason="no Triton or CuPy backend can run here")
+
+
+def _history(cfg, n_users=120, seed=0):
+    rng = np.random.default_rng(seed)
+    n = 4000
+    ts = 1_700_000_000.0 + np.sort(rng.uniform(0, 30_000, n))
+    names = rng.choice(["view", "view", "search", "add_to_cart", "favorite", "purchase"], n)
+    return EventBatch.build([f"u{i}" for i in rng.integers(0, n_users, n)], [cfg.actions.index(x) for x in names], ts)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_engine_scores_match_numpy_exactly_without_draws_and_in_distribution_with_them(backend):
+    cfg = TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0)
+    events = _history(cfg)
+    reference, other = Engine(cfg, backend="numpy"), Engine(cfg, backend=backend)
+    reference.apply(events)
+    other.apply(events)
+    users = [f"u{i}" for i in range(120)] + ["stranger"]
+    now = float(events.ts.max()) + 60
+    np.testing.assert_allclose(
+        other.score(users, now, mode="mean").score, reference.score(users, now, mode="mean").score, atol=1e-5
+    )
+    # Thompson draws differ per backend (each has its own generator), but not in distribution.
+    draws = 12
+    ours = np.stack([other.score(users, now).score for _ in range(draws)])
+    theirs = np.stack([reference.score(users, now).score for _ in range(draws)])
+    difference = ours.mean(axis=0) - theirs.mean(axis=0)
+    standard_error = np.sqrt(((ours.var(axis=0, ddof=1) + theirs.var(axis=0, ddof=1)) / draws).sum()) / len(users)
+    assert abs(difference.mean()) < 4 * standard_error + 1e-6
+    assert stats.ks_2samp(ours.ravel(), theirs.ravel()).pvalue > 1e-3
+
+
+async def test_server_on_the_triton_backend_reports_it_and_scores_like_numpy(start, tmp_path):
+    if "triton" not in GPU_BACKENDS:
+        pytest.skip("triton is not available")
+    events = [{"user_id": f"t{i % 7}", "action": ["view", "add_to_cart", "purchase"][i % 3], "ts": time.time() - 600 + i}
+              for i in range(60)]
+    views = {}
+    for backend in ("triton", "numpy"):
+        s = await start(tmp_path / backend, backend=backend)
+        assert (await s.acme.call("GET", "/readyz")).body["backend"] == backend
+        metrics = (await s.acme.call("GET", "/metrics")).body
+        assert f'nudge_backend_info{{backend="{backend}"}} 1.0' in metrics
+        assert (await s.acme.events(events)).status == 200
+        scored = (await s.acme.score(*[f"t{i}" for i in range(7)])).body["results"]
+        assert all(0.0 < r["score"] <= 1.0 for r in scored)
+        views[backend] = [(await s.acme.call("GET", f"/v1/users/t{i}")).body["score"] for i in range(7)]
+        await s.client.close()
+    np.testing.assert_allclose(views["triton"], views["numpy"], atol=1e-5)
