@@ -3,6 +3,7 @@
 Every function takes its arrays and an optional ``backend``; the backend is chosen
 once by :func:`resolve_backend`. Nothing here knows about HTTP or the model.
 """
+from ._arrays import torch_device as compute_device
 from .backend import BackendUnavailable, available_backends, resolve_backend
 from .beta import beta_sample, beta_sample_numpy
 from .sequence import sequence_scores, sequence_scores_numpy
@@ -12,6 +13,7 @@ __all__ = [
     "available_backends",
     "beta_sample",
     "beta_sample_numpy",
+    "compute_device",
     "resolve_backend",
     "sequence_scores",
     "sequence_scores_numpy",

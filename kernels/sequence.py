@@ -31,26 +31,40 @@ def sequence_scores_numpy(
     return (1.0 - np.prod(1.0 - p, axis=1)).astype(np.float32)
 
 
+def _arange_like(x: Any, n: int) -> Any:
+    """0..n-1 in the array module (and on the device) of ``x``."""
+    module = type(x).__module__
+    if module.startswith("torch"):
+        import torch
+
+        return torch.arange(n, device=x.device)
+    if module.startswith("cupy"):
+        import cupy
+
+        return cupy.arange(n)
+    return np.arange(n)
+
+
 def _check(actions, ages_s, lengths, theta, lift) -> None:
+    """Shapes from metadata, ranges from a few reductions: works on device arrays without copying them."""
     if actions.ndim != 2:
-        raise ValueError(f"actions must be [B, K], got shape {actions.shape}")
+        raise ValueError(f"actions must be [B, K], got shape {tuple(actions.shape)}")
     batch, window = actions.shape
-    if ages_s.shape != actions.shape:
-        raise ValueError(f"ages_s must match actions {actions.shape}, got {ages_s.shape}")
-    if lengths.shape != (batch,):
-        raise ValueError(f"lengths must be [{batch}], got {lengths.shape}")
+    if tuple(ages_s.shape) != tuple(actions.shape):
+        raise ValueError(f"ages_s must match actions {tuple(actions.shape)}, got {tuple(ages_s.shape)}")
+    if tuple(lengths.shape) != (batch,):
+        raise ValueError(f"lengths must be [{batch}], got {tuple(lengths.shape)}")
     if theta.ndim != 2 or theta.shape[0] != batch:
-        raise ValueError(f"theta must be [{batch}, A], got {theta.shape}")
+        raise ValueError(f"theta must be [{batch}, A], got {tuple(theta.shape)}")
     n_actions = theta.shape[1]
-    if lift.shape != (n_actions, n_actions):
-        raise ValueError(f"lift must be [{n_actions}, {n_actions}], got {lift.shape}")
-    if lengths.size and (lengths.min() < 0 or lengths.max() > window):
+    if tuple(lift.shape) != (n_actions, n_actions):
+        raise ValueError(f"lift must be [{n_actions}, {n_actions}], got {tuple(lift.shape)}")
+    if batch and (int(lengths.min()) < 0 or int(lengths.max()) > window):
         raise ValueError(f"lengths must lie in [0, {window}]")
-    valid = np.arange(window)[None, :] < lengths[:, None]
-    if valid.any():
-        used = actions[valid]
-        if used.min() < 0 or used.max() >= n_actions:
-            raise ValueError(f"action codes must lie in [0, {n_actions}) within each row's length")
+    valid = _arange_like(actions, window)[None, :] < lengths[:, None]
+    used = actions[valid]
+    if used.shape[0] and (int(used.min()) < 0 or int(used.max()) >= n_actions):
+        raise ValueError(f"action codes must lie in [0, {n_actions}) within each row's length")
 
 
 def sequence_scores(
@@ -71,9 +85,8 @@ def sequence_scores(
     """
     if not half_life_s > 0:
         raise ValueError(f"half_life_s must be > 0, got {half_life_s}")
-    # Shapes and codes are checked on the host: a bad code would read out of bounds on a device.
-    host = [for_backend(x, "numpy") for x in (actions, ages_s, lengths, theta, lift)]
-    _check(*host)
     name = resolve_backend(backend)
-    args = host if name == "numpy" else [for_backend(x, name) for x in (actions, ages_s, lengths, theta, lift)]
+    args = [for_backend(x, name) for x in (actions, ages_s, lengths, theta, lift)]
+    # Checked before launch, where the data already is: a bad code would read out of bounds on a device.
+    _check(*args)
     return like(implementation("sequence_scores", name)(*args, half_life_s=half_life_s), actions)

@@ -48,6 +48,13 @@ class Engine:
         # Row n_actions of the previous-action axis means "first action of a session".
         self.transition_evidence = Evidence((len(self.horizons_s), n_actions + 1, n_actions))
         self.markov = MarkovChain(n_actions)
+        # A GPU backend keeps what the kernels read on the device; NumPy reads the host arrays (and
+        # needs no torch, so the device module is imported only here).
+        self.device_state = None
+        if backend != "numpy":
+            from .device_state import DeviceState
+
+            self.device_state = DeviceState(config.window_size, kernels.compute_device())
         self.clock_s = -np.inf
         self.applied_seq = 0
         self.draws = 0
@@ -83,7 +90,15 @@ class Engine:
         if seqs is not None:
             self.applied_seq = int(seqs.max())
         self.events_applied += len(batch)
+        self._push_to_device(np.unique(users))
         return len(batch)
+
+    def _push_to_device(self, users: np.ndarray) -> None:
+        if self.device_state is None:
+            return
+        self.device_state.push_users(self.windows, users)
+        alpha, beta = self.posterior()
+        self.device_state.push_tables(alpha, beta, self.lift(), beta_mean(self.prior_alpha, self.prior_beta))
 
     def _advance_clock(self, ts_max: float) -> None:
         if ts_max <= self.clock_s:
@@ -144,35 +159,54 @@ class Engine:
         if mode not in SCORE_MODES:
             raise ValueError(f"mode must be one of {SCORE_MODES}, got {mode!r}")
         users = self.windows.lookup(user_ids, create=False)
-        actions, ts, lengths = self.windows.gather(users)
-        known = users >= 0
-        default_ctx = context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0)
-        ctx = self.windows.last_context(users, int(default_ctx))
-        theta = self._theta(ctx, mode)
+        default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0))
+        if self.device_state is None:
+            scores = self._sequence_scores_host(users, now_s, default_ctx, mode, use_lift)
+        else:
+            scores = self._sequence_scores_device(users, now_s, default_ctx, mode, use_lift)
         n = self.n_actions
-        lift = self.lift() if use_lift else np.ones((n, n))
-        ages = np.maximum(now_s - ts, 0.0).astype(np.float32)
-        scores = kernels.sequence_scores(
-            actions, ages, lengths, theta, lift.astype(np.float32),
-            half_life_s=self.config.recency_half_life_s, backend=self.backend,
-        )
-        rows = np.arange(len(users))
-        last = np.maximum(lengths - 1, 0)
-        cur = np.where(lengths > 0, actions[rows, last], -1)
-        before = np.where(lengths > 1, actions[rows, np.maximum(lengths - 2, 0)], -1)
-        last_ts, before_ts = ts[rows, last], ts[rows, np.maximum(lengths - 2, 0)]
+        cur, before, last_ts, before_ts, lengths = self.windows.last_two(users)
         active = (lengths > 0) & (now_s - last_ts <= self.config.session_gap_s)
         markov_row = np.where(active, cur, self.markov.start)
-        pair_prev = np.where(
-            (before >= 0) & (np.abs(last_ts - before_ts) <= self.config.session_gap_s), before, n
-        )
+        pair_prev = np.where((before >= 0) & (np.abs(last_ts - before_ts) <= self.config.session_gap_s), before, n)
         return Scores(
-            score=np.asarray(scores),
+            score=scores,
             next_probs=self.markov.probabilities()[markov_row],
             purchase_5m=self._conversion_rates(1, pair_prev, cur),
             purchase_60m=self._conversion_rates(2, pair_prev, cur),
-            known=known,
+            known=users >= 0,
         )
+
+    def _sequence_scores_host(self, users, now_s, default_ctx, mode, use_lift) -> np.ndarray:
+        actions, ts, lengths = self.windows.gather(users)
+        theta = self._theta(self.windows.last_context(users, default_ctx), mode)
+        n = self.n_actions
+        lift = self.lift() if use_lift else np.ones((n, n))
+        ages = np.maximum(now_s - ts, 0.0).astype(np.float32)
+        return np.asarray(kernels.sequence_scores(
+            actions, ages, lengths, theta, lift.astype(np.float32),
+            half_life_s=self.config.recency_half_life_s, backend=self.backend,
+        ))
+
+    def _sequence_scores_device(self, users, now_s, default_ctx, mode, use_lift) -> np.ndarray:
+        ds = self.device_state
+        if ds.alpha is None:
+            self._push_to_device(np.zeros(0, np.int64))
+        actions, ages, lengths, ctx = ds.gather(users, now_s, default_ctx)
+        if mode == "prior":
+            theta = ds.prior_mean.expand(len(users), -1).contiguous()
+        else:
+            alpha, beta = ds.alpha[ctx], ds.beta[ctx]
+            if mode == "mean":
+                theta = alpha / (alpha + beta)
+            else:
+                self.draws += 1
+                theta = kernels.beta_sample(alpha, beta, seed=self.config.seed, offset=self.draws, backend=self.backend)
+        lift = ds.lift if use_lift else ds.lift.new_ones(ds.lift.shape)
+        scores = kernels.sequence_scores(
+            actions, ages, lengths, theta, lift, half_life_s=self.config.recency_half_life_s, backend=self.backend
+        )
+        return scores.cpu().numpy()
 
     def _theta(self, ctx: np.ndarray, mode: str) -> np.ndarray:
         if mode == "prior":
@@ -205,6 +239,7 @@ class Engine:
         if idx is None:
             return False
         self.attribution.erase(idx)
+        self._push_to_device(np.array([idx]))
         return True
 
     # ---- snapshots ----------------------------------------------------------------------------
@@ -239,3 +274,4 @@ class Engine:
         clock, seq, draws, applied, late = state["scalars"]
         self.clock_s, self.applied_seq, self.draws = float(clock), int(seq), int(draws)
         self.events_applied, self.late_events = int(applied), int(late)
+        self._push_to_device(np.arange(len(self.windows.ids)))

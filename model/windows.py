@@ -74,6 +74,20 @@ class UserWindows:
         slots = (self.head[rows, None] - lengths[:, None] + np.arange(self.size)[None, :]) % self.size
         return self.actions[rows[:, None], slots], self.ts[rows[:, None], slots], lengths
 
+    def last_two(self, users: np.ndarray):
+        """Each user's last and previous action (-1 if none) with their times, and window length."""
+        known = users >= 0
+        rows = np.where(known, users, 0)
+        if not len(self.length):
+            none = np.full(len(users), -1, np.int32)
+            return none, none, np.zeros(len(users)), np.zeros(len(users)), np.zeros(len(users), np.int32)
+        lengths = np.where(known, self.length[rows], 0)
+        last = (self.head[rows] - 1) % self.size
+        before = (self.head[rows] - 2) % self.size
+        cur = np.where(lengths > 0, self.actions[rows, last], -1)
+        prev = np.where(lengths > 1, self.actions[rows, before], -1)
+        return cur, prev, self.ts[rows, last], self.ts[rows, before], lengths
+
     def last_context(self, users: np.ndarray, default: int) -> np.ndarray:
         """Context code of each user's latest event; ``default`` for unknown users."""
         if not len(self.last_ctx):

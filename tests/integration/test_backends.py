@@ -59,3 +59,30 @@ async def test_server_on_the_triton_backend_reports_it_and_scores_like_numpy(sta
         views[backend] = [(await s.acme.call("GET", f"/v1/users/t{i}")).body["score"] for i in range(7)]
         await s.client.close()
     np.testing.assert_allclose(views["triton"], views["numpy"], atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_device_state_mirrors_the_host_after_ingest_erase_and_restore(backend):
+    cfg = TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0)
+    engine = Engine(cfg, backend=backend)
+    events = _history(cfg, n_users=50)
+    for start in range(0, len(events), 333):
+        engine.apply(events.take(np.arange(start, min(start + 333, len(events)))))
+    engine.erase_user("u3")
+
+    def assert_mirrored(e):
+        ds, w = e.device_state, e.windows
+        n = len(w.ids)
+        np.testing.assert_array_equal(ds.length[:n].cpu().numpy(), w.length[:n])
+        np.testing.assert_array_equal(ds.head[:n].cpu().numpy(), w.head[:n])
+        np.testing.assert_array_equal(ds.actions[:n].cpu().numpy(), w.actions[:n])
+        np.testing.assert_array_equal(ds.ts[:n].cpu().numpy(), w.ts[:n])
+        alpha, _ = e.posterior()
+        np.testing.assert_allclose(ds.alpha.cpu().numpy(), alpha, rtol=1e-6)
+        np.testing.assert_allclose(ds.lift.cpu().numpy(), e.lift(), rtol=1e-6)
+
+    assert_mirrored(engine)
+    assert int(engine.device_state.length[engine.windows.lookup(["u4"], create=False)[0]]) > 0
+    restored = Engine(cfg, backend=backend)
+    restored.load_state(engine.state_dict())
+    assert_mirrored(restored)
