@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._cupy import raw_kernel
+
 from ._keys import stream_key
 
 THREADS = 256
@@ -57,17 +59,6 @@ extern "C" __global__ void beta_sample_kernel(
 }
 """
 
-_kernel = None
-
-
-def _compiled():
-    global _kernel
-    if _kernel is None:
-        import cupy
-
-        _kernel = cupy.RawKernel(SOURCE, "beta_sample_kernel")
-    return _kernel
-
 
 def beta_sample_cupy(alpha: Any, beta: Any, *, seed: int, offset: int = 0) -> Any:
     """Beta(alpha, beta) draws as a float32 CuPy array; one Philox stream per (seed, offset)."""
@@ -79,5 +70,6 @@ def beta_sample_cupy(alpha: Any, beta: Any, *, seed: int, offset: int = 0) -> An
     n = a.size
     if n:
         blocks = (n + THREADS - 1) // THREADS
-        _compiled()((blocks,), (THREADS,), (a, b, out, cupy.int64(n), cupy.uint64(stream_key(seed, offset))))
+        args = (a, b, out, cupy.int64(n), cupy.uint64(stream_key(seed, offset)))
+        raw_kernel(SOURCE, "beta_sample_kernel")((blocks,), (THREADS,), args)
     return out.reshape(alpha.shape)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._cupy import raw_kernel
+
 THREADS = 128
 
 SOURCE = r"""
@@ -24,17 +26,6 @@ extern "C" __global__ void sequence_scores_kernel(
 }
 """
 
-_kernel = None
-
-
-def _compiled():
-    global _kernel
-    if _kernel is None:
-        import cupy
-
-        _kernel = cupy.RawKernel(SOURCE, "sequence_scores_kernel")
-    return _kernel
-
 
 def sequence_scores_cupy(actions: Any, ages_s: Any, lengths: Any, theta: Any, lift: Any, *, half_life_s: float) -> Any:
     """Score per row as a float32 CuPy array (shapes checked by the caller)."""
@@ -55,5 +46,5 @@ def sequence_scores_cupy(actions: Any, ages_s: Any, lengths: Any, theta: Any, li
             cupy.int32(window),
             cupy.float32(half_life_s),
         )
-        _compiled()(((n_rows + THREADS - 1) // THREADS,), (THREADS,), args)
+        raw_kernel(SOURCE, "sequence_scores_kernel")(((n_rows + THREADS - 1) // THREADS,), (THREADS,), args)
     return out
