@@ -1,6 +1,7 @@
 """Batched, counter-based Thompson draws from Beta posteriors."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,6 @@ def beta_sample(alpha: Any, beta: Any, *, seed: int, offset: int = 0, backend: s
         raise ValueError(f"alpha and beta must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if int(seed) < 0 or int(offset) < 0:
         raise ValueError(f"seed and offset must be >= 0, got seed={seed}, offset={offset}")
-    if a.size if name != "triton" else a.numel():
-        if not (bool((a > 0).all()) and bool((b > 0).all())):
-            raise ValueError("alpha and beta must be > 0 everywhere (and not NaN)")
+    if math.prod(a.shape) and not (bool((a > 0).all()) and bool((b > 0).all())):
+        raise ValueError("alpha and beta must be > 0 everywhere (and not NaN)")
     return like(implementation("beta_sample", name)(a, b, seed=seed, offset=offset), alpha)
