@@ -13,7 +13,7 @@ class Overloaded(Exception):
     """The queue is full; the caller should retry after ``retry_after_s``."""
 
     def __init__(self, queued: int, retry_after_s: float):
-        super().__init__(f"{queued} items already wait for the device")
+        super().__init__(f"{queued} items already wait to be processed")
         self.retry_after_s = retry_after_s
 
 

@@ -103,8 +103,15 @@ async def post_events(request: web.Request) -> web.Response:
     state = request[TENANT]
     cfg = request.app[RUNTIME].config
     batch = parse_events(await _body(request), state.config, time.time(), cfg.max_items_per_request)
-    accepted, duplicates = await request.app[RUNTIME].ingest(state, batch)
+    try:
+        accepted, duplicates = await request.app[RUNTIME].ingest(state, batch)
+    except Overloaded as exc:
+        raise _overloaded(exc) from None
     return respond(request, {"accepted": accepted, "duplicates": duplicates})
+
+
+def _overloaded(exc: Overloaded) -> ApiError:
+    return ApiError(503, "overloaded", f"{exc}; retry later", headers={"Retry-After": str(int(exc.retry_after_s))})
 
 
 async def post_score(request: web.Request) -> web.Response:
@@ -113,7 +120,7 @@ async def post_score(request: web.Request) -> web.Response:
     try:
         results = await runtime.score(request[TENANT], user_ids, explain)
     except Overloaded as exc:
-        raise ApiError(503, "overloaded", str(exc), headers={"Retry-After": str(int(exc.retry_after_s))})
+        raise _overloaded(exc) from None
     return respond(request, {"results": results})
 
 

@@ -21,7 +21,7 @@ import kernels
 from model import Engine, EventBatch, TenantConfig
 from model.contexts import describe_context
 
-from .batcher import MicroBatcher
+from .batcher import MicroBatcher, Overloaded
 from .config import ServerConfig
 from .metrics import Metrics
 from .ratelimit import TokenBucket
@@ -89,6 +89,7 @@ class Runtime:
         self._key_to_tenant: dict[str, int] = {}
         self.recovery = Recovery()
         self._commits: asyncio.Queue[_Pending] | None = None
+        self.pending_events = 0
         self._tasks: list[asyncio.Task] = []
         self._recovered = asyncio.Event()
 
@@ -218,8 +219,11 @@ class Runtime:
     # ---- ingest -------------------------------------------------------------------------------
 
     async def ingest(self, state: TenantState, batch: EventBatch) -> tuple[int, int]:
-        """(accepted, duplicates) once the batch is durable in the log."""
+        """(accepted, duplicates) once the batch is durable in the log; Overloaded when too much waits."""
+        if self.pending_events and self.pending_events + len(batch) > self.config.max_pending_events:
+            raise Overloaded(self.pending_events, retry_after_s=1.0)
         fut = asyncio.get_running_loop().create_future()
+        self.pending_events += len(batch)
         self._commits.put_nowait(_Pending(state, batch, state.config, fut))
         return await fut
 
@@ -235,11 +239,13 @@ class Runtime:
                     self.store.append, [(p.state.tenant.id, p.batch, p.config) for p in group]
                 )
             except Exception as exc:
+                self.pending_events -= size
                 log.exception("group commit of %d batches failed", len(group))
                 for p in group:
                     if not p.future.done():
                         p.future.set_exception(exc)
                 continue
+            self.pending_events -= size
             self.metrics.commit_events.observe(size)
             for p, result in zip(group, results):
                 accepted = int(result.accepted.sum())

@@ -229,6 +229,25 @@ async def test_full_queue_sheds_with_503_and_retry_after(start):
     assert all(r.status in (200, 503) for r in replies) and any(r.status == 200 for r in replies)
 
 
+async def test_ingest_sheds_with_503_when_too_many_events_wait_for_their_commit(start):
+    s = await start(max_pending_events=10)
+    store = s.runtime.store
+    original = store.append
+
+    def slow(groups):
+        time.sleep(0.2)
+        return original(groups)
+
+    store.append = slow
+    replies = await asyncio.gather(*(s.acme.events([view(f"o{i}-{k}") for k in range(4)]) for i in range(8)))
+    shed = [r for r in replies if r.status == 503]
+    assert shed and all(r.body["error"]["code"] == "overloaded" and r.headers["Retry-After"] for r in shed)
+    accepted = sum(r.body["accepted"] for r in replies if r.status == 200)
+    assert accepted == 4 * (len(replies) - len(shed)) and s.runtime.pending_events == 0
+    store.append = original
+    assert (await s.acme.events([view("after")])).status == 200
+
+
 async def test_unexpected_errors_answer_500_without_internals(start):
     s = await start()
     state = next(iter(s.runtime.tenants.values()))
