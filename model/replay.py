@@ -119,25 +119,33 @@ class ReplayReport:
         return "\n".join([head, *lines])
 
 
-def replay(batch: EventBatch, config: TenantConfig, *, chunk_s: float = 1.0) -> ReplayReport:
-    """Prequential replay of a time-sorted batch; AUC per score variant and for the Markov estimates."""
-    started = time.perf_counter()
+def prequential_scores(
+    batch: EventBatch, config: TenantConfig, variants: dict[str, tuple[str, bool]], *, chunk_s: float = 1.0
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """Score each event's user just before the event, per variant; also the Markov estimates and history flag."""
     engine = Engine(config)
     n = len(batch)
-    scores = {name: np.zeros(n, np.float32) for name in VARIANTS}
+    scores = {name: np.zeros(n, np.float32) for name in variants}
     p5, p60 = np.zeros(n), np.zeros(n)
     has_history = np.zeros(n, bool)
     buckets = np.floor(batch.ts / chunk_s)
     bounds = np.flatnonzero(np.diff(buckets)) + 1
-    starts, ends = np.r_[0, bounds], np.r_[bounds, n]
-    for lo, hi in zip(starts, ends):
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n]):
         users, now = batch.user_ids[lo:hi], float(batch.ts[lo])
-        for name, (mode, use_lift) in VARIANTS.items():
+        for name, (mode, use_lift) in variants.items():
             result = engine.score(users, now, mode=mode, use_lift=use_lift)
             scores[name][lo:hi] = result.score
         p5[lo:hi], p60[lo:hi] = result.purchase_5m, result.purchase_60m
         has_history[lo:hi] = result.known
         engine.apply(batch.take(slice(lo, hi)))
+    return scores, p5, p60, has_history
+
+
+def replay(batch: EventBatch, config: TenantConfig, *, chunk_s: float = 1.0) -> ReplayReport:
+    """Prequential replay of a time-sorted batch; AUC per score variant and for the Markov estimates."""
+    started = time.perf_counter()
+    n = len(batch)
+    scores, p5, p60, has_history = prequential_scores(batch, config, VARIANTS, chunk_s=chunk_s)
     rows = []
     labels = [conversion_labels(batch, config.conversion_code, h) for h in PREDICT_HORIZONS_S]
     candidates: dict[str, tuple[np.ndarray | None, np.ndarray]] = {
@@ -162,6 +170,8 @@ def replay(batch: EventBatch, config: TenantConfig, *, chunk_s: float = 1.0) -> 
         {"predictor": "(of which users with history)",
          "auc_5m": f"{int(h5.sum())} / {int(l5[h5].sum())}", "auc_60m": f"{int(h60.sum())} / {int(l60[h60].sum())}"}
     )
+    engine = Engine(config)
+    engine.apply(batch)
     alpha, beta = engine.pooled_posterior()
     weights = {a: float(alpha[i] / (alpha[i] + beta[i])) for i, a in enumerate(config.actions)}
     return ReplayReport(n, len(engine.windows), round(time.perf_counter() - started, 2), rows, weights)

@@ -77,6 +77,61 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_split(args: argparse.Namespace, config: TenantConfig):
+    """The event file, and the time at the given fraction of its span (None without one)."""
+    from model.replay import load_events
+
+    batch = load_events(args.data, args.format, config, limit=args.limit)
+    if not len(batch):
+        raise ValueError(f"{args.data} holds no events")
+    frac = getattr(args, "until_frac", None) or getattr(args, "from_frac", None)
+    if frac is None:
+        return batch, None
+    if not 0.0 < frac < 1.0:
+        raise ValueError(f"the fraction must lie strictly between 0 and 1, got {frac}")
+    return batch, float(batch.ts.min() + frac * (batch.ts.max() - batch.ts.min()))
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.training import TrainSettings, train
+
+    config = TenantConfig(allow_backfill=True, allowed_lateness_s=0.0, session_gap_s=args.session_gap_s, seed=args.seed)
+    batch, cut = _load_split(args, config)
+    if cut is not None:
+        batch = batch.take(batch.ts < cut)
+    settings = TrainSettings(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
+                             learning_rate=args.learning_rate, seed=args.seed)
+    checkpoint = train(batch, config, settings, show_progress=not args.quiet)
+    checkpoint["data"]["source"] = str(args.data)
+    torch.save(checkpoint, args.out)
+    print(json.dumps({"out": str(args.out), "seconds": checkpoint["seconds"], "data": checkpoint["data"],
+                      "validation_metrics": checkpoint["validation_metrics"]}, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.evaluation import evaluate
+
+    checkpoint = torch.load(args.model, map_location="cpu", weights_only=False)
+    config = TenantConfig.from_dict(checkpoint["tenant_config"])
+    batch, cut = _load_split(args, config)
+    result = evaluate(checkpoint, batch, from_ts=cut)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        keys = [k for k in next(iter(result.values())) if k != "n_events"]
+        print("| predictor | " + " | ".join(keys) + " |")
+        print("|---" * (len(keys) + 1) + "|")
+        for name, metrics in result.items():
+            cells = [f"{metrics[k]:.4f}" if isinstance(metrics[k], float) else str(metrics[k]) for k in keys]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nudge", description="GPU-accelerated engagement scoring server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +159,31 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--chunk-s", type=float, default=1.0, help="events within this many seconds share a state")
     rep.add_argument("--seed", type=int, default=0)
     rep.set_defaults(run=_replay)
+
+    tr = sub.add_parser("train", help="train the next-action Transformer on an event file")
+    tr.add_argument("--data", required=True)
+    tr.add_argument("--format", choices=("taobao",), default="taobao")
+    tr.add_argument("--out", required=True, help="where to write the checkpoint (.pt)")
+    tr.add_argument("--until-frac", type=float, default=None, help="train only on this first fraction of the time span")
+    tr.add_argument("--limit", type=int, default=None, help="read only the first N rows")
+    tr.add_argument("--session-gap-s", type=float, default=1800.0, help="a longer gap ends a session")
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--patience", type=int, default=3, help="stop after this many epochs without improvement")
+    tr.add_argument("--batch-size", type=int, default=256)
+    tr.add_argument("--learning-rate", type=float, default=2e-3)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(run=_train)
+
+    ev = sub.add_parser("evaluate", help="score an event file with a checkpoint, the Markov chain and popularity")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--format", choices=("taobao",), default="taobao")
+    ev.add_argument("--from-frac", type=float, default=None,
+                    help="score only events after this fraction of the time span (earlier ones are history)")
+    ev.add_argument("--limit", type=int, default=None)
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(run=_evaluate)
     return parser
 
 
@@ -111,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except ImportError as exc:
+        print(f"error: {exc}; training and evaluation need torch: pip install -e '.[dev]'", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

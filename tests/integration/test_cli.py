@@ -103,3 +103,31 @@ def test_replay_runs_on_the_real_taobao_slice():
     assert report["events"] == 15000
     # Real behaviour: purchases are followed by purchases more often than views are.
     assert report["weights"]["purchase"] > report["weights"]["view"]
+
+
+def test_train_then_evaluate_from_the_command_line(tmp_path):
+    rows, t = [], 1_511_658_000
+    for u in range(240):
+        rows += [f"{u},1,{u % 7},pv,{t + 20 * u}", f"{u},2,{u % 7},cart,{t + 20 * u + 15}"]
+        if u % 3 == 0:
+            rows.append(f"{u},2,{u % 7},buy,{t + 20 * u + 40}")
+    rows.append(f"999,1,1,pv,{t + 20 * 240 + 2000}")
+    path = tmp_path / "events.csv"
+    path.write_text("\n".join(sorted(rows, key=lambda r: int(r.rsplit(",", 1)[1]))) + "\n")
+    model = tmp_path / "m.pt"
+    trained = nudge("train", "--data", str(path), "--format", "taobao", "--until-frac", "0.8", "--session-gap-s", "300",
+                    "--epochs", "3", "--out", str(model), "--quiet")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    summary = json.loads(trained.stdout)
+    assert set(summary["validation_metrics"]) == {"transformer", "markov", "popularity"}
+    assert "epoch 1:" in trained.stderr
+    out = nudge("evaluate", "--model", str(model), "--data", str(path), "--format", "taobao", "--from-frac", "0.8", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    for name in ("transformer", "markov", "popularity"):
+        metrics = result[name]
+        assert {"next_action_logloss", "next_action_top1", "purchase_5m_auc", "purchase_60m_auc", "n_events",
+                "next_action_censored", "purchase_5m_censored", "purchase_60m_censored"} <= set(metrics)
+        assert metrics["n_events"] > 0 and metrics["purchase_60m_censored"] == metrics["n_events"]
+    bad = nudge("evaluate", "--model", str(model), "--data", str(path), "--from-frac", "1.5")
+    assert bad.returncode == 2 and "between 0 and 1" in bad.stderr

@@ -1,0 +1,108 @@
+"""Per-user event sequences with the targets the predictors learn: next action, conversion in 5 / 60 min.
+
+Training and evaluation build their inputs here, from the same columns serving keeps per user,
+so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .contexts import daypart_codes
+from .events import EventBatch
+
+GAP_BUCKETS = 18  # 0: first event of the user; then log2-spaced gaps from < 1 s to > 18 h
+CATEGORY_BUCKETS = 1024
+HORIZONS_S = (300.0, 3600.0)
+
+
+def gap_buckets(gap_s: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """0 for a user's first event, else 1 + floor(log2(1 + gap)), capped."""
+    b = 1 + np.floor(np.log2(1.0 + np.maximum(gap_s, 0.0))).astype(np.int64)
+    return np.where(first, 0, np.minimum(b, GAP_BUCKETS - 1))
+
+
+def category_buckets(categories: np.ndarray) -> np.ndarray:
+    """Stable hash of each category into [1, CATEGORY_BUCKETS); 0 where there is none."""
+    out = np.zeros(len(categories), np.int64)
+    for i, c in enumerate(categories):
+        if c is not None:
+            h = 2166136261
+            for byte in str(c).encode():
+                h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+            out[i] = 1 + h % (CATEGORY_BUCKETS - 1)
+    return out
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Events grouped by user, in time order; one row per event (flat), with targets.
+
+    ``next_action`` is the user's next action within the session gap, ``n_actions`` for "session
+    end", -1 when the session gap runs past the end of the data. ``conv[h]`` is 1/0 for a
+    conversion within HORIZONS_S[h] after the event, -1 when that horizon runs past the end.
+    """
+
+    user: np.ndarray  # dense user index per event
+    position: np.ndarray  # index of the event within its user's sequence
+    starts: np.ndarray  # first flat row of each user
+    lengths: np.ndarray  # events per user
+    action: np.ndarray
+    gap: np.ndarray
+    device: np.ndarray
+    daypart: np.ndarray
+    category: np.ndarray
+    score: np.ndarray
+    ts: np.ndarray
+    next_action: np.ndarray
+    conv: np.ndarray  # [2, n]
+    order: np.ndarray  # flat row -> row of the original batch
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+
+def build_sequences(
+    batch: EventBatch, n_actions: int, conversion: int, session_gap_s: float, scores: np.ndarray | None = None
+) -> Sequences:
+    """Group a time-sorted batch by user and attach the targets (with censoring at the data's end)."""
+    n = len(batch)
+    _, user = np.unique(batch.user_ids.astype(str), return_inverse=True)
+    order = np.lexsort((np.arange(n), batch.ts, user))
+    u, ts, act = user[order], batch.ts[order], batch.actions[order].astype(np.int64)
+    first = np.ones(n, bool)
+    first[1:] = u[1:] != u[:-1]
+    starts = np.flatnonzero(first)
+    lengths = np.diff(np.append(starts, n))
+    position = np.arange(n) - np.repeat(starts, lengths)
+    gap = np.zeros(n)
+    gap[1:] = ts[1:] - ts[:-1]
+    last = np.ones(n, bool)
+    last[:-1] = u[1:] != u[:-1]
+    end = float(batch.ts.max()) if n else 0.0
+
+    next_ts = np.where(last, np.inf, np.r_[ts[1:], np.inf])
+    next_act = np.r_[act[1:], -1]
+    within = next_ts - ts <= session_gap_s
+    # Censor by time alone: labelling the events that have a next one near the end, but not the
+    # others, would bias every metric toward "the session goes on".
+    observed = ts + session_gap_s < end
+    next_action = np.where(observed, np.where(within, next_act, n_actions), -1)
+
+    conv_pos = np.flatnonzero(act == conversion)
+    nxt = np.searchsorted(conv_pos, np.arange(n), side="right")
+    has = nxt < len(conv_pos)
+    target = conv_pos[np.minimum(nxt, max(len(conv_pos) - 1, 0))] if len(conv_pos) else np.zeros(n, np.int64)
+    same = has & (u[target] == u) if len(conv_pos) else np.zeros(n, bool)
+    delay = np.where(same, ts[target] - ts, np.inf) if len(conv_pos) else np.full(n, np.inf)
+    conv = np.stack([np.where(ts + h <= end, (delay <= h).astype(np.int64), -1) for h in HORIZONS_S])
+
+    return Sequences(
+        user=u, position=position, starts=starts, lengths=lengths, action=act,
+        gap=gap_buckets(gap, first), device=batch.device[order].astype(np.int64),
+        daypart=daypart_codes(ts, batch.tz_offset_min[order]).astype(np.int64),
+        category=category_buckets(batch.categories[order]),
+        score=np.zeros(n, np.float32) if scores is None else scores[order].astype(np.float32),
+        ts=ts, next_action=next_action, conv=conv, order=order,
+    )

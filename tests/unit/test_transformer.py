@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+
+from model import EventBatch, TenantConfig
+from model.metrics import prediction_metrics
+from model.sequences import build_sequences
+from model.training import TrainSettings, load_model, predict, train
+from model.transformer import NextActionTransformer, TransformerConfig, batch_tokens, chunks
+
+CFG = TenantConfig(allow_backfill=True, allowed_lateness_s=0.0, session_gap_s=600.0)
+A = {name: i for i, name in enumerate(CFG.actions)}
+T0 = 1_700_000_000.0
+
+
+def events(rows):
+    users, names, ts = zip(*rows)
+    return EventBatch.build(list(users), [A[n] for n in names], list(ts))
+
+
+def tokens(batch_size=3, length=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda high: torch.randint(0, high, (batch_size, length), generator=g)  # noqa: E731
+    return {"action": r(9), "gap": r(18), "device": r(4), "daypart": r(4), "category": r(1024),
+            "score": torch.rand(batch_size, length, generator=g)}
+
+
+def model():
+    torch.manual_seed(0)
+    return NextActionTransformer(TransformerConfig(n_actions=9, window=8, dropout=0.0)).eval()
+
+
+def test_transformer_outputs_do_not_depend_on_later_events():
+    m, tok = model(), tokens()
+    padding = torch.zeros(3, 6, dtype=torch.bool)
+    before, _ = m(tok, padding)
+    changed = {k: v.clone() for k, v in tok.items()}
+    changed["action"][:, 4:] = (changed["action"][:, 4:] + 1) % 9
+    changed["score"][:, 4:] += 1.0
+    after, _ = m(changed, padding)
+    torch.testing.assert_close(after[:, :4], before[:, :4])
+    assert not torch.allclose(after[:, 4:], before[:, 4:])
+
+
+def test_transformer_outputs_do_not_depend_on_padding():
+    m, tok = model(), tokens(batch_size=1, length=3)
+    short, _ = m(tok, torch.zeros(1, 3, dtype=torch.bool))
+    padded = {k: torch.cat([v, v[:, :2] * 0 + (1 if v.dtype != torch.float32 else 0.7)], dim=1) for k, v in tok.items()}
+    padding = torch.tensor([[False, False, False, True, True]])
+    long, _ = m(padded, padding)
+    torch.testing.assert_close(long[:, :3], short, atol=1e-5, rtol=1e-5)
+
+
+def test_sequences_targets_and_censoring_by_hand():
+    b = events([
+        ("a", "view", T0), ("a", "add_to_cart", T0 + 60), ("a", "purchase", T0 + 120),
+        ("b", "view", T0 + 30), ("b", "view", T0 + 5000),
+        ("c", "view", T0 + 9000), ("z", "view", T0 + 9400),
+    ])
+    s = build_sequences(b, 9, A["purchase"], CFG.session_gap_s)
+    by_event = {(u, int(t)): i for i, (u, t) in enumerate(zip(b.user_ids[s.order], s.ts - T0))}
+    row = lambda u, t: by_event[(u, t)]  # noqa: E731
+    end = 9
+    assert s.next_action[row("a", 0)] == A["add_to_cart"] and s.next_action[row("a", 120)] == end
+    assert s.next_action[row("b", 30)] == end  # the next view comes 83 minutes later
+    assert s.next_action[row("c", 9000)] == -1  # the data ends 400 s later: cannot know
+    assert s.conv[0][row("a", 0)] == 1 and s.conv[0][row("a", 120)] == 0 and s.conv[0][row("b", 30)] == 0
+    # The data ends at 9400: c's 5-minute horizon fits, its 60-minute one does not.
+    assert s.conv[0][row("c", 9000)] == 0 and s.conv[1][row("c", 9000)] == -1 and s.conv[1][row("b", 5000)] == 0
+    assert s.gap[row("a", 0)] == 0 and s.gap[row("a", 60)] == 1 + int(np.log2(61))
+
+
+def test_prediction_metrics_by_hand():
+    b = events([("a", "view", T0), ("a", "view", T0 + 10), ("b", "view", T0 + 20), ("b", "purchase", T0 + 30),
+                ("zz", "view", T0 + 5000)])
+    s = build_sequences(b, 9, A["purchase"], CFG.session_gap_s)
+    probs = np.full((len(s), 10), 0.05)
+    probs[:, A["view"]] = 0.55
+    conv = np.tile(np.linspace(0.1, 0.5, len(s)), (2, 1))
+    m = prediction_metrics(s, np.ones(len(s), bool), probs, conv, 9)
+    known = s.next_action >= 0
+    expected = -np.mean(np.log(probs[known, s.next_action[known]]))
+    assert m["next_action_logloss"] == pytest.approx(expected)
+    assert m["next_action_top1"] == pytest.approx(np.mean(s.next_action[known] == A["view"]))
+    assert m["next_action_censored"] == int((~known).sum()) == 1
+    assert m["n_events"] == 5 and m["purchase_60m_censored"] == 1  # only zz's hour runs past the end
+
+
+def deterministic_stream(n_users=300):
+    rows = []
+    for u in range(n_users):
+        t = T0 + 40 * u
+        rows += [(f"u{u}", "view", t), (f"u{u}", "add_to_cart", t + 20)]
+        if u % 2:
+            rows.append((f"u{u}", "purchase", t + 40))
+    rows.append(("late", "view", T0 + 40 * n_users + 4000))
+    return events(sorted(rows, key=lambda r: r[2]))
+
+
+def test_training_learns_a_deterministic_next_action_and_is_reproducible():
+    b = deterministic_stream()
+    settings = TrainSettings(epochs=15, patience=15, batch_size=16, learning_rate=5e-3, seed=3)
+    small = TransformerConfig(n_actions=9, window=8, d_model=32, layers=1, heads=2, dropout=0.0)
+    first = train(b, CFG, settings, small, log=lambda line: None, show_progress=False)
+    second = train(b, CFG, settings, small, log=lambda line: None, show_progress=False)
+    assert [h["train_loss"] for h in first["history"]] == [h["train_loss"] for h in second["history"]]
+    assert first["vocabulary"] == list(CFG.actions) and first["model_config"]["window"] == 8
+    assert set(first["validation_metrics"]) == {"transformer", "markov", "popularity"}
+    s = build_sequences(b, 9, A["purchase"], CFG.session_gap_s)
+    probs, _ = predict(load_model(first), s)
+    after_view = (s.action == A["view"]) & (s.next_action >= 0)
+    assert probs[after_view, A["add_to_cart"]].mean() > 0.8
+
+
+def test_chunks_cut_long_sequences_into_windows():
+    b = events([("a", "view", T0 + i) for i in range(11)] + [("b", "view", T0)])
+    s = build_sequences(b, 9, A["purchase"], CFG.session_gap_s)
+    pieces = chunks(s, 4)
+    assert sorted(pieces[:, 1].tolist()) == [1, 3, 4, 4]
+    tok, padding, rows = batch_tokens(s, pieces, 9)
+    assert tok["action"].shape == (4, 4) and int(padding.sum()) == 4 and int((rows >= 0).sum()) == 12
