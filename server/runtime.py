@@ -391,6 +391,9 @@ class Runtime:
         self.metrics.snapshots.inc()
 
     async def snapshot_all(self) -> None:
+        # The device thread runs engine updates in order: once this no-op has run, every update
+        # queued before it (acknowledged events) has been applied and can be in the snapshot.
+        await self.on_device(lambda: None)
         for state in list(self.tenants.values()):
             if state.engine.applied_seq > state.snapshot_seq:
                 await self.snapshot(state)

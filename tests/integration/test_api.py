@@ -294,3 +294,21 @@ async def test_health_readiness_metrics_and_openapi(start):
     served = {(r.method, r.resource.canonical) for r in s.app.router.routes() if r.method != "HEAD"}
     assert documented == served
     assert spec["openapi"].startswith("3.")
+
+
+async def test_a_clean_stop_snapshots_events_whose_engine_update_was_still_queued(start):
+    from server.snapshots import load_snapshot, snapshot_path
+
+    s = await start(snapshot_interval_s=3600.0)
+    state = next(iter(s.runtime.tenants.values()))
+    original = state.engine.apply
+
+    def slow_apply(*args, **kwargs):
+        time.sleep(0.3)  # the acknowledgement is sent before this finishes
+        return original(*args, **kwargs)
+
+    state.engine.apply = slow_apply
+    assert (await s.acme.events([view("queued")])).body == {"accepted": 1, "duplicates": 0}
+    await s.client.close()  # stop at once
+    snapshot, _ = load_snapshot(snapshot_path(s.data_dir, state.tenant.id))
+    assert int(snapshot["scalars"][3]) == 1  # events_applied
