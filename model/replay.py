@@ -17,6 +17,7 @@ from scipy.stats import rankdata
 from .config import TenantConfig
 from .engine import PREDICT_HORIZONS_S, Engine
 from .events import EventBatch
+from .sequences import next_conversion_delay
 
 TAOBAO_ACTIONS = {"pv": "view", "fav": "favorite", "cart": "add_to_cart", "buy": "purchase"}
 FORMATS = ("taobao",)
@@ -58,18 +59,7 @@ def load_events(path: str | Path, fmt: str, config: TenantConfig, limit: int | N
 
 def conversion_labels(batch: EventBatch, conversion: int, horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
     """(label, observed): the user converts within ``horizon_s`` after the event; observed = not censored."""
-    n = len(batch)
-    _, user = np.unique(batch.user_ids.astype(str), return_inverse=True)
-    order = np.lexsort((np.arange(n), batch.ts, user))
-    conv_pos = np.flatnonzero(batch.actions[order] == conversion)
-    nxt = np.searchsorted(conv_pos, np.arange(n), side="right")
-    has = nxt < len(conv_pos)
-    target = conv_pos[np.minimum(nxt, len(conv_pos) - 1)] if len(conv_pos) else np.zeros(n, int)
-    same_user = has & (user[order][target] == user[order])
-    gap = batch.ts[order][target] - batch.ts[order]
-    label_sorted = same_user & (gap <= horizon_s)
-    label = np.empty(n, bool)
-    label[order] = label_sorted
+    label = next_conversion_delay(batch, conversion) <= horizon_s
     observed = batch.ts + horizon_s <= batch.ts.max()
     return label, observed
 

@@ -35,6 +35,24 @@ def category_buckets(categories: np.ndarray) -> np.ndarray:
     return out
 
 
+def next_conversion_delay(batch: EventBatch, conversion: int) -> np.ndarray:
+    """Per event (batch order): seconds until the same user's next conversion after it; inf if none."""
+    n = len(batch)
+    _, user = np.unique(batch.user_ids.astype(str), return_inverse=True)
+    order = np.lexsort((np.arange(n), batch.ts, user))
+    u, ts = user[order], batch.ts[order]
+    conv_pos = np.flatnonzero(batch.actions[order] == conversion)
+    delay_sorted = np.full(n, np.inf)
+    if len(conv_pos):
+        nxt = np.searchsorted(conv_pos, np.arange(n), side="right")
+        target = conv_pos[np.minimum(nxt, len(conv_pos) - 1)]
+        same = (nxt < len(conv_pos)) & (u[target] == u)
+        delay_sorted = np.where(same, ts[target] - ts, np.inf)
+    delay = np.empty(n)
+    delay[order] = delay_sorted
+    return delay
+
+
 @dataclass(frozen=True)
 class Sequences:
     """Events grouped by user, in time order; one row per event (flat), with targets.
@@ -90,12 +108,7 @@ def build_sequences(
     observed = ts + session_gap_s < end
     next_action = np.where(observed, np.where(within, next_act, n_actions), -1)
 
-    conv_pos = np.flatnonzero(act == conversion)
-    nxt = np.searchsorted(conv_pos, np.arange(n), side="right")
-    has = nxt < len(conv_pos)
-    target = conv_pos[np.minimum(nxt, max(len(conv_pos) - 1, 0))] if len(conv_pos) else np.zeros(n, np.int64)
-    same = has & (u[target] == u) if len(conv_pos) else np.zeros(n, bool)
-    delay = np.where(same, ts[target] - ts, np.inf) if len(conv_pos) else np.full(n, np.inf)
+    delay = next_conversion_delay(batch, conversion)[order]
     conv = np.stack([np.where(ts + h <= end, (delay <= h).astype(np.int64), -1) for h in HORIZONS_S])
 
     return Sequences(
