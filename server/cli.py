@@ -132,6 +132,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_bandit(args: argparse.Namespace) -> int:
+    from model.bandit_replay import evaluate_campaigns
+
+    rows = evaluate_campaigns(Path(args.data), runs=args.runs)
+    if not rows:
+        raise ValueError(f"{args.data}: no random/<campaign>/<campaign>.csv files found")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"replay method, Thompson sampling (Beta(1,1) priors) averaged over {args.runs} runs")
+    print("| campaign | arms | random: impressions, clicks, CTR (95 % CI) | TS: matched, clicks, CTR (95 % CI) | TS / random |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        lo, hi = r["random_ctr_ci95"]
+        tlo, thi = r["ts_ctr_ci95"]
+        print(f"| {r['campaign']} | {r['arms'] or '-'} | {r['random_impressions']}, {r['random_clicks']:.0f}, "
+              f"{r['random_ctr']:.4f} ({lo:.4f}–{hi:.4f}) | {r['ts_matched_impressions']:.1f}, {r['ts_clicks']:.2f}, "
+              f"{r['ts_ctr']:.4f} ({tlo:.4f}–{thi:.4f}) | {r['ts_over_random']:.2f} |")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nudge", description="GPU-accelerated engagement scoring server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None)
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(run=_evaluate)
+
+    rb = sub.add_parser("replay-bandit", help="replay the Thompson bandit on Open Bandit Dataset random logs")
+    rb.add_argument("--data", required=True, help="a folder holding random/{all,men,women}/*.csv")
+    rb.add_argument("--runs", type=int, default=20, help="replays averaged (each with its own seed)")
+    rb.add_argument("--json", action="store_true")
+    rb.set_defaults(run=_replay_bandit)
     return parser
 
 
