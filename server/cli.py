@@ -119,7 +119,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     checkpoint = torch.load(args.model, map_location="cpu", weights_only=False)
     config = TenantConfig.from_dict(checkpoint["tenant_config"])
     batch, cut = _load_split(args, config)
-    result = evaluate(checkpoint, batch, from_ts=cut)
+    result, charts = evaluate(checkpoint, batch, from_ts=cut, plots_dir=Path(args.plots) if args.plots else None)
+    if args.plots:
+        written = ", ".join(str(c) for c in charts) or "none: no scored event's 5-minute outcome is known"
+        print(f"charts: {written}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -204,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score only events after this fraction of the time span (earlier ones are history)")
     ev.add_argument("--limit", type=int, default=None)
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--plots", default=None, help="write calibration.png and lift.png (5-minute purchase) here")
     ev.set_defaults(run=_evaluate)
 
     rb = sub.add_parser("replay-bandit", help="replay the Thompson bandit on Open Bandit Dataset random logs")

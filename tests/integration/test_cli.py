@@ -121,8 +121,12 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
     summary = json.loads(trained.stdout)
     assert set(summary["validation_metrics"]) == {"transformer", "markov", "popularity"}
     assert "epoch 1:" in trained.stderr
-    out = nudge("evaluate", "--model", str(model), "--data", str(path), "--format", "taobao", "--from-frac", "0.8", "--json")
+    plots = tmp_path / "plots"
+    out = nudge("evaluate", "--model", str(model), "--data", str(path), "--format", "taobao", "--from-frac", "0.5", "--json",
+                "--plots", str(plots))
     assert out.returncode == 0, out.stderr[-2000:]
+    for chart in ("calibration.png", "lift.png"):
+        assert (plots / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads(out.stdout)
     for name in ("transformer", "markov", "popularity"):
         metrics = result[name]
