@@ -26,9 +26,5 @@ class ApiError(Exception):
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
 
-def bad_request(code: str, message: str, details: list[dict[str, Any]] | None = None) -> ApiError:
-    return ApiError(400, code, message, details)
-
-
 def invalid_field(field: str, reason: str, code: str = "invalid_request") -> ApiError:
     return ApiError(400, code, f"{field}: {reason}", [{"field": field, "reason": reason}])

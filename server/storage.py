@@ -12,7 +12,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -238,6 +238,3 @@ class Store:
         """Delete every logged event of one user; returns how many."""
         cur = self.db.execute("DELETE FROM events WHERE tenant_id = ? AND user_id = ?", (tenant_id, user_id))
         return cur.rowcount
-
-    def stats(self) -> dict[str, Any]:
-        return {"events": self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]}
