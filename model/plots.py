@@ -17,6 +17,19 @@ def _bins(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> tuple[np.ndarra
     )
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_charts(
     predictions: dict[str, np.ndarray], labels: np.ndarray, out_dir: Path, title: str, n_bins: int = 10
 ) -> list[Path]:
@@ -35,14 +48,8 @@ def write_charts(
         ax.plot(mean_pred, observed, marker="o", label=name)
         top = max(top, mean_pred.max(), observed.max())
     ax.plot([0, top], [0, top], linestyle="--", color="grey", label="perfect calibration")
-    ax.set_xlabel("predicted probability (mean of a decile)")
-    ax.set_ylabel("observed rate")
-    ax.set_title(f"Calibration: {title}")
-    ax.legend()
-    fig.tight_layout()
-    calibration = out_dir / "calibration.png"
-    fig.savefig(calibration, dpi=120)
-    plt.close(fig)
+    calibration = _finish(fig, ax, "predicted probability (mean of a decile)", "observed rate",
+                          f"Calibration: {title}", out_dir / "calibration.png")
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     fractions = np.linspace(0, 1, 101)
@@ -51,12 +58,7 @@ def write_charts(
         gained = np.r_[0, np.cumsum(labels[order])] / max(labels.sum(), 1)
         ax.plot(fractions, np.interp(fractions * len(labels), np.arange(len(labels) + 1), gained), label=name)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random")
-    ax.set_xlabel("fraction of events, highest predictions first")
-    ax.set_ylabel("fraction of conversions captured")
-    ax.set_title(f"Cumulative gain: {title}\n(base rate {base_rate:.4f}, {int(labels.sum())} conversions)")
-    ax.legend()
-    fig.tight_layout()
-    lift = out_dir / "lift.png"
-    fig.savefig(lift, dpi=120)
-    plt.close(fig)
+    lift = _finish(fig, ax, "fraction of events, highest predictions first", "fraction of conversions captured",
+                   f"Cumulative gain: {title}\n(base rate {base_rate:.4f}, {int(labels.sum())} conversions)",
+                   out_dir / "lift.png")
     return [calibration, lift]
