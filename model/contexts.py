@@ -29,10 +29,16 @@ def context_codes(device: np.ndarray, ts: np.ndarray, tz_offset_min: np.ndarray,
     )
 
 
+def context_parts(codes):
+    """(segment, device, daypart) codes of context codes (arrays or ints)."""
+    segment, rest = np.divmod(codes, _PER_SEGMENT)
+    device, daypart = np.divmod(rest, len(DAYPARTS))
+    return segment, device, daypart
+
+
 def describe_context(code: int, segments: tuple[str, ...]) -> dict[str, str | None]:
     """The named parts of a context code."""
-    segment, rest = divmod(int(code), _PER_SEGMENT)
-    device, daypart = divmod(rest, len(DAYPARTS))
+    segment, device, daypart = (int(x) for x in context_parts(int(code)))
     return {
         "device": DEVICES[device],
         "daypart": DAYPARTS[daypart],

@@ -9,10 +9,11 @@ import kernels
 
 from .attribution import Attribution, Resolved
 from .config import TenantConfig
-from .contexts import OTHER_DEVICE, context_codes, n_contexts
+from .contexts import OTHER_DEVICE, context_codes, context_parts, n_contexts
 from .events import EventBatch
 from .markov import MarkovChain
 from .posteriors import Evidence, beta_mean, prior_params, shrunk_rate, transition_lift
+from .sequences import category_buckets
 from .windows import UserWindows
 
 # The Predictive Engagement Module's two horizons: conversion within 5 and within 60 minutes.
@@ -79,7 +80,7 @@ class Engine:
         self._advance_clock(float(batch.ts.max()))
         ctx = context_codes(batch.device, batch.ts, batch.tz_offset_min, batch.segment)
         users = self.windows.lookup(batch.user_ids, create=True)
-        prev_action, prev_ts = self.windows.push(users, batch.actions, batch.ts, ctx)
+        prev_action, prev_ts = self.windows.push(users, batch.actions, batch.ts, ctx, category_buckets(batch.categories))
         in_session = (prev_action >= 0) & (np.abs(batch.ts - prev_ts) <= cfg.session_gap_s)
         prev = np.where(in_session, prev_action, self.n_actions)
         self.markov.add(prev, batch.actions, self._weight_at(batch.ts))
@@ -221,6 +222,37 @@ class Engine:
         return np.asarray(
             kernels.beta_sample(alpha, beta, seed=self.config.seed, offset=self.draws, backend=self.backend)
         )
+
+    def window_features(self, users: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The next-action Transformer's inputs for ``users`` (dense indexes): [B, K] columns, lengths [B].
+
+        The score input of an event is the engagement score its user had just before it (posterior
+        means with lifts, as in training), recomputed from the window with today's posteriors.
+        """
+        actions, ts, lengths = self.windows.gather(users)
+        feats = self.windows.gather_features(users)
+        batch, k = actions.shape
+        # Row (b, j) scores the first j events of user b's window as seen at the time of event j.
+        rows_actions = np.repeat(actions, k, axis=0)
+        ages = np.maximum(ts[:, :, None] - ts[:, None, :], 0.0).reshape(batch * k, k).astype(np.float32)
+        prefix = np.minimum(np.tile(np.arange(k, dtype=np.int32), batch), np.repeat(lengths, k))
+        prev_ctx = np.concatenate([feats["ctx"][:, :1], feats["ctx"][:, :-1]], axis=1).reshape(-1)
+        alpha, beta = self.posterior()
+        theta = beta_mean(alpha, beta)[prev_ctx].astype(np.float32)
+        before = np.asarray(kernels.sequence_scores(
+            rows_actions, ages, prefix, theta, self.lift().astype(np.float32),
+            half_life_s=self.config.recency_half_life_s, backend=self.backend,
+        )).reshape(batch, k)
+        _, device, daypart = context_parts(feats["ctx"])
+        tokens = {
+            "action": actions.astype(np.int64),
+            "gap": feats["gap"].astype(np.int64),
+            "device": device.astype(np.int64),
+            "daypart": daypart.astype(np.int64),
+            "category": feats["category"].astype(np.int64),
+            "score": before,
+        }
+        return tokens, lengths
 
     # ---- users --------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ so the two cannot drift apart.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,14 +26,18 @@ def gap_buckets(gap_s: np.ndarray, first: np.ndarray) -> np.ndarray:
 
 def category_buckets(categories: np.ndarray) -> np.ndarray:
     """Stable hash of each category into [1, CATEGORY_BUCKETS); 0 where there is none."""
-    out = np.zeros(len(categories), np.int64)
-    for i, c in enumerate(categories):
-        if c is not None:
-            h = 2166136261
-            for byte in str(c).encode():
-                h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
-            out[i] = 1 + h % (CATEGORY_BUCKETS - 1)
-    return out
+    return np.fromiter((_category_bucket(c) for c in categories), np.int32, count=len(categories))
+
+
+@functools.lru_cache(maxsize=65536)
+def _category_bucket(category) -> int:
+    # FNV-1a: stable across processes and Python versions, unlike hash().
+    if category is None:
+        return 0
+    h = 2166136261
+    for byte in str(category).encode():
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return 1 + h % (CATEGORY_BUCKETS - 1)
 
 
 def next_conversion_delay(batch: EventBatch, conversion: int) -> np.ndarray:
@@ -115,7 +120,7 @@ def build_sequences(
         user=u, position=position, starts=starts, lengths=lengths, action=act,
         gap=gap_buckets(gap, first), device=batch.device[order].astype(np.int64),
         daypart=daypart_codes(ts, batch.tz_offset_min[order]).astype(np.int64),
-        category=category_buckets(batch.categories[order]),
+        category=category_buckets(batch.categories[order]).astype(np.int64),
         score=np.zeros(n, np.float32) if scores is None else scores[order].astype(np.float32),
         ts=ts, next_action=next_action, conv=conv, order=order,
     )

@@ -4,10 +4,17 @@ from __future__ import annotations
 import numpy as np
 
 from ._rings import grow, plan_ring_append, ring_write
+from .sequences import gap_buckets
+
+# Per-event columns kept beside action and time, for the next-action Transformer's inputs.
+FEATURE_RINGS = {"ctx": np.int32, "gap": np.int16, "category": np.int32}
 
 
 class UserWindows:
-    """User ids to dense indexes, and per user the last ``size`` (action, time) pairs in arrival order."""
+    """User ids to dense indexes, and per user the last ``size`` events in arrival order.
+
+    Per event: action, time, context code, time-gap bucket and hashed category.
+    """
 
     def __init__(self, size: int):
         self.size = size
@@ -18,6 +25,7 @@ class UserWindows:
         self.head = np.zeros(0, np.int32)
         self.length = np.zeros(0, np.int32)
         self.last_ctx = np.zeros(0, np.int32)
+        self.features = {name: np.zeros((0, size), dtype) for name, dtype in FEATURE_RINGS.items()}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -40,8 +48,9 @@ class UserWindows:
         self.head = grow(self.head, rows, 0)
         self.length = grow(self.length, rows, 0)
         self.last_ctx = grow(self.last_ctx, rows, 0)
+        self.features = {name: grow(ring, rows, 0) for name, ring in self.features.items()}
 
-    def push(self, users: np.ndarray, actions: np.ndarray, ts: np.ndarray, ctx: np.ndarray):
+    def push(self, users: np.ndarray, actions: np.ndarray, ts: np.ndarray, ctx: np.ndarray, category=None):
         """Append events in arrival order; return each event's previous (action, time), action -1 if none."""
         plan = plan_ring_append(users)
         a_sorted, t_sorted = actions[plan.order], ts[plan.order]
@@ -55,24 +64,44 @@ class UserWindows:
         prev_a[f] = np.where(has_stored[f], self.actions[owners[f], stored_last[f]], -1)
         prev_t[f] = np.where(has_stored[f], self.ts[owners[f], stored_last[f]], np.nan)
 
-        ring_write(plan, self.head, self.size, [(self.actions, a_sorted), (self.ts, t_sorted)])
+        ctx_sorted = ctx[plan.order]
+        gap_sorted = gap_buckets(t_sorted - np.nan_to_num(prev_t, nan=0.0), prev_a < 0)
+        cat_sorted = np.zeros(len(owners), np.int32) if category is None else category[plan.order]
+        ring_write(plan, self.head, self.size, [
+            (self.actions, a_sorted), (self.ts, t_sorted), (self.features["ctx"], ctx_sorted),
+            (self.features["gap"], gap_sorted), (self.features["category"], cat_sorted),
+        ])
         self.length[plan.unique_owners] = np.minimum(self.size, self.length[plan.unique_owners] + plan.counts)
-        self.last_ctx[plan.unique_owners] = ctx[plan.order][plan.last]
+        self.last_ctx[plan.unique_owners] = ctx_sorted[plan.last]
 
         out_a, out_t = np.empty_like(prev_a), np.empty_like(prev_t)
         out_a[plan.order], out_t[plan.order] = prev_a, prev_t
         return out_a, out_t
 
-    def gather(self, users: np.ndarray):
-        """Windows of ``users`` (-1 = unknown), oldest first: actions [B, K], times [B, K], lengths [B]."""
+    def _slots(self, users: np.ndarray):
+        """(rows [B, 1], slots [B, K] oldest first, lengths [B]) of ``users`` (-1 = unknown, length 0)."""
         known = users >= 0
         rows = np.where(known, users, 0)
         lengths = np.where(known, self.length[rows] if len(self.length) else 0, 0).astype(np.int32)
         if not len(self.length):
+            return None, None, lengths
+        slots = (self.head[rows, None] - lengths[:, None] + np.arange(self.size)[None, :]) % self.size
+        return rows[:, None], slots, lengths
+
+    def gather(self, users: np.ndarray):
+        """Windows of ``users`` (-1 = unknown), oldest first: actions [B, K], times [B, K], lengths [B]."""
+        rows, slots, lengths = self._slots(users)
+        if rows is None:
             shape = (len(users), self.size)
             return np.zeros(shape, np.int32), np.zeros(shape, np.float64), lengths
-        slots = (self.head[rows, None] - lengths[:, None] + np.arange(self.size)[None, :]) % self.size
-        return self.actions[rows[:, None], slots], self.ts[rows[:, None], slots], lengths
+        return self.actions[rows, slots], self.ts[rows, slots], lengths
+
+    def gather_features(self, users: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-event feature rings of ``users``, oldest first, [B, K] each (left-aligned like :meth:`gather`)."""
+        rows, slots, _ = self._slots(users)
+        if rows is None:
+            return {name: np.zeros((len(users), self.size), dtype) for name, dtype in FEATURE_RINGS.items()}
+        return {name: ring[rows, slots] for name, ring in self.features.items()}
 
     def last_two(self, users: np.ndarray):
         """Each user's last and previous action (-1 if none) with their times, and window length."""
@@ -102,6 +131,8 @@ class UserWindows:
             self.length[idx] = 0
             self.actions[idx] = 0
             self.ts[idx] = 0.0
+            for ring in self.features.values():
+                ring[idx] = 0
         return idx
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -115,6 +146,7 @@ class UserWindows:
             "head": self.head[:n].copy(),
             "length": self.length[:n].copy(),
             "last_ctx": self.last_ctx[:n].copy(),
+            **{f"feature.{name}": ring[:n].copy() for name, ring in self.features.items()},
         }
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
@@ -124,3 +156,4 @@ class UserWindows:
         self.actions, self.ts = state["actions"].copy(), state["ts"].copy()
         self.head, self.length = state["head"].copy(), state["length"].copy()
         self.last_ctx = state["last_ctx"].copy()
+        self.features = {name: state[f"feature.{name}"].copy() for name in FEATURE_RINGS}

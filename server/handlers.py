@@ -16,6 +16,7 @@ from .codecs import decode, request_format, respond
 from .errors import ApiError, invalid_field
 from .keys import METRICS, REQUEST_ID, RUNTIME, SPEC, TENANT
 from .metrics import CONTENT_TYPE
+from .models import ModelUnavailable
 from .runtime import ConfigConflict, NotReady
 from .validation import parse_events, parse_score_request, user_id_problem
 
@@ -172,6 +173,22 @@ async def put_config(request: web.Request) -> web.Response:
     return respond(request, config.to_dict())
 
 
+async def get_model(request: web.Request) -> web.Response:
+    return respond(request, request[TENANT].model.describe())
+
+
+_MODEL_STATUS = {"model_not_found": 404, "model_mismatch": 409, "invalid_model": 422}
+
+
+async def reload_model(request: web.Request) -> web.Response:
+    state = request[TENANT]
+    try:
+        return respond(request, await request.app[RUNTIME].reload_model(state))
+    except ModelUnavailable as exc:
+        message = f"{exc}; still serving {state.model.predictor_name}"
+        raise ApiError(_MODEL_STATUS[exc.code], exc.code, message) from None
+
+
 async def healthz(request: web.Request) -> web.Response:
     return respond(request, {"status": "ok"})
 
@@ -200,6 +217,8 @@ ROUTES = [
     ("DELETE", "/v1/users/{user_id}", delete_user),
     ("GET", "/v1/config", get_config),
     ("PUT", "/v1/config", put_config),
+    ("GET", "/v1/model", get_model),
+    ("POST", "/v1/model/reload", reload_model),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics),

@@ -29,6 +29,10 @@ class Metrics:
         self.ready = Gauge("nudge_ready", "1 once recovery has finished", registry=r)
         self.replayed_events = Counter("nudge_recovery_replayed_events_total", "Events replayed at start-up", registry=r)
         self.snapshots = Counter("nudge_snapshots_total", "Engine snapshots written", registry=r)
+        self.model_loads = Counter(
+            "nudge_model_loads_total", "Attempts to load a tenant's model, by outcome", ["tenant", "outcome"], registry=r
+        )
+        self.predictions = Counter("nudge_predictions_total", "Users predicted, by predictor", ["predictor"], registry=r)
         self.apply_errors = Counter("nudge_engine_apply_errors_total", "Engine updates that failed", registry=r)
 
     def render(self) -> bytes:

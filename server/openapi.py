@@ -122,6 +122,11 @@ def build_spec() -> dict[str, Any]:
                 "put": _op("Change settings (fields not given keep their values)", _OBJECT, body=_OBJECT,
                            errors=(409,)),
             },
+            "/v1/model": {"get": _op("The next-action model served (transformer or markov) and the last load error",
+                                     _OBJECT)},
+            "/v1/model/reload": {"post": _op(
+                "Load the tenant's checkpoint now; a refused one leaves the served model in place", _OBJECT,
+                errors=(404, 409, 422))},
             "/healthz": {"get": _op("Liveness", _OBJECT, auth=False)},
             "/readyz": {"get": _op("Readiness: recovery state and backend", _OBJECT, auth=False, errors=(503,))},
             "/metrics": {

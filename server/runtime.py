@@ -24,6 +24,7 @@ from model.contexts import describe_context
 from .batcher import MicroBatcher, Overloaded
 from .config import ServerConfig
 from .metrics import Metrics
+from .models import ModelSlot, ModelUnavailable, file_stamp, load_predictor, model_path
 from .ratelimit import TokenBucket
 from .snapshots import load_snapshot, remove_snapshot, save_snapshot, snapshot_path
 from .storage import Store, Tenant, hash_key
@@ -45,6 +46,7 @@ class TenantState:
     engine: Engine
     batcher: MicroBatcher
     bucket: TokenBucket
+    model: ModelSlot
     snapshot_seq: int = 0
 
     @property
@@ -117,6 +119,7 @@ class Runtime:
             loop.create_task(self._committer(), name="nudge-committer"),
             loop.create_task(self._recover(), name="nudge-recovery"),
             loop.create_task(self._snapshotter(), name="nudge-snapshots"),
+            loop.create_task(self._model_watcher(), name="nudge-models"),
         ]
 
     async def stop(self) -> None:
@@ -153,6 +156,7 @@ class Runtime:
             engine=engine or Engine(tenant.config, backend=self.backend),
             batcher=batcher,
             bucket=TokenBucket(cfg.rate_limit_per_s, cfg.rate_limit_burst),
+            model=ModelSlot(model_path(cfg.data_dir, tenant.name)),
         )
 
     # ---- recovery -----------------------------------------------------------------------------
@@ -181,12 +185,21 @@ class Runtime:
         engine = Engine(tenant.config, backend=self.backend)
         snap = load_snapshot(snapshot_path(self.config.data_dir, tenant.id))
         if snap is not None and snap[1] == tenant.config.to_dict():
-            engine.load_state(snap[0])
-            self.recovery.from_snapshots += 1
+            try:
+                engine.load_state(snap[0])
+                self.recovery.from_snapshots += 1
+            except KeyError as exc:  # written by an older nudge: the log alone rebuilds the state
+                log.warning("snapshot of tenant %s lacks %s; replaying the whole log", tenant.name, exc)
+                engine = Engine(tenant.config, backend=self.backend)
         snapshot_seq = engine.applied_seq
         self.recovery.replayed_events += self._replay_into(engine, tenant)
         state = self._new_state(tenant, engine)
         state.snapshot_seq = snapshot_seq
+        if file_stamp(state.model.path) is not None:
+            try:
+                self._load_model(state)
+            except ModelUnavailable:
+                pass  # recorded in the slot; the Markov chain predicts meanwhile
         log.info("tenant %s recovered: %d users, log applied to seq %d", tenant.name, len(engine.windows), engine.applied_seq)
         return state
 
@@ -278,23 +291,40 @@ class Runtime:
     # ---- scoring ------------------------------------------------------------------------------
 
     def _score_batch(self, tenant_id: int, user_ids: list[str]) -> list[dict[str, Any]]:
-        engine = self.tenants[tenant_id].engine
+        state = self.tenants[tenant_id]
+        engine, predictor = state.engine, state.model.predictor
         scores = engine.score(user_ids, time.time())
-        actions = engine.config.actions
-        probs = np.round(scores.next_probs, 6)
-        best = probs.argmax(axis=1)
+        actions = list(engine.config.actions)
+        next_probs, p5, p60 = scores.next_probs, scores.purchase_5m, scores.purchase_60m
+        by_model = np.zeros(len(user_ids), bool)
+        if predictor is not None:
+            users = engine.windows.lookup(user_ids, create=False)
+            tokens, lengths = engine.window_features(users)
+            by_model = lengths > 0
+            if by_model.any():
+                model_next, conv = predictor.predict({k: v[by_model] for k, v in tokens.items()}, lengths[by_model])
+                next_probs = np.pad(next_probs, ((0, 0), (0, 1)))
+                next_probs[by_model] = model_next
+                p5, p60 = p5.copy(), p60.copy()
+                p5[by_model], p60[by_model] = conv[:, 0], conv[:, 1]
+        n_model = int(by_model.sum())
+        self.metrics.predictions.labels("transformer").inc(n_model)
+        self.metrics.predictions.labels("markov").inc(len(user_ids) - n_model)
+        names = actions + ["session_end"]
+        probs = np.round(next_probs, 6)
         results = []
         for i, uid in enumerate(user_ids):
+            row = probs[i] if by_model[i] else probs[i, : len(actions)]
             results.append(
                 {
                     "user_id": uid,
                     "score": float(scores.score[i]),
                     "predicted": {
-                        "next_action": actions[best[i]],
-                        "probs": dict(zip(actions, probs[i].tolist())),
-                        "purchase_5m": float(scores.purchase_5m[i]),
-                        "purchase_60m": float(scores.purchase_60m[i]),
-                        "predictor": "markov",
+                        "next_action": names[int(row.argmax())],
+                        "probs": dict(zip(names, row.tolist())),
+                        "purchase_5m": float(p5[i]),
+                        "purchase_60m": float(p60[i]),
+                        "predictor": "transformer" if by_model[i] else "markov",
                     },
                     "signal": None,
                 }
@@ -376,8 +406,62 @@ class Runtime:
             state.engine = engine
             state.tenant = Tenant(state.tenant.id, state.tenant.name, config)
 
+        old_config = state.config
         await self.on_device(rebuild)
         await self.snapshot(state)
+        vocabulary_changed = (old_config.actions, old_config.conversion_action) != (
+            config.actions, config.conversion_action)
+        if vocabulary_changed and state.model.predictor is not None:
+            state.model.predictor = None  # trained on the old vocabulary
+            try:
+                await self.reload_model(state)
+            except ModelUnavailable:
+                pass  # recorded in the slot; the Markov chain predicts
+
+    # ---- next-action models -------------------------------------------------------------------
+
+    def _model_device(self) -> str:
+        return "cpu" if self.backend == "numpy" else kernels.compute_device()
+
+    def _load_model(self, state: TenantState) -> dict[str, Any]:
+        """Load the tenant's checkpoint if there is one; a failure keeps the model served now."""
+        slot = state.model
+        stamp = file_stamp(slot.path)
+        if stamp is None and slot.predictor is None:
+            slot.stamp = None
+            raise ModelUnavailable("model_not_found", f"no checkpoint for tenant {state.tenant.name}; train one with "
+                                   f"nudge train --data-dir DIR --tenant {state.tenant.name}")
+        slot.stamp = stamp
+        try:
+            predictor = load_predictor(slot.path, state.config, self._model_device())
+        except ModelUnavailable as exc:
+            slot.fail(exc)
+            self.metrics.model_loads.labels(state.tenant.name, exc.code).inc()
+            raise
+        # Batches read the slot once each, so a swap lands between batches and fails none.
+        slot.install(predictor, stamp)
+        self.metrics.model_loads.labels(state.tenant.name, "loaded").inc()
+        return slot.describe()
+
+    async def reload_model(self, state: TenantState) -> dict[str, Any]:
+        """Load the tenant's checkpoint now (``POST /v1/model/reload``); raises :class:`ModelUnavailable`."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._load_model, state)
+
+    async def _model_watcher(self) -> None:
+        """Reload a tenant's model when its checkpoint file changes (atomic writes: see ``nudge train``)."""
+        await self._recovered.wait()
+        while True:
+            await asyncio.sleep(self.config.model_poll_s)
+            for state in list(self.tenants.values()):
+                stamp = file_stamp(state.model.path)
+                if stamp == state.model.stamp or (stamp is None and state.model.predictor is None):
+                    continue
+                try:
+                    await self.reload_model(state)
+                except ModelUnavailable:
+                    pass  # recorded in the slot and logged; the old model keeps serving
+                except Exception:
+                    log.exception("reloading the model of tenant %s failed", state.tenant.name)
 
     # ---- snapshots ----------------------------------------------------------------------------
 

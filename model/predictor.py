@@ -1,0 +1,120 @@
+"""Serving a trained next-action Transformer: checkpoint checks and batched predictions from user windows."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import TenantConfig
+from .training import load_model
+
+CHECKPOINT_FORMAT = 1
+
+
+class ModelMismatch(ValueError):
+    """A checkpoint cannot serve this tenant (another vocabulary, conversion action or format)."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint file as written by ``nudge train``; only tensors and plain values are unpickled."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable nudge model checkpoint: {exc}") from None
+    if not isinstance(checkpoint, dict) or "model_state" not in checkpoint or "vocabulary" not in checkpoint:
+        raise ValueError(f"{path} is not a nudge model checkpoint (no model_state or vocabulary)")
+    return checkpoint
+
+
+def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write atomically (temporary file, then rename), so a server watching ``path`` never reads half a file."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def check_compatible(checkpoint: dict[str, Any], config: TenantConfig) -> None:
+    """Raise :class:`ModelMismatch` unless the checkpoint was trained on this tenant's vocabulary."""
+    if checkpoint.get("format_version") != CHECKPOINT_FORMAT:
+        raise ModelMismatch(
+            f"checkpoint format {checkpoint.get('format_version')!r} is not {CHECKPOINT_FORMAT}; retrain with this nudge"
+        )
+    vocabulary = list(checkpoint["vocabulary"])
+    if vocabulary != list(config.actions):
+        raise ModelMismatch(
+            f"the checkpoint's vocabulary {vocabulary} differs from the tenant's {list(config.actions)}; "
+            "retrain on this tenant's events (nudge train --data-dir DIR --tenant NAME)"
+        )
+    conversion = checkpoint.get("tenant_config", {}).get("conversion_action")
+    if conversion != config.conversion_action:
+        raise ModelMismatch(
+            f"the checkpoint predicts conversions to {conversion!r}, the tenant converts on {config.conversion_action!r}"
+        )
+
+
+class TransformerPredictor:
+    """A loaded checkpoint that predicts, for users' windows, the next action and P(conversion in 5 / 60 min).
+
+    Parameters
+    ----------
+    checkpoint : as returned by :func:`read_checkpoint` (or ``model.training.train``).
+    config : the tenant's config; a mismatched checkpoint raises :class:`ModelMismatch`.
+    device : torch device the model runs on.
+    """
+
+    def __init__(self, checkpoint: dict[str, Any], config: TenantConfig, device: str = "cpu"):
+        check_compatible(checkpoint, config)
+        self.device = torch.device(device)
+        self.model = load_model(checkpoint).to(self.device)
+        self.window = self.model.config.window
+        self.n_actions = len(config.actions)
+        data = checkpoint.get("data", {})
+        self.info = {
+            "vocabulary": list(checkpoint["vocabulary"]),
+            "model_config": dict(checkpoint.get("model_config", {})),
+            "data": dict(data),
+            "validation_metrics": checkpoint.get("validation_metrics", {}),
+            "training_seconds": checkpoint.get("seconds"),
+        }
+
+    @torch.no_grad()
+    def predict(self, tokens: dict[str, np.ndarray], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Next-action probabilities [B, A + 1] (the last is 'session end') and [B, 2] conversion probabilities.
+
+        ``tokens`` are left-aligned windows, oldest first (``Engine.window_features``); each row is
+        predicted after its last event. Rows must have at least one event.
+        """
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if (lengths < 1).any():
+            raise ValueError("every row needs at least one event")
+        # Keep each row's last ``window`` events, still left-aligned.
+        used = np.minimum(lengths, self.window)
+        start = lengths - used
+        longest = int(used.max())
+        cols = start[:, None] + np.arange(longest)[None, :]
+        pad = np.arange(longest)[None, :] >= used[:, None]
+        cols = np.where(pad, 0, cols)
+        rows = np.arange(len(lengths))[:, None]
+        batch = {}
+        for name, values in tokens.items():
+            picked = values[rows, cols]
+            fill = self.n_actions if name == "action" else 0
+            dtype = torch.float32 if name == "score" else torch.int64
+            batch[name] = torch.from_numpy(np.where(pad, fill, picked)).to(self.device, dtype)
+        padding = torch.from_numpy(pad).to(self.device)
+        next_logits, conv_logits = self.model(batch, padding)
+        last = torch.from_numpy(used - 1).to(self.device)
+        pick = torch.arange(len(lengths), device=self.device)
+        next_probs = torch.softmax(next_logits[pick, last].float(), -1)
+        conv = torch.sigmoid(conv_logits[pick, last].float())
+        return next_probs.cpu().numpy(), conv.cpu().numpy()

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+
+from model import Engine, EventBatch, TenantConfig
+from model.predictor import ModelMismatch, TransformerPredictor, read_checkpoint
+from model.training import TrainSettings, features, load_model, predict, train
+from model.transformer import TransformerConfig
+
+CFG = TenantConfig(allow_backfill=True, allowed_lateness_s=0.0, session_gap_s=600.0)
+A = {name: i for i, name in enumerate(CFG.actions)}
+T0 = 1_700_000_000.0
+SMALL = TransformerConfig(n_actions=9, window=8, d_model=32, layers=1, heads=2, dropout=0.0)
+
+
+def mixed_stream(n_users=40, seed=1, span_s=3000.0):
+    """Users with devices, time zones and categories, all inside one attribution horizon."""
+    rng = np.random.default_rng(seed)
+    n = n_users * 6
+    ts = np.sort(T0 + rng.uniform(0, span_s, n)).round()
+    return EventBatch.build(
+        user_ids=[f"u{i}" for i in rng.integers(0, n_users, n)],
+        actions=rng.choice([A["view"], A["search"], A["add_to_cart"], A["purchase"]], n, p=[0.6, 0.2, 0.15, 0.05]),
+        ts=ts,
+        device=rng.integers(0, 4, n),
+        tz_offset_min=rng.choice([-300, 0, 120, 540], n),
+        categories=[f"c{c}" if c < 5 else None for c in rng.integers(0, 6, n)],
+    )
+
+
+def trained(batch, config=CFG):
+    settings = TrainSettings(epochs=2, patience=2, batch_size=8, seed=0)
+    return train(batch, config, settings, SMALL, log=lambda line: None, show_progress=False)
+
+
+def test_window_features_match_the_training_features():
+    batch = mixed_stream()
+    seq = features(batch, CFG)
+    engine = Engine(CFG)
+    engine.apply(batch)
+    names = sorted(set(batch.user_ids))
+    tokens, lengths = engine.window_features(engine.windows.lookup(names, create=False))
+    for i, uid in enumerate(names):
+        rows = np.flatnonzero(np.asarray(batch.user_ids[seq.order]) == uid)
+        k = len(rows)
+        assert lengths[i] == min(k, CFG.window_size)
+        for name in ("action", "gap", "device", "daypart", "category"):
+            np.testing.assert_array_equal(tokens[name][i, :k], getattr(seq, name)[rows], err_msg=name)
+        np.testing.assert_allclose(tokens["score"][i, :k], seq.score[rows], atol=1e-6)
+
+
+def test_predictor_serves_what_offline_prediction_computes():
+    batch = mixed_stream()
+    checkpoint = trained(batch)
+    seq = features(batch, CFG)
+    offline_next, offline_conv = predict(load_model(checkpoint), seq)
+    engine = Engine(CFG)
+    engine.apply(batch)
+    names = sorted(set(batch.user_ids))
+    tokens, lengths = engine.window_features(engine.windows.lookup(names, create=False))
+    next_probs, conv = TransformerPredictor(checkpoint, CFG).predict(tokens, lengths)
+    for i, uid in enumerate(names):
+        rows = np.flatnonzero(np.asarray(batch.user_ids[seq.order]) == uid)
+        if len(rows) > SMALL.window:
+            continue  # offline cuts users into fixed pieces; serving slides the window
+        np.testing.assert_allclose(next_probs[i], offline_next[rows[-1]], atol=1e-5)
+        np.testing.assert_allclose(conv[i], offline_conv[:, rows[-1]], atol=1e-5)
+    assert np.allclose(next_probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_predictor_keeps_the_last_events_of_a_long_window():
+    checkpoint = trained(mixed_stream())
+    predictor = TransformerPredictor(checkpoint, CFG)
+    rng = np.random.default_rng(0)
+    tokens = {
+        "action": rng.integers(0, 9, (2, 12)), "gap": rng.integers(0, 18, (2, 12)),
+        "device": rng.integers(0, 4, (2, 12)), "daypart": rng.integers(0, 4, (2, 12)),
+        "category": rng.integers(0, 1024, (2, 12)), "score": rng.random((2, 12)).astype(np.float32),
+    }
+    full, _ = predictor.predict(tokens, np.array([12, 5]))
+    tail = {k: np.concatenate([v[:1, 4:12], v[1:, :8]]) for k, v in tokens.items()}
+    cut, _ = predictor.predict(tail, np.array([8, 5]))
+    np.testing.assert_allclose(full, cut, atol=1e-6)
+
+
+def test_checkpoint_with_another_vocabulary_is_refused(tmp_path):
+    checkpoint = trained(mixed_stream())
+    path = tmp_path / "model.pt"
+    torch.save(checkpoint, path)
+    loaded = read_checkpoint(path)
+    TransformerPredictor(loaded, CFG)
+    other = TenantConfig(actions=("view", "search", "add_to_cart", "purchase"), prior_means={"view": 0.2})
+    with pytest.raises(ModelMismatch, match="vocabulary"):
+        TransformerPredictor(loaded, other)
+    converted = TenantConfig(conversion_action="add_to_cart")
+    with pytest.raises(ModelMismatch, match="conversions"):
+        TransformerPredictor(loaded, converted)
+
+
+def test_read_checkpoint_rejects_other_files(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable"):
+        read_checkpoint(path)
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match="no model_state"):
+        read_checkpoint(path)
