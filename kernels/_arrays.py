@@ -41,7 +41,9 @@ def for_backend(x: Any, backend: str) -> Any:
             return x.to(device)
         if kind == "cupy":
             return torch.from_dlpack(x).to(device)
-        return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        x = np.ascontiguousarray(x)
+        # Broadcast views are read-only, and torch will not wrap a read-only array without a warning.
+        return torch.from_numpy(x if x.flags.writeable else x.copy()).to(device)
     import cupy
 
     if kind == "torch":

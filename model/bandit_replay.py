@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 from .bandit import ThompsonBandit
+from .uplift import wilson
 
 CAMPAIGNS = ("all", "men", "women")
 
@@ -40,17 +40,6 @@ def load_obd(path: Path) -> Log:
     if not np.allclose(propensity, propensity[0]):
         raise ValueError(f"{path}: the replay method needs uniformly random logs; propensities vary")
     return Log(arm, reward, n_arms)
-
-
-def wilson(successes: float, trials: float, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion."""
-    if trials <= 0:
-        return float("nan"), float("nan")
-    z = float(norm.ppf(0.5 + level / 2))
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return float(centre - half), float(centre + half)
 
 
 def replay_bandit(log: Log, seed: int) -> tuple[int, float]:

@@ -32,6 +32,22 @@ DEFAULT_PRIOR_MEANS = {
 # A prior mean of exactly 1 would make the Beta degenerate; the design clips it here.
 MAX_PRIOR_MEAN = 0.99
 FALLBACK_PRIOR_MEAN = 0.1
+INTENTS = ("purchase_likely", "cart_abandon_risk", "information_seeking", "needs_help", "form_intent")
+SIGNAL_TYPES = ("offer_discount", "recommend_product", "recommend_content", "proactive_support", "automated_workflow")
+DEFAULT_THRESHOLDS = {
+    "purchase_likely": 0.5,
+    "cart_abandon_risk": 0.6,
+    "information_seeking": 0.4,
+    "needs_help": 0.3,
+    "form_intent": 0.4,
+}
+DEFAULT_POLICY = {
+    "purchase_likely": "recommend_product",
+    "cart_abandon_risk": "offer_discount",
+    "information_seeking": "recommend_content",
+    "needs_help": "proactive_support",
+    "form_intent": "automated_workflow",
+}
 _ACTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _DAY_S = 86400.0
 
@@ -63,6 +79,21 @@ class TenantConfig:
     allow_backfill : accept event times older than 7 days.
     segments : optional anonymized segment names that split the contexts.
     seed : seed of the Thompson draws.
+
+    The signal policy (none of it changes the engine's state):
+
+    thresholds : per intent, the intent score at which it fires.
+    min_score : no signal for a user whose engagement score is below this.
+    policy : per intent, the signal type it triggers, or "none".
+    discount_tiers_pct : the variants of ``offer_discount`` the intervention bandit chooses among.
+    discount_codes : optional code per tier (keys are the tiers as strings).
+    content_map : content ids per category, intent or "default" (first match wins, in that order).
+    support_channel, workflow : what ``proactive_support`` and ``automated_workflow`` signals name.
+    recommendations : items per ``recommend_product`` signal.
+    cooldown_s : no second signal to a user within this many seconds.
+    daily_cap : most signals per user per 24 hours.
+    holdout_share : share of users (by a hash of their id) never signalled, for measured uplift.
+    signal_horizon_s : a conversion within this long after a signal is attributed to it.
     """
 
     actions: tuple[str, ...] = DEFAULT_ACTIONS
@@ -78,6 +109,19 @@ class TenantConfig:
     allow_backfill: bool = False
     segments: tuple[str, ...] = ()
     seed: int = 0
+    thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    min_score: float = 0.0
+    policy: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_POLICY))
+    discount_tiers_pct: tuple[float, ...] = (5.0, 10.0, 15.0)
+    discount_codes: Mapping[str, str] = field(default_factory=dict)
+    content_map: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    support_channel: str = "chat"
+    workflow: str = "prefill_form"
+    recommendations: int = 5
+    cooldown_s: float = 1800.0
+    daily_cap: int = 3
+    holdout_share: float = 0.1
+    signal_horizon_s: float = 3600.0
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -110,7 +154,16 @@ class TenantConfig:
         out["actions"] = list(self.actions)
         out["segments"] = list(self.segments)
         out["prior_means"] = dict(self.prior_means)
+        out["thresholds"] = dict(self.thresholds)
+        out["policy"] = dict(self.policy)
+        out["discount_tiers_pct"] = list(self.discount_tiers_pct)
+        out["discount_codes"] = dict(self.discount_codes)
+        out["content_map"] = {k: list(v) for k, v in self.content_map.items()}
         return out
+
+    def engine_dict(self) -> dict[str, Any]:
+        """The settings that shape the engine's state (a change means rebuilding it from the log)."""
+        return {k: v for k, v in self.to_dict().items() if k in ENGINE_FIELDS}
 
     def prior_mean(self, action: str) -> float:
         """The prior mean of ``action`` after clipping."""
@@ -121,7 +174,16 @@ class TenantConfig:
         return self.actions.index(self.conversion_action)
 
 
+ENGINE_FIELDS = (
+    "actions", "conversion_action", "prior_means", "prior_strength", "horizon_s", "forget_half_life_s",
+    "recency_half_life_s", "window_size", "session_gap_s", "allowed_lateness_s", "allow_backfill", "segments", "seed",
+)
+
 _NUMBER_FIELDS = {
+    "min_score",
+    "cooldown_s",
+    "holdout_share",
+    "signal_horizon_s",
     "prior_strength",
     "horizon_s",
     "forget_half_life_s",
@@ -146,7 +208,26 @@ def _convert(key: str, raw: Any) -> tuple[Any, str | None]:
         return dict(raw), None
     if key in _NUMBER_FIELDS:
         return (float(raw), None) if _is_number(raw) else (None, "must be a number")
-    if key in ("window_size", "seed"):
+    if key in ("thresholds",):
+        if not isinstance(raw, Mapping) or not all(isinstance(k, str) and _is_number(v) for k, v in raw.items()):
+            return None, "must map intent names to numbers"
+        return dict(raw), None
+    if key in ("policy", "discount_codes"):
+        if not isinstance(raw, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+            return None, "must map names to strings"
+        return dict(raw), None
+    if key == "discount_tiers_pct":
+        if not isinstance(raw, (list, tuple)) or not all(_is_number(x) for x in raw):
+            return None, "must be a list of numbers"
+        return tuple(float(x) for x in raw), None
+    if key == "content_map":
+        if not isinstance(raw, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
+            for k, v in raw.items()
+        ):
+            return None, "must map categories, intents or 'default' to lists of content ids"
+        return {k: tuple(v) for k, v in raw.items()}, None
+    if key in ("window_size", "seed", "recommendations", "daily_cap"):
         return (raw, None) if isinstance(raw, int) and not isinstance(raw, bool) else (None, "must be an integer")
     if key == "allow_backfill":
         return (raw, None) if isinstance(raw, bool) else (None, "must be true or false")
@@ -189,4 +270,37 @@ def _problems(c: TenantConfig) -> list[tuple[str, str]]:
         p.append(("segments", "each name must be 1 to 64 characters"))
     if not (isinstance(c.seed, int) and 0 <= c.seed < 2**63):
         p.append(("seed", "must be an integer in [0, 2^63)"))
+    return p + _policy_problems(c)
+
+
+def _policy_problems(c: TenantConfig) -> list[tuple[str, str]]:
+    p: list[tuple[str, str]] = []
+    unknown = [k for k in c.thresholds if k not in INTENTS]
+    if unknown:
+        p.append(("thresholds", f"unknown intents {unknown[:5]}; intents are {list(INTENTS)}"))
+    if any(not (math.isfinite(v) and 0 <= v <= 1) for v in c.thresholds.values()):
+        p.append(("thresholds", "each threshold must lie in [0, 1]"))
+    unknown = [k for k in c.policy if k not in INTENTS]
+    if unknown:
+        p.append(("policy", f"unknown intents {unknown[:5]}; intents are {list(INTENTS)}"))
+    bad = sorted({v for v in c.policy.values() if v not in (*SIGNAL_TYPES, "none")})
+    if bad:
+        p.append(("policy", f"unknown signal types {bad[:5]}; use one of {list(SIGNAL_TYPES)} or 'none'"))
+    if not 1 <= len(c.discount_tiers_pct) <= 10 or any(not 0 < t <= 100 for t in c.discount_tiers_pct):
+        p.append(("discount_tiers_pct", "1 to 10 tiers, each in (0, 100]"))
+    if len(c.content_map) > 10_000 or any(len(v) > 100 for v in c.content_map.values()):
+        p.append(("content_map", "at most 10,000 keys of at most 100 content ids each"))
+    for name in ("support_channel", "workflow"):
+        if not 1 <= len(getattr(c, name)) <= 64:
+            p.append((name, "must be 1 to 64 characters"))
+    ranges = {"min_score": (0.0, 1.0), "holdout_share": (0.0, 0.9), "cooldown_s": (0.0, 30 * _DAY_S),
+              "signal_horizon_s": (60.0, 30 * _DAY_S)}
+    for name, (lo, hi) in ranges.items():
+        v = getattr(c, name)
+        if not (_is_number(v) and math.isfinite(v) and lo <= v <= hi):
+            p.append((name, f"must lie in [{lo:g}, {hi:g}], got {v!r}"))
+    if not (isinstance(c.recommendations, int) and 1 <= c.recommendations <= 100):
+        p.append(("recommendations", "must be an integer in [1, 100]"))
+    if not (isinstance(c.daily_cap, int) and 0 <= c.daily_cap <= 1000):
+        p.append(("daily_cap", "must be an integer in [0, 1000]"))
     return p

@@ -8,6 +8,7 @@ import numpy as np
 import kernels
 
 from .attribution import Attribution, Resolved
+from .catalog import ItemCatalog
 from .config import TenantConfig
 from .contexts import OTHER_DEVICE, context_codes, context_parts, n_contexts
 from .events import EventBatch
@@ -49,6 +50,7 @@ class Engine:
         # Row n_actions of the previous-action axis means "first action of a session".
         self.transition_evidence = Evidence((len(self.horizons_s), n_actions + 1, n_actions))
         self.markov = MarkovChain(n_actions)
+        self.catalog = ItemCatalog(config.session_gap_s)
         # A GPU backend keeps what the kernels read on the device; NumPy reads the host arrays (and
         # needs no torch, so the device module is imported only here).
         self.device_state = None
@@ -91,6 +93,7 @@ class Engine:
         if seqs is not None:
             self.applied_seq = int(seqs.max())
         self.events_applied += len(batch)
+        self.catalog.observe(batch)
         self._push_to_device(np.unique(users))
         return len(batch)
 
@@ -271,6 +274,7 @@ class Engine:
         if idx is None:
             return False
         self.attribution.erase(idx)
+        self.catalog.erase(user_id)
         self._push_to_device(np.array([idx]))
         return True
 
@@ -280,6 +284,7 @@ class Engine:
         """Everything needed to restore this engine exactly, as NumPy arrays."""
         state = {f"windows.{k}": v for k, v in self.windows.state_dict().items()}
         state.update({f"attribution.{k}": v for k, v in self.attribution.state_dict().items()})
+        state.update({f"catalog.{k}": v for k, v in self.catalog.state_dict().items()})
         state.update(
             {
                 "context.success": self.context_evidence.success.copy(),
@@ -298,6 +303,7 @@ class Engine:
         """Restore from :meth:`state_dict` of an engine with the same config."""
         self.windows.load_state({k[8:]: v for k, v in state.items() if k.startswith("windows.")})
         self.attribution.load_state({k[12:]: v for k, v in state.items() if k.startswith("attribution.")})
+        self.catalog.load_state({k[8:]: v for k, v in state.items() if k.startswith("catalog.")})
         self.context_evidence.success = state["context.success"].copy()
         self.context_evidence.failure = state["context.failure"].copy()
         self.transition_evidence.success = state["transition.success"].copy()

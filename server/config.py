@@ -28,6 +28,7 @@ class ServerConfig:
     max_commit_events : most events in one group commit.
     max_pending_events : events waiting for their commit before new ingest requests are shed with 503.
     model_poll_s : how often tenants' model checkpoints are checked for a new version.
+    signal_sweep_s : how often signals past their horizon are closed as not converted.
     log_level : Python logging level name.
     log_format : ``text`` or ``json`` (one object per line).
     access_log : log every request with its request id (off by default: it is one line per request).
@@ -48,6 +49,7 @@ class ServerConfig:
     max_commit_events: int = 100_000
     max_pending_events: int = 500_000
     model_poll_s: float = 2.0
+    signal_sweep_s: float = 5.0
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: int = 0
@@ -64,7 +66,7 @@ class ServerConfig:
             problems.append(f"port must lie in [0, 65535], got {self.port}")
         positive = (
             "max_body_bytes", "max_items_per_request", "max_batch_size", "max_queue_users",
-            "snapshot_interval_s", "max_commit_events", "max_pending_events", "model_poll_s",
+            "snapshot_interval_s", "max_commit_events", "max_pending_events", "model_poll_s", "signal_sweep_s",
         )
         problems += [f"{n} must be > 0, got {getattr(self, n)}" for n in positive if not getattr(self, n) > 0]
         non_negative = ("max_wait_ms", "rate_limit_per_s", "rate_limit_burst")

@@ -18,7 +18,7 @@ from .keys import METRICS, REQUEST_ID, RUNTIME, SPEC, TENANT
 from .metrics import CONTENT_TYPE
 from .models import ModelUnavailable
 from .runtime import ConfigConflict, NotReady
-from .validation import parse_events, parse_score_request, user_id_problem
+from .validation import parse_events, parse_feedback, parse_score_request, user_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +117,27 @@ def _overloaded(exc: Overloaded) -> ApiError:
 
 async def post_score(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    user_ids, explain = parse_score_request(await _body(request), runtime.config.max_items_per_request)
+    user_ids, explain, hints = parse_score_request(await _body(request), runtime.config.max_items_per_request)
     try:
-        results = await runtime.score(request[TENANT], user_ids, explain)
+        results = await runtime.score(request[TENANT], user_ids, explain, hints)
     except Overloaded as exc:
         raise _overloaded(exc) from None
     return respond(request, {"results": results})
+
+
+async def post_feedback(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    items = parse_feedback(await _body(request), runtime.config.max_items_per_request, time.time())
+    unknown = await runtime.feedback(request[TENANT], items)
+    if unknown:
+        index = {sid: i for i, (sid, _, _) in reversed(list(enumerate(items)))}
+        details = [{"index": index[sid], "field": "signal_id", "reason": "unknown signal"} for sid in unknown[:100]]
+        raise ApiError(400, "invalid_feedback", f"{len(unknown)} unknown signal ids; none was recorded", details)
+    return respond(request, {"accepted": len(items)})
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    return respond(request, await request.app[RUNTIME].stats(request[TENANT]))
 
 
 async def get_weights(request: web.Request) -> web.Response:
@@ -212,6 +227,8 @@ async def openapi(request: web.Request) -> web.Response:
 ROUTES = [
     ("POST", "/v1/events", post_events),
     ("POST", "/v1/score", post_score),
+    ("POST", "/v1/feedback", post_feedback),
+    ("GET", "/v1/stats", get_stats),
     ("GET", "/v1/weights", get_weights),
     ("GET", "/v1/users/{user_id}", get_user),
     ("DELETE", "/v1/users/{user_id}", delete_user),

@@ -33,6 +33,14 @@ class Metrics:
             "nudge_model_loads_total", "Attempts to load a tenant's model, by outcome", ["tenant", "outcome"], registry=r
         )
         self.predictions = Counter("nudge_predictions_total", "Users predicted, by predictor", ["predictor"], registry=r)
+        self.signals = Counter(
+            "nudge_signals_total", "Signal decisions by type, sent or withheld (holdout)",
+            ["tenant", "type", "decision"], registry=r,
+        )
+        self.signal_outcomes = Counter(
+            "nudge_signal_outcomes_total", "Signal decisions closed, by outcome", ["tenant", "outcome"], registry=r
+        )
+        self.feedback = Counter("nudge_feedback_total", "Feedback reports by outcome", ["tenant", "outcome"], registry=r)
         self.apply_errors = Counter("nudge_engine_apply_errors_total", "Engine updates that failed", registry=r)
 
     def render(self) -> bytes:

@@ -112,6 +112,18 @@ def build_spec() -> dict[str, Any]:
                     },
                 )
             },
+            "/v1/feedback": {"post": _op(
+                "Report what became of signals (shown, clicked, converted, dismissed); converted rewards the bandit",
+                {"type": "object", "properties": {"accepted": {"type": "integer"}}},
+                body={"type": "object", "required": ["feedback"], "properties": {"feedback": {"type": "array", "items": {
+                    "type": "object", "required": ["signal_id", "outcome"],
+                    "properties": {"signal_id": {"type": "string"},
+                                   "outcome": {"type": "string", "enum": ["shown", "clicked", "converted", "dismissed"]},
+                                   "ts": {"type": "number"}}}}}},
+            )},
+            "/v1/stats": {"get": _op(
+                "Signals sent by type and variant; conversion of signalled vs holdout users with the uplift's 95 % "
+                "interval; the intervention bandits' posteriors", _OBJECT)},
             "/v1/weights": {"get": _op("Action weights (Beta posteriors), transitions and lifts", _OBJECT)},
             "/v1/users/{user_id}": {
                 "get": _op("A user's recent actions and score", _OBJECT, errors=(400, 404), params=_USER_PARAM),

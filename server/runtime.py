@@ -20,12 +20,16 @@ import numpy as np
 import kernels
 from model import Engine, EventBatch, TenantConfig
 from model.contexts import describe_context
+from model.signals import SignalPolicy
 
 from .batcher import MicroBatcher, Overloaded
 from .config import ServerConfig
 from .metrics import Metrics
 from .models import ModelSlot, ModelUnavailable, file_stamp, load_predictor, model_path
 from .ratelimit import TokenBucket
+from .scoring import decide, predict, result_rows
+from .signal_writer import SignalWriter
+from .stats import signal_stats_report
 from .snapshots import load_snapshot, remove_snapshot, save_snapshot, snapshot_path
 from .storage import Store, Tenant, hash_key
 
@@ -47,6 +51,7 @@ class TenantState:
     batcher: MicroBatcher
     bucket: TokenBucket
     model: ModelSlot
+    policy: SignalPolicy
     snapshot_seq: int = 0
 
     @property
@@ -94,6 +99,7 @@ class Runtime:
         self.pending_events = 0
         self._tasks: list[asyncio.Task] = []
         self._recovered = asyncio.Event()
+        self.signal_writer = SignalWriter(lambda writes: self.on_storage(self.store.write_signals, writes), metrics)
 
     @property
     def ready(self) -> bool:
@@ -120,6 +126,8 @@ class Runtime:
             loop.create_task(self._recover(), name="nudge-recovery"),
             loop.create_task(self._snapshotter(), name="nudge-snapshots"),
             loop.create_task(self._model_watcher(), name="nudge-models"),
+            loop.create_task(self._signal_sweeper(), name="nudge-signal-sweeper"),
+            self.signal_writer.start(),
         ]
 
     async def stop(self) -> None:
@@ -132,6 +140,9 @@ class Runtime:
                 pass
         for state in self.tenants.values():
             await state.batcher.stop()
+        await self.on_device(lambda: None)  # engine updates queued before the stop have made their signals
+        if self.store is not None:
+            await self.signal_writer.flush()
         if self.ready:
             await self.snapshot_all()
         if self.store is not None:
@@ -157,6 +168,7 @@ class Runtime:
             batcher=batcher,
             bucket=TokenBucket(cfg.rate_limit_per_s, cfg.rate_limit_burst),
             model=ModelSlot(model_path(cfg.data_dir, tenant.name)),
+            policy=SignalPolicy(tenant.config, backend=self.backend),
         )
 
     # ---- recovery -----------------------------------------------------------------------------
@@ -184,7 +196,7 @@ class Runtime:
         """Latest snapshot (if its config still applies) plus the log after it. Runs on the device thread."""
         engine = Engine(tenant.config, backend=self.backend)
         snap = load_snapshot(snapshot_path(self.config.data_dir, tenant.id))
-        if snap is not None and snap[1] == tenant.config.to_dict():
+        if snap is not None and snap[1] == tenant.config.engine_dict():
             try:
                 engine.load_state(snap[0])
                 self.recovery.from_snapshots += 1
@@ -195,6 +207,7 @@ class Runtime:
         self.recovery.replayed_events += self._replay_into(engine, tenant)
         state = self._new_state(tenant, engine)
         state.snapshot_seq = snapshot_seq
+        self._restore_policy(state)
         if file_stamp(state.model.path) is not None:
             try:
                 self._load_model(state)
@@ -202,6 +215,13 @@ class Runtime:
                 pass  # recorded in the slot; the Markov chain predicts meanwhile
         log.info("tenant %s recovered: %d users, log applied to seq %d", tenant.name, len(engine.windows), engine.applied_seq)
         return state
+
+    def _restore_policy(self, state: TenantState) -> None:
+        """A fresh signal policy from the signal log (device thread)."""
+        policy = SignalPolicy(state.config, backend=self.backend)
+        since = time.time() - max(86400.0, state.config.signal_horizon_s)
+        policy.restore(*self._reader.policy_rows(state.tenant.id, since))
+        state.policy = policy
 
     def _replay_into(self, engine: Engine, tenant: Tenant) -> int:
         replayed = 0
@@ -278,6 +298,7 @@ class Runtime:
                 self._replay_into(state.engine, state.tenant)
             else:
                 state.engine.apply(batch, seqs)
+                self._signals_after_apply(state, batch)
 
         fut = self._device_thread.submit(apply)
         fut.add_done_callback(self._report_apply)
@@ -290,50 +311,48 @@ class Runtime:
 
     # ---- scoring ------------------------------------------------------------------------------
 
-    def _score_batch(self, tenant_id: int, user_ids: list[str]) -> list[dict[str, Any]]:
+    def _signals_after_apply(self, state: TenantState, batch: EventBatch) -> None:
+        """Conversions resolve open signals; users active just now may get one (device thread)."""
+        engine, now = state.engine, time.time()
+        converted = batch.actions == engine.config.conversion_code
+        resolutions = state.policy.conversions(batch.user_ids[converted], batch.ts[converted])
+        # Backfilled history is learned from, but nobody is signalled about the past.
+        recent = batch.ts >= now - engine.config.session_gap_s
+        users = list(dict.fromkeys(batch.user_ids[recent]))
+        decisions = []
+        if users:
+            prediction = predict(engine, state.model.predictor, users, now)
+            decisions = [d for d in decide(engine, state.policy, users, prediction, now) if d is not None]
+        self.signal_writer.submit((state.tenant.id, state.tenant.name), decisions, resolutions)
+
+    def _score_batch(self, tenant_id: int, items: list[tuple[str, dict | None]]) -> list[dict[str, Any]]:
         state = self.tenants[tenant_id]
-        engine, predictor = state.engine, state.model.predictor
-        scores = engine.score(user_ids, time.time())
-        actions = list(engine.config.actions)
-        next_probs, p5, p60 = scores.next_probs, scores.purchase_5m, scores.purchase_60m
-        by_model = np.zeros(len(user_ids), bool)
-        if predictor is not None:
-            users = engine.windows.lookup(user_ids, create=False)
-            tokens, lengths = engine.window_features(users)
-            by_model = lengths > 0
-            if by_model.any():
-                model_next, conv = predictor.predict({k: v[by_model] for k, v in tokens.items()}, lengths[by_model])
-                next_probs = np.pad(next_probs, ((0, 0), (0, 1)))
-                next_probs[by_model] = model_next
-                p5, p60 = p5.copy(), p60.copy()
-                p5[by_model], p60[by_model] = conv[:, 0], conv[:, 1]
-        n_model = int(by_model.sum())
+        engine, now = state.engine, time.time()
+        user_ids = [uid for uid, _ in items]
+        prediction = predict(engine, state.model.predictor, user_ids, now)
+        n_model = int(prediction.by_model.sum())
         self.metrics.predictions.labels("transformer").inc(n_model)
         self.metrics.predictions.labels("markov").inc(len(user_ids) - n_model)
-        names = actions + ["session_end"]
-        probs = np.round(next_probs, 6)
-        results = []
-        for i, uid in enumerate(user_ids):
-            row = probs[i] if by_model[i] else probs[i, : len(actions)]
-            results.append(
-                {
-                    "user_id": uid,
-                    "score": float(scores.score[i]),
-                    "predicted": {
-                        "next_action": names[int(row.argmax())],
-                        "probs": dict(zip(names, row.tolist())),
-                        "purchase_5m": float(p5[i]),
-                        "purchase_60m": float(p60[i]),
-                        "predictor": "transformer" if by_model[i] else "markov",
-                    },
-                    "signal": None,
-                }
-            )
+        decisions = decide(engine, state.policy, user_ids, prediction, now, [hint for _, hint in items])
+        written = self.signal_writer.submit(
+            (state.tenant.id, state.tenant.name), [d for d in decisions if d is not None], []
+        )
+        results = result_rows(engine.config.actions, user_ids, prediction, decisions)
+        if written is not None:
+            for result, d in zip(results, decisions):
+                if d is not None:
+                    result["_written"] = written
         return results
 
-    async def score(self, state: TenantState, user_ids: list[str], explain: bool) -> list[dict[str, Any]]:
+    async def score(
+        self, state: TenantState, user_ids: list[str], explain: bool, hints: list[dict | None] | None = None
+    ) -> list[dict[str, Any]]:
+        """Results in request order; a signal in them is durable in the signal log before this returns."""
         self.metrics.score_queue_users.set(state.batcher.queued_items + len(user_ids))
-        results = await state.batcher.submit(user_ids)
+        results = await state.batcher.submit(list(zip(user_ids, hints or [None] * len(user_ids))))
+        writes = {id(w): w for w in (r.pop("_written", None) for r in results) if w is not None}
+        for written in writes.values():
+            await asyncio.wrap_future(written)
         if explain:
             details = await self.on_device(self._explain, state, user_ids)
             for result, detail in zip(results, details):
@@ -382,6 +401,7 @@ class Runtime:
         await self.on_storage(remove_snapshot, path)
         deleted = await self.on_storage(self.store.erase_user, state.tenant.id, user_id)
         known = await self.on_device(state.engine.erase_user, user_id)
+        await self.on_device(state.policy.erase, user_id)
         await self.snapshot(state)
         return {"user_id": user_id, "erased": bool(deleted or known), "events_deleted": deleted}
 
@@ -400,11 +420,15 @@ class Runtime:
         await self.on_storage(self.store.save_config, state.tenant.id, config)
 
         def rebuild() -> None:
-            engine = Engine(config, backend=self.backend)
-            self._replay_into(engine, state.tenant)
-            engine.draws = state.engine.draws
-            state.engine = engine
+            if config.engine_dict() == state.engine.config.engine_dict():
+                state.engine.config = config  # only the signal policy changed: the state still holds
+            else:
+                engine = Engine(config, backend=self.backend)
+                self._replay_into(engine, state.tenant)
+                engine.draws = state.engine.draws
+                state.engine = engine
             state.tenant = Tenant(state.tenant.id, state.tenant.name, config)
+            self._restore_policy(state)
 
         old_config = state.config
         await self.on_device(rebuild)
@@ -463,11 +487,66 @@ class Runtime:
                 except Exception:
                     log.exception("reloading the model of tenant %s failed", state.tenant.name)
 
+    # ---- signal outcomes and stats ------------------------------------------------------------
+
+    async def _signal_sweeper(self) -> None:
+        """Close decisions whose horizon has passed without a conversion."""
+        await self._recovered.wait()
+        while True:
+            await asyncio.sleep(self.config.signal_sweep_s)
+            for state in list(self.tenants.values()):
+                await self.expire_signals(state, time.time())
+
+    async def expire_signals(self, state: TenantState, now: float) -> None:
+        """Close the tenant's decisions whose horizon ended before ``now`` as not converted."""
+
+        def expire():
+            resolutions = state.policy.expire(now)
+            return self.signal_writer.submit((state.tenant.id, state.tenant.name), [], resolutions)
+
+        written = await self.on_device(expire)
+        if written is not None:
+            await asyncio.wrap_future(written)
+
+    async def feedback(self, state: TenantState, items: list[tuple[str, str, float]]) -> list[str]:
+        """Record (signal_id, outcome, ts) reports; returns the signal ids this tenant does not know."""
+        owners = await self.on_storage(self.store.signal_owners, state.tenant.id, [sid for sid, _, _ in items])
+        unknown = [sid for sid, _, _ in items if sid not in owners]
+        if unknown:
+            return unknown
+        rows = [(sid, owners[sid], outcome, ts) for sid, outcome, ts in items]
+        await self.on_storage(self.store.add_feedback, state.tenant.id, rows)
+        for _, outcome, _ in items:
+            self.metrics.feedback.labels(state.tenant.name, outcome).inc()
+
+        def resolve():
+            policy = state.policy
+            resolutions = [
+                policy.resolve(sid, True, ts) for sid, outcome, ts in items
+                if outcome == "converted" and sid in policy.open
+            ]
+            return self.signal_writer.submit((state.tenant.id, state.tenant.name), [], resolutions)
+
+        written = await self.on_device(resolve)
+        if written is not None:
+            await asyncio.wrap_future(written)
+        return []
+
+    async def stats(self, state: TenantState) -> dict[str, Any]:
+        """Signals sent by type and variant, conversion of signalled vs holdout users, the bandits' posteriors."""
+        # Engine updates of acknowledged events run in order on the device thread: once this no-op has
+        # run, their conversions have resolved signals, and the flush makes that durable and visible.
+        await self.on_device(lambda: None)
+        await self.signal_writer.flush()
+        counts = await self.on_storage(self.store.signal_stats, state.tenant.id)
+        bandits = await self.on_device(state.policy.bandit_report)
+        return signal_stats_report(counts, bandits, state.config)
+
     # ---- snapshots ----------------------------------------------------------------------------
 
     async def snapshot(self, state: TenantState) -> None:
         engine_state, seq, cfg = await self.on_device(
-            lambda: (state.engine.state_dict(), state.engine.applied_seq, state.engine.config.to_dict())
+            lambda: (state.engine.state_dict(), state.engine.applied_seq, state.engine.config.engine_dict())
         )
         path = snapshot_path(self.config.data_dir, state.tenant.id)
         await asyncio.get_running_loop().run_in_executor(None, save_snapshot, path, engine_state, cfg)

@@ -290,14 +290,14 @@ def parse_events(body: Any, config: TenantConfig, now_s: float, max_items: int) 
     )
 
 
-def _too_many(n: int, limit: int) -> ApiError:
+def _too_many(n: int, limit: int, field: str = "events") -> ApiError:
     return ApiError(
-        413, "too_many_items", f"{n} events in one request; send at most {limit}", [{"field": "events", "reason": "too many"}]
+        413, "too_many_items", f"{n} {field} in one request; send at most {limit}", [{"field": field, "reason": "too many"}]
     )
 
 
-def parse_score_request(body: Any, max_items: int) -> tuple[list[str], bool]:
-    """Validate a score body into the user ids, in request order, and the explain flag."""
+def parse_score_request(body: Any, max_items: int) -> tuple[list[str], bool, list[dict[str, str] | None]]:
+    """Validate a score body into the user ids in request order, the explain flag and each user's page state."""
     if not isinstance(body, dict):
         raise invalid_field("body", "must be an object with 'users'")
     extra = [k for k in body if k not in ("users", "explain")]
@@ -313,6 +313,7 @@ def parse_score_request(body: Any, max_items: int) -> tuple[list[str], bool]:
         raise invalid_field("explain", "must be true or false")
     problems: list[dict[str, Any]] = []
     ids: list[str] = []
+    hints: list[dict[str, str] | None] = []
     for i, user in enumerate(users):
         if not isinstance(user, dict):
             problems.append({"index": i, "field": "", "reason": "must be an object"})
@@ -326,6 +327,7 @@ def parse_score_request(body: Any, max_items: int) -> tuple[list[str], bool]:
         else:
             ids.append(str(user["user_id"]))
         state = user.get("state")
+        hints.append({str(k): v for k, v in state.items() if v is not None} if isinstance(state, dict) else None)
         if state is not None:
             if not isinstance(state, dict):
                 problems.append({"index": i, "field": "state", "reason": "must be an object"})
@@ -337,4 +339,37 @@ def parse_score_request(body: Any, max_items: int) -> tuple[list[str], bool]:
                         problems.append({"index": i, "field": f"state.{key}", "reason": _QUERY_TEXT(value)})
     if problems:
         raise ApiError(400, "invalid_request", "some users are invalid; nothing was scored", problems)
-    return ids, explain
+    return ids, explain, hints
+
+
+FEEDBACK_OUTCOMES = ("shown", "clicked", "converted", "dismissed")
+
+
+def parse_feedback(body: Any, max_items: int, now_s: float) -> list[tuple[str, str, float]]:
+    """Validate a feedback body into (signal_id, outcome, ts) reports."""
+    if not isinstance(body, dict) or set(body) != {"feedback"}:
+        raise invalid_field("body", "must be an object with only 'feedback'")
+    items = body["feedback"]
+    if not isinstance(items, list) or not items:
+        raise invalid_field("feedback", "must be a non-empty list of {signal_id, outcome, ts?} objects")
+    if len(items) > max_items:
+        raise _too_many(len(items), max_items, "feedback")
+    problems: list[dict[str, Any]] = []
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            problems.append({"index": i, "field": "", "reason": "must be an object"})
+            continue
+        problems += [{"index": i, "field": str(k)[:64], "reason": "unknown field"}
+                     for k in item if k not in ("signal_id", "outcome", "ts")]
+        signal_id, outcome, ts = item.get("signal_id"), item.get("outcome"), item.get("ts", now_s)
+        if not isinstance(signal_id, str) or not 1 <= len(signal_id) <= MAX_ID_CHARS:
+            problems.append({"index": i, "field": "signal_id", "reason": "must be the signal_id of a signal"})
+        if outcome not in FEEDBACK_OUTCOMES:
+            problems.append({"index": i, "field": "outcome", "reason": f"must be one of {list(FEEDBACK_OUTCOMES)}"})
+        if not _is_number(ts) or not math.isfinite(ts):
+            problems.append({"index": i, "field": "ts", "reason": "must be seconds since the epoch"})
+        out.append((signal_id, outcome, float(ts) if _is_number(ts) else now_s))
+    if problems:
+        raise ApiError(400, "invalid_feedback", "some feedback is invalid; none was recorded", problems)
+    return out

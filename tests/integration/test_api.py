@@ -1,7 +1,6 @@
 import asyncio
 import time
 
-import msgpack
 import numpy as np
 import pytest
 

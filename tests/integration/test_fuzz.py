@@ -13,22 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server import ServerConfig, create_app
+from server.handlers import ROUTES as HANDLED_ROUTES
 
 from .conftest import make_tenants
 
-ROUTES = [
-    ("POST", "/v1/events"),
-    ("POST", "/v1/score"),
-    ("GET", "/v1/weights"),
-    ("GET", "/v1/users/{}"),
-    ("DELETE", "/v1/users/{}"),
-    ("GET", "/v1/config"),
-    ("PUT", "/v1/config"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-    ("GET", "/openapi.json"),
-]
+ROUTES = [(method, path.replace("{user_id}", "{}")) for method, path, _ in HANDLED_ROUTES]
 EVENT_FIELDS = ["user_id", "action", "ts", "event_id", "item_id", "category", "query", "context", "device"]
 
 
@@ -103,9 +92,18 @@ score_bodies = st.fixed_dictionaries(
     optional={"explain": field_values},
 )
 config_bodies = st.dictionaries(
-    st.sampled_from(["horizon_s", "actions", "prior_means", "window_size", "segments", "seed", "allow_backfill", "prior_strength", "zz"]),
-    st.one_of(field_values, st.lists(field_values, max_size=4), st.dictionaries(st.sampled_from(["view", "purchase", "x"]), field_values, max_size=3)),
+    st.sampled_from(["horizon_s", "actions", "prior_means", "window_size", "segments", "seed", "allow_backfill",
+                     "prior_strength", "thresholds", "policy", "content_map", "discount_tiers_pct", "holdout_share", "zz"]),
+    st.one_of(field_values, st.lists(field_values, max_size=4),
+              st.dictionaries(st.sampled_from(["view", "purchase", "needs_help", "x"]), field_values, max_size=3)),
     max_size=4,
+)
+
+feedback_bodies = st.one_of(
+    st.fixed_dictionaries({"feedback": st.lists(st.one_of(st.dictionaries(
+        st.sampled_from(["signal_id", "outcome", "ts", "x"]),
+        st.one_of(st.sampled_from(["sig_x", "converted", "shown", "liked"]), field_values), max_size=4), values), max_size=5)}),
+    st.dictionaries(st.sampled_from(["feedback", "x"]), values, max_size=2),
 )
 
 
@@ -166,6 +164,12 @@ def test_fuzz_score_never_fails_inside(live, body):
 @given(body=_encoded(config_bodies))
 def test_fuzz_config_never_fails_inside(live, body):
     check(live, "PUT", "/v1/config", body)
+
+
+@FUZZ
+@given(body=_encoded(feedback_bodies))
+def test_fuzz_feedback_never_fails_inside(live, body):
+    check(live, "POST", "/v1/feedback", body)
 
 
 @FUZZ

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from model.bandit import ThompsonBandit
-from model.bandit_replay import Log, evaluate_campaigns, load_obd, replay_bandit, wilson
+from model.bandit_replay import Log, evaluate_campaigns, load_obd, replay_bandit
+from model.uplift import rate_difference, wilson
 
 OBD = Path(__file__).resolve().parents[3] / "shared" / "data" / "open-bandit-dataset-sample"
 
@@ -60,3 +61,8 @@ def test_replay_runs_on_the_open_bandit_sample():
     assert [r["campaign"] for r in rows] == ["all", "men", "women", "pooled"]
     assert rows[0]["random_impressions"] == 10_000 and rows[0]["random_clicks"] == 38
     assert all(r["ts_matched_impressions"] > 50 for r in rows)
+
+
+def test_rate_difference_matches_newcombes_worked_example():
+    d, lo, hi = rate_difference(56, 70, 48, 80)  # Newcombe (1998), example (a), method 10
+    assert d == pytest.approx(0.2) and lo == pytest.approx(0.0524, abs=1e-4) and hi == pytest.approx(0.3339, abs=1e-4)

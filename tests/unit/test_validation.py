@@ -94,7 +94,10 @@ def test_parse_events_rejects_bodies_of_the_wrong_shape():
 
 
 def test_parse_score_request_keeps_order_and_reports_bad_users():
-    ids, explain = parse_score_request({"users": [{"user_id": "b"}, {"user_id": "a", "state": {"page": "/cart"}}]}, 10)
+    ids, explain, hints = parse_score_request(
+        {"users": [{"user_id": "b"}, {"user_id": "a", "state": {"page": "/cart"}}]}, 10
+    )
+    assert hints == [None, {"page": "/cart"}]
     assert ids == ["b", "a"] and explain is False
     with pytest.raises(ApiError) as info:
         parse_score_request({"users": [{"user_id": "a@b.co"}, {"state": 3}, {"user_id": "c", "state": {"x": 1}}]}, 10)

@@ -1,0 +1,103 @@
+"""Items, categories and queries seen in the event stream: session co-visitation and popularity for
+product recommendations, and each user's latest category, item and query for signal payloads."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+
+from .events import EventBatch
+
+
+class ItemCatalog:
+    """Learns which items are viewed together in sessions, and what is popular per category.
+
+    Parameters
+    ----------
+    session_gap_s : items further apart than this in a user's stream are not co-visited.
+    recent_items : how many of a user's latest session items recommendations start from.
+    max_neighbors : co-visited items kept per item (the most frequent), so memory stays bounded per item.
+    max_popular : items kept per category ranking.
+    """
+
+    def __init__(self, session_gap_s: float, recent_items: int = 5, max_neighbors: int = 50, max_popular: int = 200):
+        self.session_gap_s = session_gap_s
+        self.recent_items = recent_items
+        self.max_neighbors = max_neighbors
+        self.max_popular = max_popular
+        self.covisits: dict[str, Counter] = {}
+        self.popular: dict[str, Counter] = {}  # category ("" = all) -> item counts
+        self.users: dict[str, dict] = {}  # user -> {"items": [[item, ts], ...], "category", "query", "ts"}
+
+    def observe(self, batch: EventBatch) -> None:
+        """Learn from a batch, in order; events without item, category or query are skipped quickly."""
+        rows = np.flatnonzero((batch.item_ids != None) | (batch.categories != None) | (batch.queries != None))  # noqa: E711
+        for i in rows:
+            self._observe_one(batch.user_ids[i], batch.item_ids[i], batch.categories[i], batch.queries[i], float(batch.ts[i]))
+
+    def _observe_one(self, user: str, item, category, query, ts: float) -> None:
+        state = self.users.setdefault(user, {"items": [], "category": None, "query": None, "ts": ts})
+        if ts - state["ts"] > self.session_gap_s:
+            state["items"] = []  # a new session: earlier items are not co-visited with this one
+        state["ts"] = max(state["ts"], ts)
+        if category is not None:
+            state["category"] = category
+        if query is not None:
+            state["query"] = query
+        if item is None:
+            return
+        for other in {it for it, _ in state["items"]} - {item}:
+            self._count(self.covisits, item, other, self.max_neighbors)
+            self._count(self.covisits, other, item, self.max_neighbors)
+        for key in ("", category) if category is not None else ("",):
+            self._count(self.popular, key, item, self.max_popular)
+        state["items"] = [pair for pair in state["items"] if pair[0] != item][-(self.recent_items - 1):] + [[item, ts]]
+
+    @staticmethod
+    def _count(table: dict[str, Counter], key: str, item: str, keep: int) -> None:
+        counts = table.setdefault(key, Counter())
+        counts[item] += 1
+        if len(counts) > 2 * keep:
+            table[key] = Counter(dict(counts.most_common(keep)))
+
+    def recommend(self, user: str, n: int, category: str | None = None) -> tuple[list[str], str]:
+        """Up to ``n`` items for ``user`` and where they came from: co-visitation, category or overall popularity."""
+        state = self.users.get(user)
+        seen = {it for it, _ in state["items"]} if state else set()
+        scores: Counter = Counter()
+        for item, _ in state["items"] if state else ():
+            scores.update(self.covisits.get(item, {}))
+        picked = [it for it, _ in scores.most_common() if it not in seen][:n]
+        if picked:
+            return picked, "co_visitation"
+        category = category or (state["category"] if state else None)
+        for key, source in ((category, "category_popularity"), ("", "popularity")):
+            if key is not None and key in self.popular:
+                picked = [it for it, _ in self.popular[key].most_common() if it not in seen][:n]
+                if picked:
+                    return picked, source
+        return [], "none"
+
+    def context(self, user: str) -> dict[str, str]:
+        """The user's latest category, item and query, where known."""
+        state = self.users.get(user)
+        if not state:
+            return {}
+        out = {"category": state["category"], "item_id": state["items"][-1][0] if state["items"] else None,
+               "query": state["query"]}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def erase(self, user: str) -> None:
+        """Forget one user's items; co-visitation and popularity counts are anonymous aggregates."""
+        self.users.pop(user, None)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        blob = json.dumps({"covisits": self.covisits, "popular": self.popular, "users": self.users})
+        return {"json": np.frombuffer(blob.encode(), dtype=np.uint8).copy()}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        data = json.loads(bytes(state["json"]).decode())
+        self.covisits = {k: Counter(v) for k, v in data["covisits"].items()}
+        self.popular = {k: Counter(v) for k, v in data["popular"].items()}
+        self.users = data["users"]

@@ -1,0 +1,204 @@
+"""The signal policy of one tenant: cooldown, daily cap, holdout, and the intervention bandits.
+
+Everything here is rebuilt from the durable signal log at start-up (:meth:`SignalPolicy.restore`);
+the policy itself does no I/O.
+"""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+from .bandit import ThompsonBandit
+from .catalog import ItemCatalog
+from .config import DEFAULT_POLICY, INTENTS, TenantConfig
+from .payloads import build_payload, signal_variants
+
+_DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A signal sent, or withheld from a holdout user (recorded all the same, for measured uplift)."""
+
+    signal_id: str
+    user_id: str
+    intent: str
+    type: str
+    variant: str
+    payload: dict[str, Any]
+    score: float
+    created_at: float
+    withheld: bool
+
+    def signal(self) -> dict[str, Any]:
+        """The signal as third parties receive it."""
+        out = asdict(self)
+        del out["withheld"]
+        return out
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A decision's outcome: converted within the signal horizon or not."""
+
+    signal_id: str
+    converted: bool
+    at: float
+
+
+@dataclass
+class _Open:
+    user_id: str
+    intent: str
+    variant: str
+    created_at: float
+    withheld: bool
+
+
+def in_holdout(user_id: str, config: TenantConfig) -> bool:
+    """A stable, uniformly spread draw per (seed, user): the same user is always in or out."""
+    digest = hashlib.blake2b(f"{config.seed}:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < config.holdout_share
+
+
+class SignalPolicy:
+    """Decides who gets which signal, and learns which variant converts best.
+
+    Parameters
+    ----------
+    config : the tenant's config (thresholds and policy fields).
+    backend : array backend of the bandits' Thompson draws.
+    """
+
+    def __init__(self, config: TenantConfig, backend: str = "numpy"):
+        self.config = config
+        self.backend = backend
+        self.recent: dict[str, list[float]] = defaultdict(list)  # user -> decision times within a day
+        self.open: dict[str, _Open] = {}
+        self.open_by_user: dict[str, list[str]] = defaultdict(list)
+        self.bandits: dict[str, tuple[list[str], ThompsonBandit]] = {}
+        for i, intent in enumerate(INTENTS):
+            variants = signal_variants(self.signal_type(intent), config)
+            self.bandits[intent] = (variants, ThompsonBandit(len(variants), seed=config.seed + i, backend=backend))
+
+    def signal_type(self, intent: str) -> str:
+        return self.config.policy.get(intent, DEFAULT_POLICY[intent])
+
+    # ---- deciding ------------------------------------------------------------------------------
+
+    def allowed(self, user_id: str, now: float) -> bool:
+        """Whether cooldown and daily cap allow a decision for this user now."""
+        times = [t for t in self.recent.get(user_id, ()) if now - t < _DAY_S]
+        if user_id in self.recent:
+            self.recent[user_id] = times
+        if times and now - max(times) < self.config.cooldown_s:
+            return False
+        return len(times) < self.config.daily_cap
+
+    def decide(
+        self, user_ids: Iterable[str], intents: np.ndarray, scores: np.ndarray, now: float, catalog: ItemCatalog,
+        hints: list[dict[str, str] | None] | None = None,
+    ) -> list[Decision | None]:
+        """One entry per user: a decision, or None (no intent, cooling down, capped, or nothing to send)."""
+        out: list[Decision | None] = []
+        for i, user_id in enumerate(user_ids):
+            intent_index = int(intents[i])
+            if intent_index < 0 or not self.allowed(user_id, now):
+                out.append(None)
+                continue
+            intent = INTENTS[intent_index]
+            signal_type = self.signal_type(intent)
+            variants, bandit = self.bandits[intent]
+            variant = variants[int(bandit.choose(1)[0])]
+            payload = build_payload(
+                signal_type, variant, intent, user_id, self.config, catalog, hints[i] if hints else None
+            )
+            if payload is None:
+                out.append(None)
+                continue
+            decision = Decision(
+                signal_id="sig_" + uuid.uuid4().hex, user_id=user_id, intent=intent, type=signal_type,
+                variant=variant, payload=payload, score=round(float(scores[i]), 6), created_at=now,
+                withheld=in_holdout(user_id, self.config),
+            )
+            self._remember(decision)
+            out.append(decision)
+        return out
+
+    def _remember(self, d: Decision) -> None:
+        self.recent[d.user_id].append(d.created_at)
+        self.open[d.signal_id] = _Open(d.user_id, d.intent, d.variant, d.created_at, d.withheld)
+        self.open_by_user[d.user_id].append(d.signal_id)
+
+    # ---- outcomes ------------------------------------------------------------------------------
+
+    def conversions(self, user_ids: Iterable[str], ts: Iterable[float]) -> list[Resolution]:
+        """Conversion events: each converts the user's open decisions made at most one horizon before it."""
+        out = []
+        for user_id, t in zip(user_ids, ts):
+            for signal_id in list(self.open_by_user.get(user_id, ())):
+                o = self.open.get(signal_id)
+                if o is not None and o.created_at - 1.0 <= t <= o.created_at + self.config.signal_horizon_s:
+                    out.append(self.resolve(signal_id, True, float(t)))
+        return out
+
+    def expire(self, now: float) -> list[Resolution]:
+        """Decisions whose horizon has passed without a conversion."""
+        horizon = self.config.signal_horizon_s
+        due = [sid for sid, o in self.open.items() if now > o.created_at + horizon]
+        return [self.resolve(sid, False, now) for sid in due]
+
+    def resolve(self, signal_id: str, converted: bool, at: float) -> Resolution:
+        """Close an open decision and reward its variant (holdout decisions teach no bandit)."""
+        o = self.open.pop(signal_id)
+        ids = self.open_by_user.get(o.user_id)
+        if ids is not None:
+            ids.remove(signal_id)
+            if not ids:
+                del self.open_by_user[o.user_id]
+        if not o.withheld:
+            self._reward(o.intent, o.variant, 1.0 if converted else 0.0)
+        return Resolution(signal_id, converted, at)
+
+    def _reward(self, intent: str, variant: str, reward: float) -> None:
+        variants, bandit = self.bandits[intent]
+        if variant in variants:  # tiers changed since: the old variant teaches nothing now
+            bandit.update(np.array([variants.index(variant)]), np.array([reward]))
+
+    def erase(self, user_id: str) -> None:
+        self.recent.pop(user_id, None)
+        for signal_id in self.open_by_user.pop(user_id, ()):
+            self.open.pop(signal_id, None)
+
+    # ---- restart -------------------------------------------------------------------------------
+
+    def restore(self, recent: Iterable[tuple], rewards: Iterable[tuple]) -> None:
+        """Rebuild from the signal log.
+
+        ``recent``: (signal_id, user_id, intent, variant, created_at, withheld, resolved) of the last
+        day's and all unresolved decisions; ``rewards``: (intent, variant, successes, failures) of
+        resolved, non-withheld decisions.
+        """
+        for signal_id, user_id, intent, variant, created_at, withheld, resolved in recent:
+            self.recent[user_id].append(created_at)
+            if not resolved:
+                self.open[signal_id] = _Open(user_id, intent, variant, created_at, bool(withheld))
+                self.open_by_user[user_id].append(signal_id)
+        for intent, variant, successes, failures in rewards:
+            if intent in self.bandits and variant in self.bandits[intent][0]:
+                variants, bandit = self.bandits[intent]
+                arm = variants.index(variant)
+                bandit.alpha[arm] += successes
+                bandit.beta[arm] += failures
+
+    def bandit_report(self) -> dict[str, Any]:
+        """Per intent: its signal type, the variants and their posteriors."""
+        return {
+            intent: {"type": self.signal_type(intent), "variants": variants, **bandit.posterior()}
+            for intent, (variants, bandit) in self.bandits.items()
+        }

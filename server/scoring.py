@@ -1,0 +1,79 @@
+"""Scoring users on the device thread: engagement score, the served predictor, intents and signals."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model import Engine
+from model.intents import fired_intents, intent_scores, open_cart
+from model.signals import Decision, SignalPolicy
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per user: engagement score, next-action probabilities ([B, A], or [B, A + 1] with 'session end'
+    where the Transformer answered), P(conversion in 5 / 60 min), which rows the model answered."""
+
+    score: np.ndarray
+    next_probs: np.ndarray
+    purchase_5m: np.ndarray
+    purchase_60m: np.ndarray
+    by_model: np.ndarray
+    users: np.ndarray  # dense indexes, -1 for unknown users
+
+
+def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Prediction:
+    """Score with the engine; the Transformer (when loaded) predicts for users with a window."""
+    scores = engine.score(user_ids, now)
+    users = engine.windows.lookup(user_ids, create=False)
+    next_probs, p5, p60 = scores.next_probs, scores.purchase_5m, scores.purchase_60m
+    by_model = np.zeros(len(user_ids), bool)
+    if predictor is not None:
+        tokens, lengths = engine.window_features(users)
+        by_model = lengths > 0
+        if by_model.any():
+            model_next, conv = predictor.predict({k: v[by_model] for k, v in tokens.items()}, lengths[by_model])
+            next_probs = np.pad(next_probs, ((0, 0), (0, 1)))
+            next_probs[by_model] = model_next
+            p5, p60 = p5.copy(), p60.copy()
+            p5[by_model], p60[by_model] = conv[:, 0], conv[:, 1]
+    return Prediction(scores.score, next_probs, p5, p60, by_model, users)
+
+
+def decide(
+    engine: Engine, policy: SignalPolicy, user_ids: list[str], p: Prediction, now: float,
+    hints: list[dict[str, str] | None] | None = None,
+) -> list[Decision | None]:
+    """Intents from the prediction, then the policy's decision per user."""
+    actions, ts, lengths = engine.windows.gather(p.users)
+    cart = open_cart(actions, ts, lengths, engine.config)
+    scores = intent_scores(p.next_probs, p.purchase_5m, p.purchase_60m, cart, engine.config)
+    intents, _ = fired_intents(scores, p.score, engine.config)
+    return policy.decide(user_ids, intents, p.score, now, engine.catalog, hints)
+
+
+def result_rows(actions: tuple[str, ...], user_ids: list[str], p: Prediction, decisions) -> list[dict[str, Any]]:
+    """The ``POST /v1/score`` results; a withheld (holdout) decision shows as no signal."""
+    names = [*actions, "session_end"]
+    probs = np.round(p.next_probs, 6)
+    out = []
+    for i, uid in enumerate(user_ids):
+        row = probs[i] if p.by_model[i] else probs[i, : len(actions)]
+        d = decisions[i]
+        out.append(
+            {
+                "user_id": uid,
+                "score": float(p.score[i]),
+                "predicted": {
+                    "next_action": names[int(row.argmax())],
+                    "probs": dict(zip(names, row.tolist())),
+                    "purchase_5m": float(p.purchase_5m[i]),
+                    "purchase_60m": float(p.purchase_60m[i]),
+                    "predictor": "transformer" if p.by_model[i] else "markov",
+                },
+                "signal": d.signal() if d is not None and not d.withheld else None,
+            }
+        )
+    return out
