@@ -48,6 +48,11 @@ class EventBatch:
         return EventBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     @classmethod
+    def concat(cls, batches: list["EventBatch"]) -> "EventBatch":
+        """One batch holding ``batches`` in order."""
+        return cls(**{f.name: np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(cls)})
+
+    @classmethod
     def build(
         cls,
         user_ids,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +18,6 @@ from .engine import PREDICT_HORIZONS_S, Engine
 from .events import EventBatch
 from .sequences import next_conversion_delay
 
-TAOBAO_ACTIONS = {"pv": "view", "fav": "favorite", "cart": "add_to_cart", "buy": "purchase"}
-FORMATS = ("taobao",)
 
 # name -> (theta mode, sequence lift); "full" is the engine as served.
 VARIANTS = {
@@ -29,32 +26,6 @@ VARIANTS = {
     "posterior_mean": ("mean", True),
     "no_sequence_lift": ("thompson", False),
 }
-
-
-def load_events(path: str | Path, fmt: str, config: TenantConfig, limit: int | None = None) -> EventBatch:
-    """An event file as a batch, sorted by time (stable)."""
-    if fmt != "taobao":
-        raise ValueError(f"unknown format {fmt!r}; supported: {', '.join(FORMATS)}")
-    raw = np.loadtxt(path, delimiter=",", dtype=str, max_rows=limit, ndmin=2)
-    if raw.shape[1] != 5:
-        raise ValueError(f"{path}: expected 5 columns user,item,category,behavior,timestamp; got {raw.shape[1]}")
-    names = np.array([TAOBAO_ACTIONS.get(b, "") for b in raw[:, 3]], dtype=object)
-    unknown = sorted(set(raw[names == "", 3]))
-    if unknown:
-        raise ValueError(f"{path}: unknown behaviors {unknown[:5]}; expected {sorted(TAOBAO_ACTIONS)}")
-    vocab = {a: i for i, a in enumerate(config.actions)}
-    missing = sorted(set(TAOBAO_ACTIONS.values()) - set(vocab))
-    if missing:
-        raise ValueError(f"the config's vocabulary lacks {missing}")
-    ts = raw[:, 4].astype(np.float64)
-    order = np.argsort(ts, kind="stable")
-    return EventBatch.build(
-        user_ids=raw[order, 0].tolist(),
-        actions=[vocab[n] for n in names[order]],
-        ts=ts[order],
-        item_ids=raw[order, 1].tolist(),
-        categories=raw[order, 2].tolist(),
-    )
 
 
 def conversion_labels(batch: EventBatch, conversion: int, horizon_s: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""The ``nudge`` command: serve, tenant create, replay."""
+"""The ``nudge`` command: serve, tenant create, replay, train, evaluate, export, replay-bandit."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from model import TenantConfig
+from model.event_files import FORMATS
 
 from .config import ServerConfig
 from .logs import ACCESS_LOG_FORMAT, configure_logging
@@ -60,7 +63,8 @@ def _tenant_create(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from model.replay import load_events, replay
+    from model.event_files import load_events
+    from model.replay import replay
 
     # A file is replayed in time order, so nothing arrives late: the watermark can follow the clock.
     config = TenantConfig(allow_backfill=True, allowed_lateness_s=0.0, seed=args.seed)
@@ -79,7 +83,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _load_split(args: argparse.Namespace, config: TenantConfig):
     """The event file, and the time at the given fraction of its span (None without one)."""
-    from model.replay import load_events
+    from model.event_files import load_events
 
     batch = load_events(args.data, args.format, config, limit=args.limit)
     if not len(batch):
@@ -92,31 +96,69 @@ def _load_split(args: argparse.Namespace, config: TenantConfig):
     return batch, float(batch.ts.min() + frac * (batch.ts.max() - batch.ts.min()))
 
 
-def _train(args: argparse.Namespace) -> int:
-    import torch
+def _tenant_events(data_dir: Path, name: str):
+    """A tenant's config and its whole event log as one batch, from the server's database."""
+    from model import EventBatch
 
+    store = Store(data_dir)
+    try:
+        tenant = next((t for t in store.tenants() if t.name == name), None)
+        if tenant is None:
+            raise ValueError(f"no tenant {name!r} in {data_dir}; tenants: {[t.name for t in store.tenants()]}")
+        batches = [batch for batch, _ in store.read_events(tenant.id, tenant.config)]
+    finally:
+        store.close()
+    if not batches:
+        raise ValueError(f"tenant {name!r} has no events yet")
+    batch = EventBatch.concat(batches)
+    return tenant.config, batch.take(np.argsort(batch.ts, kind="stable"))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model.predictor import write_checkpoint
     from model.training import TrainSettings, train
 
-    config = TenantConfig(allow_backfill=True, allowed_lateness_s=0.0, session_gap_s=args.session_gap_s, seed=args.seed)
-    batch, cut = _load_split(args, config)
-    if cut is not None:
-        batch = batch.take(batch.ts < cut)
+    from .models import model_path
+
+    if args.data_dir:
+        config, batch = _tenant_events(Path(args.data_dir), args.tenant)
+        out = Path(args.out) if args.out else model_path(Path(args.data_dir), args.tenant)
+        source = f"{args.data_dir} tenant {args.tenant}"
+    else:
+        if not args.out:
+            raise ValueError("--out is required when training from --data")
+        config = TenantConfig(allow_backfill=True, allowed_lateness_s=0.0, session_gap_s=args.session_gap_s,
+                              seed=args.seed)
+        batch, cut = _load_split(args, config)
+        if cut is not None:
+            batch = batch.take(batch.ts < cut)
+        out, source = Path(args.out), str(args.data)
     settings = TrainSettings(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
                              learning_rate=args.learning_rate, seed=args.seed)
     checkpoint = train(batch, config, settings, show_progress=not args.quiet)
-    checkpoint["data"]["source"] = str(args.data)
-    torch.save(checkpoint, args.out)
-    print(json.dumps({"out": str(args.out), "seconds": checkpoint["seconds"], "data": checkpoint["data"],
+    checkpoint["data"]["source"] = source
+    # Atomic: a server watching the file loads either the old checkpoint or this one, never half of it.
+    write_checkpoint(checkpoint, out)
+    print(json.dumps({"out": str(out), "seconds": checkpoint["seconds"], "data": checkpoint["data"],
                       "validation_metrics": checkpoint["validation_metrics"]}, indent=2))
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from model.event_files import export_events
+
+    config, batch = _tenant_events(Path(args.data_dir), args.tenant)
+    with open(args.out, "w") as fh:
+        n = export_events(iter([batch]), config, fh)
+    print(f"exported {n} events of tenant {args.tenant!r} to {args.out} (format: nudge)")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    import torch
-
     from model.evaluation import evaluate
+    from model.predictor import read_checkpoint
 
-    checkpoint = torch.load(args.model, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(args.model)
     config = TenantConfig.from_dict(checkpoint["tenant_config"])
     batch, cut = _load_split(args, config)
     result, charts = evaluate(checkpoint, batch, from_ts=cut, plots_dir=Path(args.plots) if args.plots else None)
@@ -177,17 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("replay", help="feed an event file through the engine and report prequential AUC")
     rep.add_argument("--data", required=True)
-    rep.add_argument("--format", choices=("taobao",), default="taobao")
+    rep.add_argument("--format", choices=FORMATS, default="taobao")
     rep.add_argument("--json", action="store_true")
     rep.add_argument("--limit", type=int, default=None, help="read only the first N rows")
     rep.add_argument("--chunk-s", type=float, default=1.0, help="events within this many seconds share a state")
     rep.add_argument("--seed", type=int, default=0)
     rep.set_defaults(run=_replay)
 
-    tr = sub.add_parser("train", help="train the next-action Transformer on an event file")
-    tr.add_argument("--data", required=True)
-    tr.add_argument("--format", choices=("taobao",), default="taobao")
-    tr.add_argument("--out", required=True, help="where to write the checkpoint (.pt)")
+    tr = sub.add_parser("train", help="train the next-action Transformer on an event file or a tenant's event log")
+    source = tr.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="an event file (see --format)")
+    source.add_argument("--data-dir", help="a server's data dir: train on --tenant's log, with the tenant's config")
+    tr.add_argument("--tenant", help="with --data-dir: whose events; the model goes to DATA_DIR/models/TENANT.pt")
+    tr.add_argument("--format", choices=FORMATS, default="taobao")
+    tr.add_argument("--out", default=None, help="where to write the checkpoint (.pt)")
     tr.add_argument("--until-frac", type=float, default=None, help="train only on this first fraction of the time span")
     tr.add_argument("--limit", type=int, default=None, help="read only the first N rows")
     tr.add_argument("--session-gap-s", type=float, default=1800.0, help="a longer gap ends a session")
@@ -202,13 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score an event file with a checkpoint, the Markov chain and popularity")
     ev.add_argument("--model", required=True)
     ev.add_argument("--data", required=True)
-    ev.add_argument("--format", choices=("taobao",), default="taobao")
+    ev.add_argument("--format", choices=FORMATS, default="taobao")
     ev.add_argument("--from-frac", type=float, default=None,
                     help="score only events after this fraction of the time span (earlier ones are history)")
     ev.add_argument("--limit", type=int, default=None)
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--plots", default=None, help="write calibration.png and lift.png (5-minute purchase) here")
     ev.set_defaults(run=_evaluate)
+
+    ex = sub.add_parser("export", help="write a tenant's event log as JSON Lines (--format nudge)")
+    ex.add_argument("--data-dir", required=True)
+    ex.add_argument("--tenant", required=True)
+    ex.add_argument("--out", required=True)
+    ex.set_defaults(run=_export)
 
     rb = sub.add_parser("replay-bandit", help="replay the Thompson bandit on Open Bandit Dataset random logs")
     rb.add_argument("--data", required=True, help="a folder holding random/{all,men,women}/*.csv")
@@ -219,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "data_dir", None) and args.command == "train" and not args.tenant:
+        parser.error("train --data-dir needs --tenant NAME")
     try:
         return args.run(args)
     except ImportError as exc:

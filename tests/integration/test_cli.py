@@ -6,6 +6,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .test_crash import free_port
@@ -135,3 +136,36 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
         assert metrics["n_events"] > 0 and metrics["purchase_60m_censored"] == metrics["n_events"]
     bad = nudge("evaluate", "--model", str(model), "--data", str(path), "--from-frac", "1.5")
     assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
+
+
+def test_train_from_a_tenants_log_writes_the_served_checkpoint_and_export_round_trips(tmp_path):
+    import torch
+
+    from model import EventBatch, TenantConfig
+    from server.storage import Store
+
+    data_dir = tmp_path / "data"
+    store = Store(data_dir)
+    config = TenantConfig(session_gap_s=300.0)
+    tenant, _ = store.create_tenant("shop", config)
+    rng = np.random.default_rng(0)
+    n, t0 = 1200, time.time() - 86400
+    users = [f"u{i}" for i in rng.integers(0, 60, n)]
+    batch = EventBatch.build(users, rng.integers(0, len(config.actions), n), np.sort(t0 + rng.uniform(0, 20000, n)))
+    store.append([(tenant.id, batch, config)])
+    store.close()
+    assert nudge("train", "--data-dir", str(data_dir)).returncode == 2  # --tenant is required
+    trained = nudge("train", "--data-dir", str(data_dir), "--tenant", "shop", "--epochs", "1", "--quiet")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    checkpoint = torch.load(data_dir / "models" / "shop.pt", weights_only=True)
+    assert checkpoint["vocabulary"] == list(config.actions)
+    assert checkpoint["tenant_config"]["session_gap_s"] == 300.0 and checkpoint["data"]["events"] == n
+    exported = tmp_path / "shop.jsonl"
+    out = nudge("export", "--data-dir", str(data_dir), "--tenant", "shop", "--out", str(exported))
+    assert out.returncode == 0 and len(exported.read_text().splitlines()) == n
+    again = nudge("train", "--data", str(exported), "--format", "nudge", "--epochs", "1", "--quiet",
+                  "--out", str(tmp_path / "again.pt"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["data"]["events"] == n
+    missing = nudge("train", "--data-dir", str(data_dir), "--tenant", "nobody")
+    assert missing.returncode == 2 and "no tenant 'nobody'" in missing.stderr
