@@ -221,6 +221,14 @@ class Runtime:
         policy = SignalPolicy(state.config, backend=self.backend)
         since = time.time() - max(86400.0, state.config.signal_horizon_s)
         policy.restore(*self._reader.policy_rows(state.tenant.id, since))
+        # A conversion may have been applied while its resolution still waited to be written: the log knows.
+        resolutions = []
+        for signal_id, o in list(policy.open.items()):
+            ts = self._reader.first_conversion(state.tenant.id, o.user_id, state.config.conversion_action,
+                                               o.created_at - 1.0, o.created_at + state.config.signal_horizon_s)
+            if ts is not None:
+                resolutions.append(policy.resolve(signal_id, True, ts))
+        self.signal_writer.submit((state.tenant.id, state.tenant.name), [], resolutions)
         state.policy = policy
 
     def _replay_into(self, engine: Engine, tenant: Tenant) -> int:

@@ -203,3 +203,20 @@ async def test_erasing_a_user_removes_their_signals(start):
     assert (await server.acme.call("GET", "/v1/stats")).body["signals"]["sent"] == 2
     assert (await server.acme.call("DELETE", "/v1/users/x")).status == 200
     assert (await server.acme.call("GET", "/v1/stats")).body["signals"]["sent"] == 0
+
+
+async def test_a_resolution_lost_in_a_crash_is_recovered_from_the_event_log(start, tmp_path):
+    import sqlite3
+
+    data_dir = tmp_path / "data"
+    server = await start(data_dir)
+    await server.acme.call("PUT", "/v1/config", only("cart_abandon_risk", 0.4, cooldown_s=3600.0))
+    await signal_for(server.acme, "x", ["view", "add_to_cart"])
+    await server.acme.events([{"user_id": "x", "action": "purchase"}])
+    assert (await server.acme.call("GET", "/v1/stats")).body["conversion"]["signalled"]["converted"] == 1
+    await server.client.close()
+    with sqlite3.connect(data_dir / "nudge.sqlite3") as db:  # as if the crash came before the resolution's write
+        db.execute("UPDATE signals SET outcome = NULL, resolved_at = NULL")
+    again = await start(data_dir)
+    stats = (await again.acme.call("GET", "/v1/stats")).body["conversion"]["signalled"]
+    assert stats["converted"] == 1 and stats["open"] == 0
