@@ -20,6 +20,9 @@ from .windows import UserWindows
 # The Predictive Engagement Module's two horizons: conversion within 5 and within 60 minutes.
 PREDICT_HORIZONS_S = (300.0, 3600.0)
 SCORE_MODES = ("thompson", "mean", "prior")
+# Before any evidence, a conversion within the horizon is taken to be rare, as it is in e-commerce: a fresh
+# tenant must not predict that every visitor is about to buy.
+BASE_CONVERSION_RATE = 0.05
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ class Engine:
         """P(conversion within horizon h | prev -> cur), shrunk to the action's, then the overall rate."""
         s, f = self.transition_evidence.success[h], self.transition_evidence.failure[h]
         k = self.config.prior_strength
-        overall = (s.sum() + 1.0) / (s.sum() + f.sum() + 2.0)
+        overall = (s.sum() + BASE_CONVERSION_RATE * k) / (s.sum() + f.sum() + k)
         action = shrunk_rate(s.sum(axis=0), f.sum(axis=0), overall, k)
         pair = shrunk_rate(s, f, action[None, :], k)
         return np.where(cur >= 0, pair[prev, np.maximum(cur, 0)], overall)

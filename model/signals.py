@@ -105,29 +105,31 @@ class SignalPolicy:
         hints: list[dict[str, str] | None] | None = None,
     ) -> list[Decision | None]:
         """One entry per user: a decision, or None (no intent, cooling down, capped, or nothing to send)."""
-        out: list[Decision | None] = []
-        for i, user_id in enumerate(user_ids):
-            intent_index = int(intents[i])
-            if intent_index < 0 or not self.allowed(user_id, now):
-                out.append(None)
-                continue
-            intent = INTENTS[intent_index]
+        user_ids = list(user_ids)
+        eligible = [i for i, uid in enumerate(user_ids) if intents[i] >= 0 and self.allowed(uid, now)]
+        # One batched Thompson draw per intent, not one per user.
+        variant_of: dict[int, str] = {}
+        for intent_index in sorted({int(intents[i]) for i in eligible}):
+            rows = [i for i in eligible if intents[i] == intent_index]
+            variants, bandit = self.bandits[INTENTS[intent_index]]
+            for i, arm in zip(rows, bandit.choose(len(rows))):
+                variant_of[i] = variants[int(arm)]
+        out: list[Decision | None] = [None] * len(user_ids)
+        for i in eligible:
+            intent, user_id = INTENTS[int(intents[i])], user_ids[i]
             signal_type = self.signal_type(intent)
-            variants, bandit = self.bandits[intent]
-            variant = variants[int(bandit.choose(1)[0])]
             payload = build_payload(
-                signal_type, variant, intent, user_id, self.config, catalog, hints[i] if hints else None
+                signal_type, variant_of[i], intent, user_id, self.config, catalog, hints[i] if hints else None
             )
             if payload is None:
-                out.append(None)
                 continue
             decision = Decision(
                 signal_id="sig_" + uuid.uuid4().hex, user_id=user_id, intent=intent, type=signal_type,
-                variant=variant, payload=payload, score=round(float(scores[i]), 6), created_at=now,
+                variant=variant_of[i], payload=payload, score=round(float(scores[i]), 6), created_at=now,
                 withheld=in_holdout(user_id, self.config),
             )
             self._remember(decision)
-            out.append(decision)
+            out[i] = decision
         return out
 
     def _remember(self, d: Decision) -> None:
