@@ -29,6 +29,15 @@ class ServerConfig:
     max_pending_events : events waiting for their commit before new ingest requests are shed with 503.
     model_poll_s : how often tenants' model checkpoints are checked for a new version.
     signal_sweep_s : how often signals past their horizon are closed as not converted.
+    webhooks_allow_http : 1 lets subscriptions use plain http URLs (local use only).
+    webhooks_allow_private : 1 lets webhooks reach loopback, private and link-local addresses (local use only).
+    webhook_timeout_s : a delivery with no answer within this long is retried.
+    webhook_retry_period_s : a batch still failing this long after its first attempt is dead-lettered.
+    webhook_backoff_base_s, webhook_backoff_max_s : the first retry waits up to base; each doubles, up to max.
+    webhook_batch_size : most signals in one delivery.
+    max_subscriptions : most webhook subscriptions per tenant.
+    signal_retention_s : signals older than this are deleted (pull and delivery cannot reach them any more).
+    max_poll_wait_s : the longest ``GET /v1/signals`` waits for new signals.
     log_level : Python logging level name.
     log_format : ``text`` or ``json`` (one object per line).
     access_log : log every request with its request id (off by default: it is one line per request).
@@ -50,6 +59,16 @@ class ServerConfig:
     max_pending_events: int = 500_000
     model_poll_s: float = 2.0
     signal_sweep_s: float = 5.0
+    webhooks_allow_http: int = 0
+    webhooks_allow_private: int = 0
+    webhook_timeout_s: float = 10.0
+    webhook_retry_period_s: float = 86400.0
+    webhook_backoff_base_s: float = 1.0
+    webhook_backoff_max_s: float = 3600.0
+    webhook_batch_size: int = 100
+    max_subscriptions: int = 20
+    signal_retention_s: float = 7 * 86400.0
+    max_poll_wait_s: float = 30.0
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: int = 0
@@ -67,6 +86,8 @@ class ServerConfig:
         positive = (
             "max_body_bytes", "max_items_per_request", "max_batch_size", "max_queue_users",
             "snapshot_interval_s", "max_commit_events", "max_pending_events", "model_poll_s", "signal_sweep_s",
+            "webhook_timeout_s", "webhook_retry_period_s", "webhook_backoff_base_s", "webhook_backoff_max_s",
+            "webhook_batch_size", "max_subscriptions", "signal_retention_s",
         )
         problems += [f"{n} must be > 0, got {getattr(self, n)}" for n in positive if not getattr(self, n) > 0]
         non_negative = ("max_wait_ms", "rate_limit_per_s", "rate_limit_burst")

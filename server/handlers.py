@@ -17,8 +17,17 @@ from .errors import ApiError, invalid_field
 from .keys import METRICS, REQUEST_ID, RUNTIME, SPEC, TENANT
 from .metrics import CONTENT_TYPE
 from .models import ModelUnavailable
-from .runtime import ConfigConflict, NotReady
-from .validation import parse_events, parse_feedback, parse_score_request, user_id_problem
+from .runtime import ConfigConflict, NotReady, SubscriptionLimit
+from .validation import (
+    encode_cursor,
+    parse_events,
+    parse_feedback,
+    parse_pull_query,
+    parse_score_request,
+    parse_subscription,
+    user_id_problem,
+)
+from .webhook_urls import UrlRefused, check_webhook_url
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +149,69 @@ async def get_stats(request: web.Request) -> web.Response:
     return respond(request, await request.app[RUNTIME].stats(request[TENANT]))
 
 
+async def post_subscription(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    url, types = parse_subscription(await _body(request))
+    cfg = runtime.config
+    try:
+        await check_webhook_url(url, allow_http=bool(cfg.webhooks_allow_http), allow_private=bool(cfg.webhooks_allow_private))
+    except UrlRefused as exc:
+        raise ApiError(400, "invalid_url", f"the webhook URL is refused: {exc}", [{"field": "url", "reason": str(exc)}])
+    try:
+        created = await runtime.create_subscription(request[TENANT], url, types)
+    except SubscriptionLimit as exc:
+        raise ApiError(409, "too_many_subscriptions", f"{exc}; delete one first") from None
+    return respond(request, created, 201)
+
+
+async def list_subscriptions(request: web.Request) -> web.Response:
+    return respond(request, {"subscriptions": await request.app[RUNTIME].subscriptions(request[TENANT])})
+
+
+async def _subscription(request: web.Request):
+    sub_id = request.match_info["subscription_id"]
+    sub = await request.app[RUNTIME].subscription(request[TENANT], sub_id)
+    if sub is None:
+        raise ApiError(404, "subscription_not_found", f"no subscription {sub_id[:64]!r}",
+                       [{"field": "subscription_id", "reason": "unknown"}])
+    return sub
+
+
+async def delete_subscription(request: web.Request) -> web.Response:
+    sub = await _subscription(request)
+    await request.app[RUNTIME].delete_subscription(request[TENANT], sub.id)
+    return respond(request, {"id": sub.id, "deleted": True})
+
+
+async def send_test_delivery(request: web.Request) -> web.Response:
+    sub = await _subscription(request)
+    return respond(request, await request.app[RUNTIME].deliveries.send_test(sub))
+
+
+async def get_dead_letters(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    sub = await _subscription(request)
+    return respond(request, {"dead_letters": await runtime.on_storage(runtime.store.dead_letters, sub.id)})
+
+
+async def redeliver_dead_letter(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    sub = await _subscription(request)
+    raw = request.match_info["dead_letter_id"]
+    queued = raw.isdigit() and await runtime.on_storage(runtime.store.mark_redeliver, sub.id, int(raw))
+    if not queued:
+        raise ApiError(404, "dead_letter_not_found", f"no dead letter {raw[:32]!r} waiting in this subscription",
+                       [{"field": "dead_letter_id", "reason": "unknown, or already queued or delivered"}])
+    runtime.deliveries.notify([request[TENANT].tenant.id])
+    return respond(request, {"id": int(raw), "state": "redeliver"}, 202)
+
+
+async def get_signals(request: web.Request) -> web.Response:
+    after, limit, wait_s = parse_pull_query(request.query)
+    signals, next_seq = await request.app[RUNTIME].pull_signals(request[TENANT], after, limit, wait_s)
+    return respond(request, {"signals": signals, "next": encode_cursor(next_seq)})
+
+
 async def get_weights(request: web.Request) -> web.Response:
     state = request[TENANT]
     report = await request.app[RUNTIME].on_device(lambda: weights_report(state.engine))
@@ -229,6 +301,13 @@ ROUTES = [
     ("POST", "/v1/score", post_score),
     ("POST", "/v1/feedback", post_feedback),
     ("GET", "/v1/stats", get_stats),
+    ("POST", "/v1/subscriptions", post_subscription),
+    ("GET", "/v1/subscriptions", list_subscriptions),
+    ("DELETE", "/v1/subscriptions/{subscription_id}", delete_subscription),
+    ("POST", "/v1/subscriptions/{subscription_id}/test", send_test_delivery),
+    ("GET", "/v1/subscriptions/{subscription_id}/dead-letters", get_dead_letters),
+    ("POST", "/v1/subscriptions/{subscription_id}/dead-letters/{dead_letter_id}/redeliver", redeliver_dead_letter),
+    ("GET", "/v1/signals", get_signals),
     ("GET", "/v1/weights", get_weights),
     ("GET", "/v1/users/{user_id}", get_user),
     ("DELETE", "/v1/users/{user_id}", delete_user),

@@ -41,6 +41,10 @@ class Metrics:
             "nudge_signal_outcomes_total", "Signal decisions closed, by outcome", ["tenant", "outcome"], registry=r
         )
         self.feedback = Counter("nudge_feedback_total", "Feedback reports by outcome", ["tenant", "outcome"], registry=r)
+        self.webhook_attempts = Counter(
+            "nudge_webhook_attempts_total", "Webhook POSTs by outcome (delivered, retry, refused)", ["outcome"],
+            registry=r,
+        )
         self.apply_errors = Counter("nudge_engine_apply_errors_total", "Engine updates that failed", registry=r)
 
     def render(self) -> bytes:

@@ -50,6 +50,13 @@ _EVENT = {
         },
     },
 }
+_SUB_PARAM = [{"name": "subscription_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_SIGNAL = {
+    "type": "object",
+    "properties": {k: {"type": t} for k, t in (
+        ("signal_id", "string"), ("user_id", "string"), ("type", "string"), ("payload", "object"), ("score", "number"),
+        ("intent", "string"), ("created_at", "number"), ("variant", "string"))},
+}
 _USER_PARAM = [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 _OBJECT = {"type": "object"}
 
@@ -124,6 +131,32 @@ def build_spec() -> dict[str, Any]:
             "/v1/stats": {"get": _op(
                 "Signals sent by type and variant; conversion of signalled vs holdout users with the uplift's 95 % "
                 "interval; the intervention bandits' posteriors", _OBJECT)},
+            "/v1/subscriptions": {
+                "post": _op("Register a webhook for signals; the answer holds the signing secret, shown once",
+                            {"type": "object", "properties": {"id": {"type": "string"}, "secret": {"type": "string"},
+                                                              "url": {"type": "string"}, "types": _OBJECT}},
+                            body={"type": "object", "required": ["url"], "properties": {
+                                "url": {"type": "string"}, "types": {"type": "array", "items": {"type": "string"}}}},
+                            errors=(409,), ok_status="201"),
+                "get": _op("The tenant's subscriptions with delivery statistics", _OBJECT),
+            },
+            "/v1/subscriptions/{subscription_id}": {
+                "delete": _op("Stop and remove a subscription", _OBJECT, errors=(404,), params=_SUB_PARAM)},
+            "/v1/subscriptions/{subscription_id}/test": {
+                "post": _op("Send one signed test delivery and report the endpoint's answer", _OBJECT, errors=(404,),
+                            params=_SUB_PARAM)},
+            "/v1/subscriptions/{subscription_id}/dead-letters": {
+                "get": _op("Batches given up on, with their last error", _OBJECT, errors=(404,), params=_SUB_PARAM)},
+            "/v1/subscriptions/{subscription_id}/dead-letters/{dead_letter_id}/redeliver": {
+                "post": _op("Queue a dead letter for delivery again", _OBJECT, errors=(404,), ok_status="202", params=[
+                    *_SUB_PARAM, {"name": "dead_letter_id", "in": "path", "required": True, "schema": {"type": "integer"}}])},
+            "/v1/signals": {"get": _op(
+                "Pull signals after a cursor, waiting up to wait_s for the first (long poll)",
+                {"type": "object", "properties": {"signals": {"type": "array", "items": _SIGNAL}, "next": {"type": "string"}}},
+                errors=(400,), params=[
+                    {"name": "after", "in": "query", "schema": {"type": "string"}, "description": "the 'next' of the last answer"},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "wait_s", "in": "query", "schema": {"type": "number", "minimum": 0}}])},
             "/v1/weights": {"get": _op("Action weights (Beta posteriors), transitions and lifts", _OBJECT)},
             "/v1/users/{user_id}": {
                 "get": _op("A user's recent actions and score", _OBJECT, errors=(400, 404), params=_USER_PARAM),

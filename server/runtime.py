@@ -24,6 +24,7 @@ from model.signals import SignalPolicy
 
 from .batcher import MicroBatcher, Overloaded
 from .config import ServerConfig
+from .delivery import Deliveries, DeliverySettings
 from .metrics import Metrics
 from .models import ModelSlot, ModelUnavailable, file_stamp, load_predictor, model_path
 from .ratelimit import TokenBucket
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 
 class NotReady(Exception):
     """Recovery has not finished yet."""
+
+
+class SubscriptionLimit(Exception):
+    """The tenant has as many subscriptions as the server allows."""
 
 
 class ConfigConflict(ValueError):
@@ -99,6 +104,7 @@ class Runtime:
         self.pending_events = 0
         self._tasks: list[asyncio.Task] = []
         self._recovered = asyncio.Event()
+        self.deliveries: Deliveries | None = None
         self.signal_writer = SignalWriter(lambda writes: self.on_storage(self.store.write_signals, writes), metrics)
 
     @property
@@ -119,6 +125,14 @@ class Runtime:
         data_dir = self.config.data_dir
         self.store = await self.on_storage(Store, data_dir)
         self._reader = await self.on_device(Store, data_dir)
+        cfg = self.config
+        self.deliveries = Deliveries(self.on_storage, self.store, DeliverySettings(
+            timeout_s=cfg.webhook_timeout_s, retry_period_s=cfg.webhook_retry_period_s,
+            backoff_base_s=cfg.webhook_backoff_base_s, backoff_max_s=cfg.webhook_backoff_max_s,
+            batch_size=cfg.webhook_batch_size, allow_private=bool(cfg.webhooks_allow_private),
+        ), self.metrics)
+        self.signal_writer.on_written = self.deliveries.notify
+        await self.deliveries.start()
         self._commits = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -131,6 +145,8 @@ class Runtime:
         ]
 
     async def stop(self) -> None:
+        if self.deliveries is not None:
+            await self.deliveries.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -500,10 +516,14 @@ class Runtime:
     async def _signal_sweeper(self) -> None:
         """Close decisions whose horizon has passed without a conversion."""
         await self._recovered.wait()
+        purged_at = 0.0
         while True:
             await asyncio.sleep(self.config.signal_sweep_s)
             for state in list(self.tenants.values()):
                 await self.expire_signals(state, time.time())
+            if time.time() - purged_at > 60.0:
+                purged_at = time.time()
+                await self.on_storage(self.store.purge_signals, purged_at - self.config.signal_retention_s)
 
     async def expire_signals(self, state: TenantState, now: float) -> None:
         """Close the tenant's decisions whose horizon ended before ``now`` as not converted."""
@@ -540,15 +560,57 @@ class Runtime:
             await asyncio.wrap_future(written)
         return []
 
-    async def stats(self, state: TenantState) -> dict[str, Any]:
-        """Signals sent by type and variant, conversion of signalled vs holdout users, the bandits' posteriors."""
+    async def _settle_signals(self) -> None:
+        """Read-your-writes for signals: what acknowledged events decided is in the signal log after this."""
         # Engine updates of acknowledged events run in order on the device thread: once this no-op has
-        # run, their conversions have resolved signals, and the flush makes that durable and visible.
+        # run, their signals and resolutions are queued, and the flush makes them durable and visible.
         await self.on_device(lambda: None)
         await self.signal_writer.flush()
+
+    async def stats(self, state: TenantState) -> dict[str, Any]:
+        """Signals sent by type and variant, conversion of signalled vs holdout users, the bandits' posteriors."""
+        await self._settle_signals()
         counts = await self.on_storage(self.store.signal_stats, state.tenant.id)
         bandits = await self.on_device(state.policy.bandit_report)
         return signal_stats_report(counts, bandits, state.config)
+
+    # ---- delivery: subscriptions and pull -----------------------------------------------------
+
+    async def create_subscription(self, state: TenantState, url: str, types: list[str] | None) -> dict[str, Any]:
+        """A subscription that receives signals made from now on; the answer holds its secret, shown once."""
+        store, tenant_id = self.store, state.tenant.id
+        if await self.on_storage(store.count_subscriptions, tenant_id) >= self.config.max_subscriptions:
+            raise SubscriptionLimit(f"a tenant has at most {self.config.max_subscriptions} subscriptions")
+        await self.signal_writer.flush()
+        start_after = await self.on_storage(store.last_signal_seq)
+        sub = await self.on_storage(store.create_subscription, tenant_id, url, types, start_after)
+        self.deliveries.add(sub)
+        return {"id": sub.id, "url": sub.url, "types": sub.types, "secret": sub.secret}
+
+    async def subscriptions(self, state: TenantState) -> list[dict[str, Any]]:
+        return await self.on_storage(self.store.subscription_report, state.tenant.id)
+
+    async def subscription(self, state: TenantState, sub_id: str):
+        return await self.on_storage(self.store.subscription, sub_id, state.tenant.id)
+
+    async def delete_subscription(self, state: TenantState, sub_id: str) -> bool:
+        deleted = await self.on_storage(self.store.delete_subscription, state.tenant.id, sub_id)
+        if deleted:
+            self.deliveries.remove(sub_id)
+        return deleted
+
+    async def pull_signals(self, state: TenantState, after: int, limit: int, wait_s: float) -> tuple[list, int]:
+        """Signals after the cursor ``after``, waiting up to ``wait_s`` for the first; and the next cursor."""
+        deadline = time.monotonic() + min(wait_s, self.config.max_poll_wait_s)
+        await self._settle_signals()
+        while True:
+            wakeup = self.deliveries.waiter(state.tenant.id)  # before reading: no commit slips between
+            rows = await self.on_storage(self.store.read_signals, state.tenant.id, after, limit)
+            remaining = deadline - time.monotonic()
+            if rows or remaining <= 0:
+                break
+            await self.deliveries.wait(wakeup, remaining)
+        return [signal for _, signal in rows], (rows[-1][0] if rows else after)
 
     # ---- snapshots ----------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ class SignalWriter:
     def __init__(self, write: Callable[[list], Awaitable[None]], metrics: Metrics):
         self._write = write  # runs Store.write_signals on the storage thread
         self._metrics = metrics
+        self.on_written: Callable[[set[int]], None] = lambda tenant_ids: None
         self._pending: collections.deque = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -69,3 +70,4 @@ class SignalWriter:
                 for r in resolutions:
                     self._metrics.signal_outcomes.labels(name, "converted" if r.converted else "no_conversion").inc()
                 done.set_result(None)
+            self.on_written({tenant[0] for tenant, decisions, _, _ in group if decisions})

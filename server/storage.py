@@ -19,6 +19,9 @@ import numpy as np
 
 from model import DEVICES, EventBatch, TenantConfig
 
+from .signal_log import SIGNAL_SCHEMA, SignalLog
+from .subscription_store import SUBSCRIPTION_SCHEMA, SubscriptionStore
+
 DB_NAME = "nudge.sqlite3"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -45,34 +48,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (tenant_id, event_id) WHERE event_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_user ON events (tenant_id, user_id);
-CREATE TABLE IF NOT EXISTS signals (
-    -- seq orders delivery; AUTOINCREMENT so an erased row's number is never handed out again.
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant_id INTEGER NOT NULL,
-    signal_id TEXT NOT NULL UNIQUE,
-    user_id TEXT NOT NULL,
-    intent TEXT NOT NULL,
-    type TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    score REAL NOT NULL,
-    created_at REAL NOT NULL,
-    withheld INTEGER NOT NULL,
-    outcome TEXT,  -- NULL while open, then 'converted' or 'no_conversion'
-    resolved_at REAL
-);
-CREATE INDEX IF NOT EXISTS signals_tenant ON signals (tenant_id, seq);
-CREATE INDEX IF NOT EXISTS signals_user ON signals (tenant_id, user_id);
-CREATE TABLE IF NOT EXISTS feedback (
-    id INTEGER PRIMARY KEY,
-    tenant_id INTEGER NOT NULL,
-    signal_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    ts REAL NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS feedback_user ON feedback (tenant_id, user_id);
 """
 _INSERT = (
     "INSERT INTO events (tenant_id, event_id, user_id, action, ts, device, segment, tz_offset_min, item_id, "
@@ -105,7 +80,7 @@ def new_api_key() -> str:
     return "nk_" + secrets.token_urlsafe(32)
 
 
-class Store:
+class Store(SignalLog, SubscriptionStore):
     """SQLite access for one thread."""
 
     def __init__(self, data_dir: Path):
@@ -116,7 +91,7 @@ class Store:
         # FULL: every commit is fsynced before it returns, so an acknowledged batch survives a crash.
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=10000")
-        self.db.executescript(_SCHEMA)
+        self.db.executescript(_SCHEMA + SIGNAL_SCHEMA + SUBSCRIPTION_SCHEMA)
 
     def close(self) -> None:
         self.db.close()
@@ -275,92 +250,3 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
         return cur.rowcount
-
-    # ---- the signal log -----------------------------------------------------------------------
-
-    def write_signals(self, writes: list[tuple[int, list, list]]) -> None:
-        """(tenant_id, decisions, resolutions) groups in one transaction, in order."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            for tenant_id, decisions, resolutions in writes:
-                self.db.executemany(
-                    "INSERT INTO signals (tenant_id, signal_id, user_id, intent, type, variant, payload, score, "
-                    "created_at, withheld) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(tenant_id, d.signal_id, d.user_id, d.intent, d.type, d.variant, json.dumps(d.payload),
-                      d.score, d.created_at, int(d.withheld)) for d in decisions],
-                )
-                self.db.executemany(
-                    "UPDATE signals SET outcome = ?, resolved_at = ? "
-                    "WHERE tenant_id = ? AND signal_id = ? AND outcome IS NULL",
-                    [("converted" if r.converted else "no_conversion", r.at, tenant_id, r.signal_id)
-                     for r in resolutions],
-                )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-
-    def policy_rows(self, tenant_id: int, since: float) -> tuple[list[tuple], list[tuple]]:
-        """What ``SignalPolicy.restore`` needs: recent and open decisions, and rewards per variant."""
-        recent = self.db.execute(
-            "SELECT signal_id, user_id, intent, variant, created_at, withheld, outcome IS NOT NULL FROM signals "
-            "WHERE tenant_id = ? AND (created_at >= ? OR outcome IS NULL) ORDER BY seq",
-            (tenant_id, since),
-        ).fetchall()
-        rewards = self.db.execute(
-            "SELECT intent, variant, SUM(outcome = 'converted'), SUM(outcome = 'no_conversion') FROM signals "
-            "WHERE tenant_id = ? AND withheld = 0 AND outcome IS NOT NULL GROUP BY intent, variant",
-            (tenant_id,),
-        ).fetchall()
-        return recent, rewards
-
-    def first_conversion(self, tenant_id: int, user_id: str, action: str, start: float, end: float) -> float | None:
-        """Time of the user's first logged ``action`` in [start, end], if any."""
-        row = self.db.execute(
-            "SELECT MIN(ts) FROM events WHERE tenant_id = ? AND user_id = ? AND action = ? AND ts BETWEEN ? AND ?",
-            (tenant_id, user_id, action, start, end),
-        ).fetchone()
-        return row[0] if row else None
-
-    def signal_owners(self, tenant_id: int, signal_ids: list[str]) -> dict[str, str]:
-        """signal_id -> user_id of those of ``signal_ids`` that this tenant has."""
-        out: dict[str, str] = {}
-        unique = list(dict.fromkeys(signal_ids))
-        for start in range(0, len(unique), _SELECT_CHUNK):
-            part = unique[start : start + _SELECT_CHUNK]
-            marks = ",".join("?" * len(part))
-            out.update(self.db.execute(
-                f"SELECT signal_id, user_id FROM signals WHERE tenant_id = ? AND signal_id IN ({marks})",
-                (tenant_id, *part),
-            ).fetchall())
-        return out
-
-    def add_feedback(self, tenant_id: int, rows: list[tuple[str, str, str, float]]) -> None:
-        """(signal_id, user_id, outcome, ts) rows."""
-        now = time.time()
-        with self.db:
-            self.db.executemany(
-                "INSERT INTO feedback (tenant_id, signal_id, user_id, outcome, ts, received_at) VALUES (?, ?, ?, ?, ?, ?)",
-                [(tenant_id, *row, now) for row in rows],
-            )
-
-    def signal_stats(self, tenant_id: int) -> dict:
-        """Counts for ``GET /v1/stats``: sent by type and variant, outcomes of sent and withheld, feedback."""
-        sent: dict[str, dict[str, int]] = {}
-        for kind, variant, n in self.db.execute(
-            "SELECT type, variant, COUNT(*) FROM signals WHERE tenant_id = ? AND withheld = 0 GROUP BY type, variant",
-            (tenant_id,),
-        ):
-            sent.setdefault(kind, {})[variant] = n
-        groups = {}
-        for withheld, total, converted, open_ in self.db.execute(
-            "SELECT withheld, COUNT(*), SUM(outcome = 'converted'), SUM(outcome IS NULL) FROM signals "
-            "WHERE tenant_id = ? GROUP BY withheld",
-            (tenant_id,),
-        ):
-            groups["holdout" if withheld else "signalled"] = {
-                "decisions": total, "converted": converted or 0, "open": open_ or 0}
-        feedback = dict(self.db.execute(
-            "SELECT outcome, COUNT(*) FROM feedback WHERE tenant_id = ? GROUP BY outcome", (tenant_id,)
-        ).fetchall())
-        return {"sent": sent, "groups": groups, "feedback": feedback}

@@ -1,6 +1,7 @@
 """Wire bodies to validated columns: every bad (index, field) is reported, nothing half-applied."""
 from __future__ import annotations
 
+import base64
 import math
 import re
 from typing import Any, Callable
@@ -8,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from model import DEVICES, EventBatch, TenantConfig
+from model.config import SIGNAL_TYPES
 
 from .errors import ApiError, invalid_field
 
@@ -373,3 +375,60 @@ def parse_feedback(body: Any, max_items: int, now_s: float) -> list[tuple[str, s
     if problems:
         raise ApiError(400, "invalid_feedback", "some feedback is invalid; none was recorded", problems)
     return out
+
+
+def parse_subscription(body: Any) -> tuple[str, list[str] | None]:
+    """Validate a subscription body into (url, types or None for every type); the URL's target is checked apart."""
+    if not isinstance(body, dict):
+        raise invalid_field("body", "must be an object with 'url' and optional 'types'")
+    extra = [k for k in body if k not in ("url", "types")]
+    if extra:
+        raise invalid_field(str(extra[0])[:64], "unknown field")
+    if not isinstance(body.get("url"), str):
+        raise invalid_field("url", "is required: the https URL signals are POSTed to")
+    types = body.get("types")
+    if types is not None:
+        if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
+            raise invalid_field("types", f"must be a non-empty list of signal types: {list(SIGNAL_TYPES)}")
+        unknown = sorted(set(types) - set(SIGNAL_TYPES))
+        if unknown:
+            raise invalid_field("types", f"unknown signal types {unknown[:5]}; known: {list(SIGNAL_TYPES)}")
+        types = sorted(set(types))
+    return body["url"], types
+
+
+def encode_cursor(seq: int) -> str:
+    """An opaque pull cursor for a position in the signal log."""
+    return base64.urlsafe_b64encode(f"s1:{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int | None:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    prefix, _, seq = text.partition(":")
+    return int(seq) if prefix == "s1" and seq.isdigit() else None
+
+
+def parse_pull_query(query: Any, max_limit: int = 1000) -> tuple[int, int, float]:
+    """``after``, ``limit`` and ``wait_s`` of ``GET /v1/signals`` (defaults: the start, 100, no wait)."""
+    extra = [k for k in query if k not in ("after", "limit", "wait_s")]
+    if extra:
+        raise invalid_field(str(extra[0])[:64], "unknown query parameter")
+    after = 0
+    if query.get("after"):
+        decoded = _decode_cursor(query["after"])
+        if decoded is None:
+            raise invalid_field("after", "is not a cursor this server gave out; use the 'next' of a previous answer")
+        after = decoded
+    try:
+        limit = int(query.get("limit", 100))
+        wait_s = float(query.get("wait_s", 0))
+    except ValueError:
+        raise invalid_field("limit" if "limit" in query else "wait_s", "must be a number") from None
+    if not 1 <= limit <= max_limit:
+        raise invalid_field("limit", f"must lie in [1, {max_limit}]")
+    if not (math.isfinite(wait_s) and wait_s >= 0):
+        raise invalid_field("wait_s", "must be a number of seconds >= 0")
+    return after, limit, wait_s

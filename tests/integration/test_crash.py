@@ -29,8 +29,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "NUDGE_SNAPSHOT_INTERVAL_S": "0.3", "NUDGE_RATE_LIMIT_PER_S": "0", "PYTHONUNBUFFERED": "1"}
+def start_server(data_dir: Path, port: int, log_path: Path, **settings: str) -> subprocess.Popen:
+    env = {**os.environ, "NUDGE_SNAPSHOT_INTERVAL_S": "0.3", "NUDGE_RATE_LIMIT_PER_S": "0", "PYTHONUNBUFFERED": "1",
+           **{f"NUDGE_{k.upper()}": v for k, v in settings.items()}}
     log = open(log_path, "ab")
     return subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(data_dir), "--port", str(port), "--backend", "numpy"],

@@ -2,6 +2,7 @@
 import asyncio
 import http.client
 import json
+import re
 import threading
 import time
 import urllib.parse
@@ -17,7 +18,7 @@ from server.handlers import ROUTES as HANDLED_ROUTES
 
 from .conftest import make_tenants
 
-ROUTES = [(method, path.replace("{user_id}", "{}")) for method, path, _ in HANDLED_ROUTES]
+ROUTES = [(method, re.sub(r"\{[^}]+\}", "{0}", path)) for method, path, _ in HANDLED_ROUTES]
 EVENT_FIELDS = ["user_id", "action", "ts", "event_id", "item_id", "category", "query", "context", "device"]
 
 

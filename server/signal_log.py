@@ -1,0 +1,180 @@
+"""The signal log: decisions and their outcomes, feedback, and reading signals for delivery and pull."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+SELECT_CHUNK = 500
+SIGNAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS signals (
+    -- seq orders delivery; AUTOINCREMENT so an erased row's number is never handed out again.
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id INTEGER NOT NULL,
+    signal_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    intent TEXT NOT NULL,
+    type TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    score REAL NOT NULL,
+    created_at REAL NOT NULL,
+    withheld INTEGER NOT NULL,
+    outcome TEXT,  -- NULL while open, then 'converted' or 'no_conversion'
+    resolved_at REAL
+);
+CREATE INDEX IF NOT EXISTS signals_tenant ON signals (tenant_id, seq);
+CREATE INDEX IF NOT EXISTS signals_user ON signals (tenant_id, user_id);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY,
+    tenant_id INTEGER NOT NULL,
+    signal_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    ts REAL NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_user ON feedback (tenant_id, user_id);
+-- The bandits' evidence outlives the signals it came from (those are purged after the retention period).
+CREATE TABLE IF NOT EXISTS bandit_rewards (
+    tenant_id INTEGER NOT NULL,
+    intent TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    successes REAL NOT NULL,
+    failures REAL NOT NULL,
+    PRIMARY KEY (tenant_id, intent, variant)
+);
+"""
+_REWARD = (
+    "INSERT INTO bandit_rewards (tenant_id, intent, variant, successes, failures) "
+    "SELECT tenant_id, intent, variant, ?, ? FROM signals WHERE tenant_id = ? AND signal_id = ? AND withheld = 0 "
+    "ON CONFLICT (tenant_id, intent, variant) DO UPDATE SET "
+    "successes = successes + excluded.successes, failures = failures + excluded.failures"
+)
+
+
+class SignalLog:
+    """Signal-log queries of :class:`server.storage.Store` (which owns ``self.db``)."""
+
+    db: sqlite3.Connection
+
+    def write_signals(self, writes: list[tuple[int, list, list]]) -> None:
+        """(tenant_id, decisions, resolutions) groups in one transaction, in order."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for tenant_id, decisions, resolutions in writes:
+                self.db.executemany(
+                    "INSERT INTO signals (tenant_id, signal_id, user_id, intent, type, variant, payload, score, "
+                    "created_at, withheld) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(tenant_id, d.signal_id, d.user_id, d.intent, d.type, d.variant, json.dumps(d.payload),
+                      d.score, d.created_at, int(d.withheld)) for d in decisions],
+                )
+                for r in resolutions:
+                    closed = self.db.execute(
+                        "UPDATE signals SET outcome = ?, resolved_at = ? "
+                        "WHERE tenant_id = ? AND signal_id = ? AND outcome IS NULL",
+                        ("converted" if r.converted else "no_conversion", r.at, tenant_id, r.signal_id),
+                    ).rowcount
+                    if closed:
+                        self.db.execute(_REWARD, (float(r.converted), float(not r.converted), tenant_id, r.signal_id))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def policy_rows(self, tenant_id: int, since: float) -> tuple[list[tuple], list[tuple]]:
+        """What ``SignalPolicy.restore`` needs: recent and open decisions, and rewards per variant."""
+        recent = self.db.execute(
+            "SELECT signal_id, user_id, intent, variant, created_at, withheld, outcome IS NOT NULL FROM signals "
+            "WHERE tenant_id = ? AND (created_at >= ? OR outcome IS NULL) ORDER BY seq",
+            (tenant_id, since),
+        ).fetchall()
+        rewards = self.db.execute(
+            "SELECT intent, variant, successes, failures FROM bandit_rewards WHERE tenant_id = ?", (tenant_id,)
+        ).fetchall()
+        return recent, rewards
+
+    def first_conversion(self, tenant_id: int, user_id: str, action: str, start: float, end: float) -> float | None:
+        """Time of the user's first logged ``action`` in [start, end], if any."""
+        row = self.db.execute(
+            "SELECT MIN(ts) FROM events WHERE tenant_id = ? AND user_id = ? AND action = ? AND ts BETWEEN ? AND ?",
+            (tenant_id, user_id, action, start, end),
+        ).fetchone()
+        return row[0] if row else None
+
+    def signal_owners(self, tenant_id: int, signal_ids: list[str]) -> dict[str, str]:
+        """signal_id -> user_id of those of ``signal_ids`` that this tenant has."""
+        out: dict[str, str] = {}
+        unique = list(dict.fromkeys(signal_ids))
+        for start in range(0, len(unique), SELECT_CHUNK):
+            part = unique[start : start + SELECT_CHUNK]
+            marks = ",".join("?" * len(part))
+            out.update(self.db.execute(
+                f"SELECT signal_id, user_id FROM signals WHERE tenant_id = ? AND signal_id IN ({marks})",
+                (tenant_id, *part),
+            ).fetchall())
+        return out
+
+    def add_feedback(self, tenant_id: int, rows: list[tuple[str, str, str, float]]) -> None:
+        """(signal_id, user_id, outcome, ts) rows."""
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO feedback (tenant_id, signal_id, user_id, outcome, ts, received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(tenant_id, *row, now) for row in rows],
+            )
+
+    def signal_stats(self, tenant_id: int) -> dict:
+        """Counts for ``GET /v1/stats``: sent by type and variant, outcomes of sent and withheld, feedback."""
+        sent: dict[str, dict[str, int]] = {}
+        for kind, variant, n in self.db.execute(
+            "SELECT type, variant, COUNT(*) FROM signals WHERE tenant_id = ? AND withheld = 0 GROUP BY type, variant",
+            (tenant_id,),
+        ):
+            sent.setdefault(kind, {})[variant] = n
+        groups = {}
+        for withheld, total, converted, open_ in self.db.execute(
+            "SELECT withheld, COUNT(*), SUM(outcome = 'converted'), SUM(outcome IS NULL) FROM signals "
+            "WHERE tenant_id = ? GROUP BY withheld",
+            (tenant_id,),
+        ):
+            groups["holdout" if withheld else "signalled"] = {
+                "decisions": total, "converted": converted or 0, "open": open_ or 0}
+        feedback = dict(self.db.execute(
+            "SELECT outcome, COUNT(*) FROM feedback WHERE tenant_id = ? GROUP BY outcome", (tenant_id,)
+        ).fetchall())
+        return {"sent": sent, "groups": groups, "feedback": feedback}
+
+    def read_signals(
+        self, tenant_id: int, after_seq: int, limit: int, types: list[str] | None = None, until_seq: int | None = None
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """(seq, signal) of the tenant's sent (not withheld) signals after ``after_seq``, in order."""
+        sql = ("SELECT seq, signal_id, user_id, intent, type, variant, payload, score, created_at FROM signals "
+               "WHERE tenant_id = ? AND seq > ? AND withheld = 0")
+        args: list[Any] = [tenant_id, after_seq]
+        if until_seq is not None:
+            sql += " AND seq <= ?"
+            args.append(until_seq)
+        if types:
+            sql += f" AND type IN ({','.join('?' * len(types))})"
+            args += types
+        rows = self.db.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        return [
+            (seq, {"signal_id": sid, "user_id": uid, "type": kind, "payload": json.loads(payload), "score": score,
+                   "intent": intent, "created_at": created, "variant": variant})
+            for seq, sid, uid, intent, kind, variant, payload, score, created in rows
+        ]
+
+    def last_signal_seq(self) -> int:
+        """The newest signal's sequence number across tenants (0 when there is none)."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'signals'").fetchone()
+        return int(row[0]) if row else 0
+
+    def purge_signals(self, before: float) -> int:
+        """Delete signals created before ``before`` (the retention period), and their feedback."""
+        with self.db:
+            self.db.execute(
+                "DELETE FROM feedback WHERE signal_id IN (SELECT signal_id FROM signals WHERE created_at < ?)", (before,)
+            )
+            return self.db.execute("DELETE FROM signals WHERE created_at < ?", (before,)).rowcount

@@ -1,0 +1,89 @@
+"""Which webhook URLs nudge will call: https, no credentials, no private addresses (unless allowed).
+
+Checked when a subscription is made, and again at every connection, since a name can be made to
+resolve somewhere else after it was checked (DNS rebinding).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import ThreadedResolver
+
+MAX_URL_CHARS = 2048
+
+
+class UrlRefused(ValueError):
+    """A webhook URL nudge will not call; the message says why and how to allow it where that is possible."""
+
+
+def address_problem(ip: str) -> str | None:
+    """Why an address is off limits (loopback, private, link-local, metadata, ...), or None."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    for attr, what in (("is_loopback", "loopback"), ("is_link_local", "link-local (cloud metadata)"),
+                       ("is_private", "private"), ("is_multicast", "multicast"), ("is_reserved", "reserved"),
+                       ("is_unspecified", "unspecified")):
+        if getattr(addr, attr):
+            return f"{addr} is a {what} address"
+    if not addr.is_global:
+        return f"{addr} is not a public address"
+    return None
+
+
+def check_url_shape(url: Any, *, allow_http: bool) -> tuple[str, int]:
+    """(host, port) of an acceptable URL, or :class:`UrlRefused`."""
+    if not isinstance(url, str) or not 1 <= len(url) <= MAX_URL_CHARS:
+        raise UrlRefused(f"must be a URL of at most {MAX_URL_CHARS} characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http"):
+        raise UrlRefused("must be an https:// URL")
+    if parts.scheme == "http" and not allow_http:
+        raise UrlRefused("must use https (plain http is allowed only with NUDGE_WEBHOOKS_ALLOW_HTTP=1, for local use)")
+    if parts.username is not None or parts.password is not None:
+        raise UrlRefused("must not carry credentials; authenticate deliveries by their signature")
+    if not parts.hostname:
+        raise UrlRefused("must name a host")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UrlRefused("has an invalid port") from None
+    return parts.hostname, port
+
+
+async def check_webhook_url(url: Any, *, allow_http: bool, allow_private: bool) -> None:
+    """Refuse a URL by shape, or because its host resolves to an address off limits."""
+    host, port = check_url_shape(url, allow_http=allow_http)
+    if allow_private:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UrlRefused(f"host {host!r} does not resolve: {exc}") from None
+    for *_, sockaddr in infos:
+        problem = address_problem(sockaddr[0])
+        if problem:
+            raise UrlRefused(f"{host} resolves to {problem}; set NUDGE_WEBHOOKS_ALLOW_PRIVATE=1 to allow it")
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves like aiohttp's default, and refuses names that resolve to addresses off limits."""
+
+    def __init__(self) -> None:
+        self._inner = ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+        hosts = await self._inner.resolve(host, port, family)
+        for h in hosts:
+            problem = address_problem(h["host"])
+            if problem:
+                raise OSError(f"refused to connect: {host} now resolves to {problem}")
+        return hosts
+
+    async def close(self) -> None:
+        await self._inner.close()
