@@ -37,7 +37,9 @@ class ItemCatalog:
             self._observe_one(batch.user_ids[i], batch.item_ids[i], batch.categories[i], batch.queries[i], float(batch.ts[i]))
 
     def _observe_one(self, user: str, item, category, query, ts: float) -> None:
-        state = self.users.setdefault(user, {"items": [], "category": None, "query": None, "ts": ts})
+        state = self.users.get(user)
+        if state is None:
+            state = self.users[user] = {"items": [], "category": None, "query": None, "ts": ts}
         if ts - state["ts"] > self.session_gap_s:
             state["items"] = []  # a new session: earlier items are not co-visited with this one
         state["ts"] = max(state["ts"], ts)
@@ -56,9 +58,11 @@ class ItemCatalog:
 
     @staticmethod
     def _count(table: dict[str, Counter], key: str, item: str, keep: int) -> None:
-        counts = table.setdefault(key, Counter())
+        counts = table.get(key)
+        if counts is None:
+            counts = table[key] = Counter()
         counts[item] += 1
-        if len(counts) > 2 * keep:
+        if len(counts) > 2 * keep:  # amortized: the next prune is ``keep`` new items away
             table[key] = Counter(dict(counts.most_common(keep)))
 
     def recommend(self, user: str, n: int, category: str | None = None) -> tuple[list[str], str]:

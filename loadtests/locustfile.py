@@ -1,0 +1,137 @@
+"""Load profiles for nudge, in msgpack, with locust's fast HTTP user.
+
+    locust -f loadtests/locustfile.py --headless -u 50 -r 50 -t 60s --host http://127.0.0.1:8080 \\
+        --api-key "$NUDGE_API_KEY" MixedUser
+
+Profiles (pick one or more by class name; without one, locust runs all three, weighted):
+- ``IngestHeavyUser``: batches of 100-1000 events, row-wise or column-wise;
+- ``ScoreHeavyUser``: single users and batches of 100;
+- ``MixedUser``: small ingests, scores, feedback on the signals it received, and signal pulls.
+
+One locust worker tops out near 5k requests/s on a small machine: add ``--processes N`` when the load
+generator must not be the bottleneck.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import msgpack
+from locust import FastHttpUser, between, events, task
+
+ACTIONS = ["view"] * 6 + ["search", "favorite", "add_to_cart", "remove_from_cart", "purchase", "help_view"]
+DEVICES = ["desktop", "mobile", "tablet"]
+USERS = 50_000
+MSGPACK = "application/msgpack"
+
+
+@events.init_command_line_parser.add_listener
+def _arguments(parser):
+    parser.add_argument("--api-key", default=os.environ.get("NUDGE_API_KEY", ""), help="a tenant's API key")
+
+
+def _event(rng: random.Random, now: float) -> dict:
+    return {
+        "user_id": f"u{rng.randrange(USERS)}", "action": rng.choice(ACTIONS), "ts": now - rng.uniform(0, 30),
+        "item_id": f"i{rng.randrange(5000)}", "category": f"c{rng.randrange(50)}",
+        "context": {"device": rng.choice(DEVICES)},
+    }
+
+
+def events_body(rng: random.Random, n: int, columns: bool) -> bytes:
+    """``n`` events, as rows or as columns."""
+    now = time.time()
+    rows = [_event(rng, now) for _ in range(n)]
+    if not columns:
+        return msgpack.packb({"events": rows})
+    cols = {k: [r[k] for r in rows] for k in ("user_id", "action", "ts", "item_id", "category")}
+    cols["device"] = [r["context"]["device"] for r in rows]
+    return msgpack.packb({"columns": cols})
+
+
+def score_body(rng: random.Random, n: int) -> bytes:
+    return msgpack.packb({"users": [{"user_id": f"u{rng.randrange(USERS)}"} for _ in range(n)]})
+
+
+class _NudgeUser(FastHttpUser):
+    abstract = True
+
+    def on_start(self) -> None:
+        self.rng = random.Random()
+        key = self.environment.parsed_options.api_key
+        if not key:
+            raise RuntimeError("pass --api-key (or set NUDGE_API_KEY) to a tenant's key")
+        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": MSGPACK, "Accept": MSGPACK}
+
+    def post(self, path: str, body: bytes, name: str):
+        with self.client.post(path, data=body, headers=self.headers, name=name, catch_response=True) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}")
+                return None
+            return msgpack.unpackb(resp.content)
+
+
+class IngestHeavyUser(_NudgeUser):
+    weight = 1
+    wait_time = between(0, 0.01)
+
+    @task(3)
+    def rows(self) -> None:
+        self.post("/v1/events", events_body(self.rng, self.rng.randint(100, 1000), False), "events rows 100-1000")
+
+    @task(1)
+    def columns(self) -> None:
+        self.post("/v1/events", events_body(self.rng, self.rng.randint(100, 1000), True), "events columns 100-1000")
+
+
+class ScoreHeavyUser(_NudgeUser):
+    weight = 3
+    wait_time = between(0, 0.005)
+
+    @task(5)
+    def one(self) -> None:
+        self.post("/v1/score", score_body(self.rng, 1), "score 1 user")
+
+    @task(1)
+    def hundred(self) -> None:
+        self.post("/v1/score", score_body(self.rng, 100), "score 100 users")
+
+
+class MixedUser(_NudgeUser):
+    weight = 2
+    wait_time = between(0.01, 0.05)
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.signal_ids: list[str] = []
+        self.cursor = ""
+
+    @task(4)
+    def ingest(self) -> None:
+        self.post("/v1/events", events_body(self.rng, self.rng.randint(1, 20), False), "events rows 1-20")
+
+    @task(4)
+    def score(self) -> None:
+        answer = self.post("/v1/score", score_body(self.rng, self.rng.randint(1, 10)), "score 1-10 users")
+        for result in (answer or {}).get("results", []):
+            if result.get("signal"):
+                self.signal_ids.append(result["signal"]["signal_id"])
+
+    @task(1)
+    def feedback(self) -> None:
+        if not self.signal_ids:
+            return
+        reports = [{"signal_id": sid, "outcome": self.rng.choice(["shown", "clicked", "converted", "dismissed"])}
+                   for sid in self.signal_ids[:20]]
+        del self.signal_ids[:20]
+        self.post("/v1/feedback", msgpack.packb({"feedback": reports}), "feedback")
+
+    @task(1)
+    def pull(self) -> None:
+        with self.client.get(f"/v1/signals?after={self.cursor}&limit=100", headers=self.headers, name="pull signals",
+                             catch_response=True) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}")
+                return
+            self.cursor = msgpack.unpackb(resp.content)["next"]
