@@ -4,9 +4,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
+
+_RATE_SAMPLE_ITEMS = 32
+_WARM_UP_BATCHES = 3
 
 
 class Overloaded(Exception):
@@ -27,6 +31,9 @@ class MicroBatcher:
     max_batch_size : a batch closes once it holds this many items (one larger request runs alone).
     max_wait_ms : a batch closes this long after its first request arrived.
     max_queue_items : submissions beyond this many waiting items raise :class:`Overloaded`.
+    max_queue_delay_ms : submissions raise :class:`Overloaded` while the items already waiting would take
+        longer than this to process at the recently measured rate (0 disables): the queue is bounded in time,
+        which is what a caller's latency feels, not only in items.
     on_batch : optional callback with each batch's size, for metrics.
     """
 
@@ -38,6 +45,7 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_ms: float,
         max_queue_items: int,
+        max_queue_delay_ms: float = 0.0,
         on_batch: Callable[[int], None] | None = None,
     ):
         self._run_batch = run_batch
@@ -45,6 +53,9 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
         self.max_queue_items = max_queue_items
+        self.max_queue_delay_ms = max_queue_delay_ms
+        self.items_per_s: float | None = None  # recent processing rate, smoothed
+        self._rate_samples = 0
         self._on_batch = on_batch
         self._queue: asyncio.Queue[tuple[list[Any], asyncio.Future]] = asyncio.Queue()
         self.queued_items = 0
@@ -75,6 +86,10 @@ class MicroBatcher:
         """Results for ``items`` in their order, once their batch has run."""
         if self.queued_items + len(items) > self.max_queue_items and self.queued_items:
             raise Overloaded(self.queued_items, retry_after_s=1.0)
+        if self.max_queue_delay_ms and self.queued_items and self.items_per_s:
+            expected_ms = 1000.0 * self.queued_items / self.items_per_s
+            if expected_ms > self.max_queue_delay_ms:
+                raise Overloaded(self.queued_items, retry_after_s=1.0)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self.queued_items += len(items)
         self._queue.put_nowait((items, fut))
@@ -122,8 +137,14 @@ class MicroBatcher:
         flat = [item for items, _ in batch for item in items]
         if self._on_batch:
             self._on_batch(len(flat))
+        started = time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, self._run_batch, flat)
+            if len(flat) >= _RATE_SAMPLE_ITEMS:  # small batches say little about throughput
+                self._rate_samples += 1
+                rate = len(flat) / max(time.perf_counter() - started, 1e-6)
+                if self._rate_samples > _WARM_UP_BATCHES:  # the first batches pay one-off start-up costs
+                    self.items_per_s = rate if self.items_per_s is None else 0.8 * self.items_per_s + 0.2 * rate
             if len(results) != len(flat):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(flat)} items")
         except Exception as exc:

@@ -23,6 +23,8 @@ class ServerConfig:
     max_batch_size : most users in one scoring batch.
     max_wait_ms : longest a scoring request waits for its batch to fill.
     max_queue_users : users waiting for scoring before new requests are shed with 503.
+    max_queue_delay_ms : new scoring requests are shed with 503 while the users already waiting would take
+        longer than this to score (0 disables).
     rate_limit_per_s, rate_limit_burst : per-tenant token bucket (0 disables).
     snapshot_interval_s : how often engine snapshots are written.
     max_commit_events : most events in one group commit.
@@ -38,6 +40,8 @@ class ServerConfig:
     max_subscriptions : most webhook subscriptions per tenant.
     signal_retention_s : signals older than this are deleted (pull and delivery cannot reach them any more).
     max_poll_wait_s : the longest ``GET /v1/signals`` waits for new signals.
+    max_loop_lag_ms : while the event loop runs this late, new ingest and score requests are refused with 503
+        before their bodies are read (0 disables).
     log_level : Python logging level name.
     log_format : ``text`` or ``json`` (one object per line).
     access_log : log every request with its request id (off by default: it is one line per request).
@@ -52,6 +56,7 @@ class ServerConfig:
     max_batch_size: int = 1024
     max_wait_ms: float = 2.0
     max_queue_users: int = 65_536
+    max_queue_delay_ms: float = 25.0
     rate_limit_per_s: float = 2000.0
     rate_limit_burst: float = 4000.0
     snapshot_interval_s: float = 60.0
@@ -69,6 +74,7 @@ class ServerConfig:
     max_subscriptions: int = 20
     signal_retention_s: float = 7 * 86400.0
     max_poll_wait_s: float = 30.0
+    max_loop_lag_ms: float = 50.0
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: int = 0
@@ -90,7 +96,7 @@ class ServerConfig:
             "webhook_batch_size", "max_subscriptions", "signal_retention_s",
         )
         problems += [f"{n} must be > 0, got {getattr(self, n)}" for n in positive if not getattr(self, n) > 0]
-        non_negative = ("max_wait_ms", "rate_limit_per_s", "rate_limit_burst")
+        non_negative = ("max_wait_ms", "rate_limit_per_s", "rate_limit_burst", "max_loop_lag_ms", "max_queue_delay_ms")
         problems += [f"{n} must be >= 0, got {getattr(self, n)}" for n in non_negative if getattr(self, n) < 0]
         if problems:
             raise ValueError("invalid server config: " + "; ".join(problems))

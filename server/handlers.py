@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
+import itertools
+import os
 
 from aiohttp import web
 
@@ -31,6 +32,10 @@ from .webhook_urls import UrlRefused, check_webhook_url
 
 log = logging.getLogger(__name__)
 
+# Request ids: a random per-process prefix and a counter; unique without a system call per request.
+_REQUEST_PREFIX = os.urandom(6).hex()
+_REQUEST_COUNTER = itertools.count(1)
+
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -49,7 +54,7 @@ def _route_name(request: web.Request) -> str:
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     """Every error becomes the one error body; unexpected ones are logged once and answer 500."""
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id") or f"{_REQUEST_PREFIX}{next(_REQUEST_COUNTER):08x}"
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     try:
@@ -93,11 +98,20 @@ async def auth_middleware(request: web.Request, handler):
         raise ApiError(503, "not_ready", "the server is recovering its state; retry shortly", headers={"Retry-After": "1"})
     if state is None:
         raise _unauthorized("the API key is not valid")
+    runtime = request.app[RUNTIME]
+    if request.method == "POST" and runtime.loop_lag.overloaded and request.path in _SHEDDABLE:
+        runtime.metrics.shed.labels(request.path).inc()
+        raise ApiError(503, "overloaded", f"the server is saturated (event loop {runtime.loop_lag.lag_ms:.0f} ms "
+                       "behind); retry later", headers={"Retry-After": "1"})
     wait = state.bucket.take()
     if wait is not None:
         raise ApiError(429, "rate_limited", "too many requests for this tenant", headers={"Retry-After": str(int(wait))})
     request[TENANT] = state
     return await handler(request)
+
+
+# Shed first where the work is; feedback, config and reads stay answered under load.
+_SHEDDABLE = frozenset({"/v1/events", "/v1/score"})
 
 
 def _unauthorized(message: str) -> ApiError:

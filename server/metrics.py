@@ -45,6 +45,8 @@ class Metrics:
             "nudge_webhook_attempts_total", "Webhook POSTs by outcome (delivered, retry, refused)", ["outcome"],
             registry=r,
         )
+        self.shed = Counter("nudge_shed_requests_total", "Requests refused because the server was saturated",
+                            ["route"], registry=r)
         self.apply_errors = Counter("nudge_engine_apply_errors_total", "Engine updates that failed", registry=r)
 
     def render(self) -> bytes:

@@ -27,11 +27,12 @@ from .config import ServerConfig
 from .delivery import Deliveries, DeliverySettings
 from .metrics import Metrics
 from .models import ModelSlot, ModelUnavailable, file_stamp, load_predictor, model_path
+from .overload import LoopLag
 from .ratelimit import TokenBucket
 from .scoring import decide, predict, result_rows
 from .signal_writer import SignalWriter
-from .stats import signal_stats_report
 from .snapshots import load_snapshot, remove_snapshot, save_snapshot, snapshot_path
+from .stats import signal_stats_report
 from .storage import Store, Tenant, hash_key
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class Runtime:
         self.pending_events = 0
         self._tasks: list[asyncio.Task] = []
         self._recovered = asyncio.Event()
+        self.loop_lag = LoopLag(config.max_loop_lag_ms)
         self.deliveries: Deliveries | None = None
         self.signal_writer = SignalWriter(lambda writes: self.on_storage(self.store.write_signals, writes), metrics)
 
@@ -142,6 +144,7 @@ class Runtime:
             loop.create_task(self._model_watcher(), name="nudge-models"),
             loop.create_task(self._signal_sweeper(), name="nudge-signal-sweeper"),
             self.signal_writer.start(),
+            loop.create_task(self.loop_lag.run(), name="nudge-loop-lag"),
         ]
 
     async def stop(self) -> None:
@@ -176,6 +179,7 @@ class Runtime:
             max_batch_size=cfg.max_batch_size,
             max_wait_ms=cfg.max_wait_ms,
             max_queue_items=cfg.max_queue_users,
+            max_queue_delay_ms=cfg.max_queue_delay_ms,
             on_batch=self.metrics.score_batch_users.observe,
         )
         return TenantState(

@@ -311,3 +311,21 @@ async def test_a_clean_stop_snapshots_events_whose_engine_update_was_still_queue
     await s.client.close()  # stop at once
     snapshot, _ = load_snapshot(snapshot_path(s.data_dir, state.tenant.id))
     assert int(snapshot["scalars"][3]) == 1  # events_applied
+
+
+async def test_a_saturated_event_loop_sheds_ingest_and_score_but_answers_the_rest(start):
+    import time as clock
+
+    s = await start(max_loop_lag_ms=5.0)
+    for _ in range(5):  # keep the loop busy, as a flood of requests would: every timer fires late
+        clock.sleep(0.03)
+        await asyncio.sleep(0)
+    shed = await s.acme.score("a")
+    assert shed.status == 503 and shed.body["error"]["code"] == "overloaded" and shed.headers["Retry-After"] == "1"
+    assert (await s.acme.call("GET", "/v1/config")).status == 200
+    for _ in range(100):
+        if (await s.acme.score("a")).status == 200:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the server never recovered from the overload")

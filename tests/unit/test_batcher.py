@@ -66,3 +66,39 @@ async def test_batcher_sheds_load_when_the_queue_is_full(executor):
     assert await first == [1, 2]
     assert [await w for w in waiting] == [[0], [1], [2], [3]]
     await batcher.stop()
+
+
+async def test_batcher_sheds_work_that_would_wait_longer_than_max_queue_delay(executor):
+    import time
+
+    def slow(items):  # 2 ms per item: 500 items/s
+        time.sleep(0.002 * len(items))
+        return items
+
+    batcher, _ = make(executor, slow, max_batch_size=40, max_wait_ms=1.0, max_queue_delay_ms=50.0)
+    for _ in range(4):  # warm-up batches, then the rate is known
+        await batcher.submit(list(range(40)))
+    assert 300 < batcher.items_per_s < 600
+    outcomes = await asyncio.gather(*(batcher.submit(list(range(10))) for _ in range(30)), return_exceptions=True)
+    shed = [o for o in outcomes if isinstance(o, Overloaded)]
+    served = [o for o in outcomes if isinstance(o, list)]
+    # 50 ms at 500 items/s is 25 items: beyond what fits in that, requests are refused instead of queued.
+    assert shed and served and len(served) * 10 <= 25 + 40
+    assert all(o.retry_after_s > 0 for o in shed)
+    await batcher.stop()
+
+
+def test_loop_lag_sheds_after_two_late_ticks_and_until_the_lag_has_fallen():
+    from server.overload import LoopLag
+
+    lag = LoopLag(max_lag_ms=20.0)
+    lag._update(80.0)
+    assert not lag.overloaded  # one late tick: a GC pause, not an overload
+    lag._update(60.0)
+    assert lag.overloaded
+    lag._update(0.0)
+    assert lag.overloaded  # still draining the backlog
+    for _ in range(12):
+        lag._update(0.0)
+    assert not lag.overloaded
+    assert not LoopLag(max_lag_ms=0.0).overloaded
