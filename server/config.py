@@ -56,7 +56,7 @@ class ServerConfig:
     max_batch_size: int = 1024
     max_wait_ms: float = 2.0
     max_queue_users: int = 65_536
-    max_queue_delay_ms: float = 25.0
+    max_queue_delay_ms: float = 200.0
     rate_limit_per_s: float = 2000.0
     rate_limit_burst: float = 4000.0
     snapshot_interval_s: float = 60.0
@@ -74,7 +74,7 @@ class ServerConfig:
     max_subscriptions: int = 20
     signal_retention_s: float = 7 * 86400.0
     max_poll_wait_s: float = 30.0
-    max_loop_lag_ms: float = 50.0
+    max_loop_lag_ms: float = 100.0
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: int = 0
