@@ -1,7 +1,7 @@
 """nudge against a bare aiohttp msgpack server, under the same load, in one run.
 
     python -m loadtests.bench [--seconds 6] [--concurrency 16] [--generators 2] [--backend numpy]
-                              [--parts workloads,batching,overload]
+                              [--parts workloads,batching,overload] [--only score] [--model MODEL.pt]
 
 Starts ``nudge serve`` on a fresh data dir and ``loadtests.bare_server`` (decode the body, answer a fixed
 body), and drives both from load-generator processes with the same bodies. Prints, per workload:
@@ -19,6 +19,7 @@ import concurrent.futures
 import os
 import platform
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -57,8 +58,11 @@ def _wait_http(url: str, proc: subprocess.Popen, seconds: float = 120.0) -> None
 class Nudge:
     """A ``nudge serve`` process on a fresh data dir, with one tenant."""
 
-    def __init__(self, backend: str, **settings):
+    def __init__(self, backend: str, model: str | None = None, **settings):
         self.data_dir = Path(tempfile.mkdtemp(prefix="nudge-bench-"))
+        if model:  # served from the first request on: the Transformer predicts for users with history
+            (self.data_dir / "models").mkdir()
+            shutil.copy(model, self.data_dir / "models" / "bench.pt")
         self.key = subprocess.run(
             [sys.executable, "-m", "server.cli", "tenant", "create", "bench", "--data-dir", str(self.data_dir)],
             cwd=ROOT, check=True, capture_output=True, text=True,
@@ -207,8 +211,15 @@ def _preload(target, rng: random.Random, batches: int = 60) -> None:
         headers = {"Authorization": f"Bearer {target.key}", "Content-Type": "application/msgpack"}
         async with aiohttp.ClientSession() as session:
             for _ in range(batches):
-                async with session.post(target.base + "/v1/events", data=events_body(rng, 1000, False),
-                                        headers=headers) as r:
+                body = events_body(rng, 1000, False)
+                while True:
+                    async with session.post(target.base + "/v1/events", data=body, headers=headers) as r:
+                        await r.read()
+                    if r.status != 503:
+                        break
+                    await asyncio.sleep(0.2)  # shed while the engine catches up
+            if isinstance(target, Nudge):  # a barrier: answered once every acknowledged event is applied
+                async with session.get(target.base + "/v1/stats", headers=headers) as r:
                     await r.read()
 
     asyncio.run(run())
@@ -234,10 +245,12 @@ WORKLOADS = [
 
 def run_workloads(pool, args, rng) -> list[dict]:
     rows = []
-    nudge, bare = Nudge(args.backend), Bare()
+    nudge, bare = Nudge(args.backend, args.model), Bare()
     try:
         _preload(nudge, rng)
         for name, path, per_request, make in WORKLOADS:
+            if args.only and args.only not in name:
+                continue
             bodies = [make(rng) for _ in range(64 if per_request >= 100 else 512)]
             out = {"workload": name}
             for label, target in (("nudge", nudge), ("bare", bare)):
@@ -256,7 +269,7 @@ def run_batching(pool, args, rng) -> list[dict]:
     bodies = [score_body(rng, 1) for _ in range(512)]
     for label, settings in (("batching on (max_batch_size 1024)", {}), ("unbatched (max_batch_size 1)",
                                                                          {"max_batch_size": 1})):
-        nudge = Nudge(args.backend, **settings)
+        nudge = Nudge(args.backend, args.model, **settings)
         try:
             _preload(nudge, rng)
             result = drive(pool, args.generators, _closed_loop, nudge.base + "/v1/score", nudge.key, bodies,
@@ -270,7 +283,7 @@ def run_batching(pool, args, rng) -> list[dict]:
 def run_overload(pool, args, rng, sustainable_rps: float) -> dict:
     """Open-loop scoring (100 users per request) at three times the sustainable rate; server memory sampled."""
     bodies = [score_body(rng, 100) for _ in range(64)]
-    nudge = Nudge(args.backend)
+    nudge = Nudge(args.backend, args.model)
     try:
         _preload(nudge, rng)
         levels = {}
@@ -300,13 +313,16 @@ def main() -> None:
     parser.add_argument("--generators", type=int, default=2, help="load-generator processes")
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--parts", default="workloads,batching,overload")
+    parser.add_argument("--only", default="", help="run only the workloads whose name holds this text")
+    parser.add_argument("--model", default=None, help="a checkpoint (nudge train) for the tenant to serve")
     parser.add_argument("--sustainable-rps", type=float, default=240.0,
                         help="score-100-users rate the overload run triples, when the workloads part is skipped")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     rng = random.Random(0)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"backend {args.backend}; {args.generators} generator processes; {args.seconds:g} s per measurement")
+          f"backend {args.backend}; {args.generators} generator processes; {args.seconds:g} s per measurement; "
+          f"predictor {'transformer (' + args.model + ')' if args.model else 'markov'}")
     with concurrent.futures.ProcessPoolExecutor(args.generators) as pool:
         sustainable = None
         if "workloads" in parts:

@@ -42,6 +42,8 @@ class ServerConfig:
     max_poll_wait_s : the longest ``GET /v1/signals`` waits for new signals.
     max_loop_lag_ms : while the event loop runs this late, new ingest and score requests are refused with 503
         before their bodies are read (0 disables).
+    max_apply_delay_ms : new ingest requests are shed with 503 while the acknowledged events not yet applied to the
+        engine would take longer than this to apply (0 disables); scores wait behind them.
     log_level : Python logging level name.
     log_format : ``text`` or ``json`` (one object per line).
     access_log : log every request with its request id (off by default: it is one line per request).
@@ -75,6 +77,7 @@ class ServerConfig:
     signal_retention_s: float = 7 * 86400.0
     max_poll_wait_s: float = 30.0
     max_loop_lag_ms: float = 100.0
+    max_apply_delay_ms: float = 1000.0
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: int = 0
@@ -96,7 +99,8 @@ class ServerConfig:
             "webhook_batch_size", "max_subscriptions", "signal_retention_s",
         )
         problems += [f"{n} must be > 0, got {getattr(self, n)}" for n in positive if not getattr(self, n) > 0]
-        non_negative = ("max_wait_ms", "rate_limit_per_s", "rate_limit_burst", "max_loop_lag_ms", "max_queue_delay_ms")
+        non_negative = ("max_wait_ms", "rate_limit_per_s", "rate_limit_burst", "max_loop_lag_ms", "max_queue_delay_ms",
+                        "max_apply_delay_ms")
         problems += [f"{n} must be >= 0, got {getattr(self, n)}" for n in non_negative if getattr(self, n) < 0]
         if problems:
             raise ValueError("invalid server config: " + "; ".join(problems))

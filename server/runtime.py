@@ -103,6 +103,9 @@ class Runtime:
         self.recovery = Recovery()
         self._commits: asyncio.Queue[_Pending] | None = None
         self.pending_events = 0
+        self.unapplied_events = 0  # acknowledged, not yet applied to the engine
+        self.apply_events_per_s: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
         self._recovered = asyncio.Event()
         self.loop_lag = LoopLag(config.max_loop_lag_ms)
@@ -136,7 +139,7 @@ class Runtime:
         self.signal_writer.on_written = self.deliveries.notify
         await self.deliveries.start()
         self._commits = asyncio.Queue()
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._committer(), name="nudge-committer"),
             loop.create_task(self._recover(), name="nudge-recovery"),
@@ -283,6 +286,12 @@ class Runtime:
         """(accepted, duplicates) once the batch is durable in the log; Overloaded when too much waits."""
         if self.pending_events and self.pending_events + len(batch) > self.config.max_pending_events:
             raise Overloaded(self.pending_events, retry_after_s=1.0)
+        # Acknowledged events are applied later, on the device thread, ahead of any score asked after
+        # them: a backlog there is latency for every scoring request, so it is bounded in time too.
+        if self.unapplied_events and self.apply_events_per_s:
+            backlog_ms = 1000.0 * self.unapplied_events / self.apply_events_per_s
+            if backlog_ms > self.config.max_apply_delay_ms:
+                raise Overloaded(self.unapplied_events, retry_after_s=1.0)
         fut = asyncio.get_running_loop().create_future()
         self.pending_events += len(batch)
         self._commits.put_nowait(_Pending(state, batch, state.config, fut))
@@ -320,22 +329,39 @@ class Runtime:
                     p.future.set_result((accepted, duplicates))
 
     def _apply_later(self, state: TenantState, batch: EventBatch, seqs: np.ndarray, config: TenantConfig) -> None:
-        def apply() -> None:
+        n = len(batch)
+
+        def apply() -> float:
+            started = time.perf_counter()
             if state.engine.config != config:
                 # The config changed between validation and commit: the log has the truth.
                 self._replay_into(state.engine, state.tenant)
             else:
                 state.engine.apply(batch, seqs)
                 self._signals_after_apply(state, batch)
+            return time.perf_counter() - started
 
+        self.unapplied_events += n
         fut = self._device_thread.submit(apply)
-        fut.add_done_callback(self._report_apply)
+        fut.add_done_callback(lambda done: self._on_loop(self._applied, n, done))
 
-    def _report_apply(self, fut: concurrent.futures.Future) -> None:
+    def _on_loop(self, fn: Callable, *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            pass  # the loop has closed: the server is gone, and so is what this would count
+
+    def _applied(self, n: int, fut: concurrent.futures.Future) -> None:
+        """On the event loop, once an engine update has run: the backlog and the measured apply rate."""
+        self.unapplied_events -= n
         exc = fut.exception()
         if exc is not None:
             self.metrics.apply_errors.inc()
             log.error("engine update failed; the events are in the log and return on restart", exc_info=exc)
+        else:
+            rate = n / max(fut.result(), 1e-6)
+            self.apply_events_per_s = rate if self.apply_events_per_s is None else (
+                0.8 * self.apply_events_per_s + 0.2 * rate)
 
     # ---- scoring ------------------------------------------------------------------------------
 

@@ -329,3 +329,21 @@ async def test_a_saturated_event_loop_sheds_ingest_and_score_but_answers_the_res
         await asyncio.sleep(0.02)
     else:
         raise AssertionError("the server never recovered from the overload")
+
+
+async def test_ingest_is_shed_while_acknowledged_events_wait_too_long_for_the_engine(start):
+    import time as clock
+
+    s = await start(max_apply_delay_ms=1.0)
+    events = [{"user_id": f"u{i}", "action": "view"} for i in range(200)]
+    for _ in range(5):  # the server learns how fast it applies events
+        assert (await s.acme.events(events)).status == 200
+        await s.runtime.on_device(lambda: None)
+    stall = asyncio.ensure_future(s.runtime.on_device(clock.sleep, 0.5))  # the engine is busy
+    await asyncio.sleep(0.05)
+    assert (await s.acme.events(events)).status == 200  # acknowledged: durable, applied later
+    shed = await s.acme.events(events)
+    assert shed.status == 503 and shed.body["error"]["code"] == "overloaded" and "Retry-After" in shed.headers
+    await stall
+    await s.runtime.on_device(lambda: None)
+    assert (await s.acme.events(events)).status == 200
