@@ -86,6 +86,21 @@ class SignalPolicy:
             variants = signal_variants(self.signal_type(intent), config)
             self.bandits[intent] = (variants, ThompsonBandit(len(variants), seed=config.seed + i, backend=backend))
 
+    def reconfigured(self, config: TenantConfig) -> "SignalPolicy":
+        """The same policy state (cooldowns, open decisions, bandit posteriors) under a new config.
+
+        Arms whose variant the new config still has keep their posterior; new variants start fresh.
+        """
+        new = SignalPolicy(config, backend=self.backend)
+        new.recent, new.open, new.open_by_user = self.recent, self.open, self.open_by_user
+        for intent, (variants, bandit) in self.bandits.items():
+            new_variants, new_bandit = new.bandits[intent]
+            for arm, variant in enumerate(variants):
+                if variant in new_variants:
+                    i = new_variants.index(variant)
+                    new_bandit.alpha[i], new_bandit.beta[i] = bandit.alpha[arm], bandit.beta[arm]
+        return new
+
     def signal_type(self, intent: str) -> str:
         return self.config.policy.get(intent, DEFAULT_POLICY[intent])
 

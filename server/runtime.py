@@ -482,7 +482,8 @@ class Runtime:
                 engine.draws = state.engine.draws
                 state.engine = engine
             state.tenant = Tenant(state.tenant.id, state.tenant.name, config)
-            self._restore_policy(state)
+            # Carried over in memory: decisions still on their way to the signal log stay known.
+            state.policy = state.policy.reconfigured(config)
 
         old_config = state.config
         await self.on_device(rebuild)

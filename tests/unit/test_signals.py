@@ -169,3 +169,15 @@ def test_engine_snapshot_keeps_the_catalog():
     assert restored.catalog.context("a") == {"category": "c", "item_id": "i2"}
     engine.erase_user("a")
     assert engine.catalog.context("a") == {}
+
+
+def test_a_new_config_keeps_cooldowns_open_decisions_and_the_posteriors_of_kept_variants():
+    policy = SignalPolicy(CFG)
+    (d,) = decide(policy, ["u"])
+    policy._reward("cart_abandon_risk", "10", 1.0)
+    policy._reward("cart_abandon_risk", "15", 0.0)
+    new = policy.reconfigured(TenantConfig(holdout_share=0.0, cooldown_s=600.0, discount_tiers_pct=(10, 20)))
+    assert decide(new, ["u"], now=T0 + 1)[0] is None  # still cooling down
+    assert set(new.open) == {d.signal_id}
+    variants, bandit = new.bandits["cart_abandon_risk"]
+    assert variants == ["10", "20"] and bandit.alpha.tolist() == [2.0, 1.0] and bandit.beta.tolist() == [1.0, 1.0]
