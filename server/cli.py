@@ -35,9 +35,12 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         store.close()
     app = create_app(config)
-    print(f"nudge serving on http://{config.host}:{config.port} (data in {config.data_dir})", flush=True)
+    loop = _event_loop(config.event_loop)
+    print(f"nudge serving on http://{config.host}:{config.port} (data in {config.data_dir}; "
+          f"event loop {type(loop).__module__.split('.')[0]})", flush=True)
     web.run_app(
         app,
+        loop=loop,
         host=config.host,
         port=config.port,
         print=None,
@@ -46,6 +49,21 @@ def _serve(args: argparse.Namespace) -> int:
         handle_signals=True,
     )
     return 0
+
+
+def _event_loop(kind: str):
+    """uvloop where it is installed (``auto``), else asyncio's own loop."""
+    import asyncio
+
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise ValueError("event_loop is uvloop but uvloop is not installed: pip install uvloop") from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _tenant_create(args: argparse.Namespace) -> int:

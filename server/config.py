@@ -44,6 +44,7 @@ class ServerConfig:
         before their bodies are read (0 disables).
     max_apply_delay_ms : new ingest requests are shed with 503 while the acknowledged events not yet applied to the
         engine would take longer than this to apply (0 disables); scores wait behind them.
+    event_loop : ``auto`` (uvloop where installed), ``uvloop`` or ``asyncio``.
     log_level : Python logging level name.
     log_format : ``text`` or ``json`` (one object per line).
     access_log : log every request with its request id (off by default: it is one line per request).
@@ -78,6 +79,7 @@ class ServerConfig:
     max_poll_wait_s: float = 30.0
     max_loop_lag_ms: float = 100.0
     max_apply_delay_ms: float = 1000.0
+    event_loop: str = "auto"
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: int = 0
@@ -86,6 +88,8 @@ class ServerConfig:
         problems = []
         if self.backend not in ("auto", "numpy", "triton", "cupy"):
             problems.append(f"backend must be auto, numpy, triton or cupy, got {self.backend!r}")
+        if self.event_loop not in ("auto", "uvloop", "asyncio"):
+            problems.append(f"event_loop must be auto, uvloop or asyncio, got {self.event_loop!r}")
         if self.log_format not in ("text", "json"):
             problems.append(f"log_format must be text or json, got {self.log_format!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
