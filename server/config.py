@@ -40,8 +40,8 @@ class ServerConfig:
     max_subscriptions : most webhook subscriptions per tenant.
     signal_retention_s : signals older than this are deleted (pull and delivery cannot reach them any more).
     max_poll_wait_s : the longest ``GET /v1/signals`` waits for new signals.
-    max_loop_lag_ms : while the event loop runs this late, new ingest and score requests are refused with 503
-        before their bodies are read (0 disables).
+    max_loop_lag_ms : while the event loop runs this late, new score requests are refused with 503 before their
+        bodies are read (0 disables).
     max_apply_delay_ms : new ingest requests are shed with 503 while the acknowledged events not yet applied to the
         engine would take longer than this to apply (0 disables); scores wait behind them.
     event_loop : ``auto`` (uvloop where installed), ``uvloop`` or ``asyncio``.
