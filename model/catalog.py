@@ -21,7 +21,7 @@ class ItemCatalog:
     max_popular : items kept per category ranking.
     """
 
-    def __init__(self, session_gap_s: float, recent_items: int = 5, max_neighbors: int = 50, max_popular: int = 200):
+    def __init__(self, session_gap_s: float, recent_items: int = 3, max_neighbors: int = 50, max_popular: int = 200):
         self.session_gap_s = session_gap_s
         self.recent_items = recent_items
         self.max_neighbors = max_neighbors
@@ -62,7 +62,7 @@ class ItemCatalog:
         if counts is None:
             counts = table[key] = Counter()
         counts[item] += 1
-        if len(counts) > 2 * keep:  # amortized: the next prune is ``keep`` new items away
+        if len(counts) > 4 * keep:  # amortized: the next prune is 3 x ``keep`` new items away
             table[key] = Counter(dict(counts.most_common(keep)))
 
     def recommend(self, user: str, n: int, category: str | None = None) -> tuple[list[str], str]:

@@ -127,10 +127,14 @@ async def _body(request: web.Request):
 
 async def post_events(request: web.Request) -> web.Response:
     state = request[TENANT]
-    cfg = request.app[RUNTIME].config
-    batch = parse_events(await _body(request), state.config, time.time(), cfg.max_items_per_request)
+    runtime = request.app[RUNTIME]
     try:
-        accepted, duplicates = await request.app[RUNTIME].ingest(state, batch)
+        runtime.check_ingest_backlog()  # before the body is read and validated: a refusal stays cheap
+    except Overloaded as exc:
+        raise _overloaded(exc) from None
+    batch = parse_events(await _body(request), state.config, time.time(), runtime.config.max_items_per_request)
+    try:
+        accepted, duplicates = await runtime.ingest(state, batch)
     except Overloaded as exc:
         raise _overloaded(exc) from None
     return respond(request, {"accepted": accepted, "duplicates": duplicates})

@@ -282,16 +282,22 @@ class Runtime:
 
     # ---- ingest -------------------------------------------------------------------------------
 
-    async def ingest(self, state: TenantState, batch: EventBatch) -> tuple[int, int]:
-        """(accepted, duplicates) once the batch is durable in the log; Overloaded when too much waits."""
-        if self.pending_events and self.pending_events + len(batch) > self.config.max_pending_events:
-            raise Overloaded(self.pending_events, retry_after_s=1.0)
-        # Acknowledged events are applied later, on the device thread, ahead of any score asked after
-        # them: a backlog there is latency for every scoring request, so it is bounded in time too.
+    def check_ingest_backlog(self) -> None:
+        """Raise :class:`Overloaded` while the engine is too far behind (cheap: call it before reading a body).
+
+        Acknowledged events are applied later, on the device thread, ahead of any score asked after them:
+        a backlog there is latency for every scoring request, so it is bounded in time.
+        """
         if self.unapplied_events and self.apply_events_per_s:
             backlog_ms = 1000.0 * self.unapplied_events / self.apply_events_per_s
             if backlog_ms > self.config.max_apply_delay_ms:
                 raise Overloaded(self.unapplied_events, retry_after_s=1.0)
+
+    async def ingest(self, state: TenantState, batch: EventBatch) -> tuple[int, int]:
+        """(accepted, duplicates) once the batch is durable in the log; Overloaded when too much waits."""
+        if self.pending_events and self.pending_events + len(batch) > self.config.max_pending_events:
+            raise Overloaded(self.pending_events, retry_after_s=1.0)
+        self.check_ingest_backlog()
         fut = asyncio.get_running_loop().create_future()
         self.pending_events += len(batch)
         self._commits.put_nowait(_Pending(state, batch, state.config, fut))
