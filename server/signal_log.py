@@ -6,7 +6,8 @@ import sqlite3
 import time
 from typing import Any
 
-SELECT_CHUNK = 500
+from ._sql import select_in
+
 SIGNAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS signals (
     -- seq orders delivery; AUTOINCREMENT so an erased row's number is never handed out again.
@@ -105,16 +106,10 @@ class SignalLog:
 
     def signal_owners(self, tenant_id: int, signal_ids: list[str]) -> dict[str, str]:
         """signal_id -> user_id of those of ``signal_ids`` that this tenant has."""
-        out: dict[str, str] = {}
-        unique = list(dict.fromkeys(signal_ids))
-        for start in range(0, len(unique), SELECT_CHUNK):
-            part = unique[start : start + SELECT_CHUNK]
-            marks = ",".join("?" * len(part))
-            out.update(self.db.execute(
-                f"SELECT signal_id, user_id FROM signals WHERE tenant_id = ? AND signal_id IN ({marks})",
-                (tenant_id, *part),
-            ).fetchall())
-        return out
+        return dict(select_in(
+            self.db, "SELECT signal_id, user_id FROM signals WHERE tenant_id = ? AND signal_id IN ({marks})",
+            (tenant_id,), signal_ids,
+        ))
 
     def add_feedback(self, tenant_id: int, rows: list[tuple[str, str, str, float]]) -> None:
         """(signal_id, user_id, outcome, ts) rows."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from model import DEVICES, EventBatch, TenantConfig
 
+from ._sql import select_in
 from .signal_log import SIGNAL_SCHEMA, SignalLog
 from .subscription_store import SUBSCRIPTION_SCHEMA, SubscriptionStore
 
@@ -53,7 +54,6 @@ _INSERT = (
     "INSERT INTO events (tenant_id, event_id, user_id, action, ts, device, segment, tz_offset_min, item_id, "
     "category, query) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_SELECT_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -144,18 +144,10 @@ class Store(SignalLog, SubscriptionStore):
         ids = batch.event_ids
         with_id = np.flatnonzero(ids != None)  # noqa: E711 - elementwise comparison on an object array
         if len(with_id):
-            wanted = list(dict.fromkeys(ids[with_id]))
-            known = set()
-            for start in range(0, len(wanted), _SELECT_CHUNK):
-                part = wanted[start : start + _SELECT_CHUNK]
-                marks = ",".join("?" * len(part))
-                known.update(
-                    r[0]
-                    for r in self.db.execute(
-                        f"SELECT event_id FROM events WHERE tenant_id = ? AND event_id IN ({marks})",
-                        (tenant_id, *part),
-                    )
-                )
+            known = {r[0] for r in select_in(
+                self.db, "SELECT event_id FROM events WHERE tenant_id = ? AND event_id IN ({marks})",
+                (tenant_id,), ids[with_id],
+            )}
             seen: set = set()
             for i in with_id:
                 eid = ids[i]

@@ -150,27 +150,15 @@ def check(live, method, path, body, *, authed=True, accept=None):
 
 
 @FUZZ
-@given(body=_encoded(ingest_bodies))
-def test_fuzz_ingest_never_fails_inside(live, body):
-    check(live, "POST", "/v1/events", body)
-
-
-@FUZZ
-@given(body=_encoded(score_bodies))
-def test_fuzz_score_never_fails_inside(live, body):
-    check(live, "POST", "/v1/score", body)
-
-
-@FUZZ
-@given(body=_encoded(config_bodies))
-def test_fuzz_config_never_fails_inside(live, body):
-    check(live, "PUT", "/v1/config", body)
-
-
-@FUZZ
-@given(body=_encoded(feedback_bodies))
-def test_fuzz_feedback_never_fails_inside(live, body):
-    check(live, "POST", "/v1/feedback", body)
+@pytest.mark.parametrize("method, path, bodies", [
+    ("POST", "/v1/events", ingest_bodies),
+    ("POST", "/v1/score", score_bodies),
+    ("PUT", "/v1/config", config_bodies),
+    ("POST", "/v1/feedback", feedback_bodies),
+], ids=["ingest", "score", "config", "feedback"])
+@given(data=st.data())
+def test_fuzz_structured_bodies_never_fail_inside(live, method, path, bodies, data):
+    check(live, method, path, data.draw(_encoded(bodies)))
 
 
 @FUZZ
