@@ -194,7 +194,10 @@ _NUMBER_FIELDS = {
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """An int or float that converts to a float (JSON integers can have hundreds of digits)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    return not isinstance(x, int) or abs(x) < 1e308
 
 
 def _convert(key: str, raw: Any) -> tuple[Any, str | None]:

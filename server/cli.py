@@ -20,7 +20,7 @@ from .storage import Store
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .app import create_app
+    from .app import SERVER_KWARGS, create_app
 
     config = ServerConfig.load(
         args.config, data_dir=args.data_dir, host=args.host, port=args.port, backend=args.backend
@@ -47,6 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=logging.getLogger("nudge.access") if config.access_log else None,
         access_log_format=ACCESS_LOG_FORMAT,
         handle_signals=True,
+        **SERVER_KWARGS,
     )
     return 0
 

@@ -37,6 +37,7 @@ class ServerConfig:
     webhook_retry_period_s : a batch still failing this long after its first attempt is dead-lettered.
     webhook_backoff_base_s, webhook_backoff_max_s : the first retry waits up to base; each doubles, up to max.
     webhook_batch_size : most signals in one delivery.
+    webhook_test_interval_s : least time between two test deliveries of one subscription.
     max_subscriptions : most webhook subscriptions per tenant.
     signal_retention_s : signals older than this are deleted (pull and delivery cannot reach them any more).
     max_poll_wait_s : the longest ``GET /v1/signals`` waits for new signals.
@@ -48,6 +49,10 @@ class ServerConfig:
     log_level : Python logging level name.
     log_format : ``text`` or ``json`` (one object per line).
     access_log : log every request with its request id (off by default: it is one line per request).
+    body_read_timeout_s : a request body not fully received within this long is refused with 408.
+    metrics_token : when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_token>``; when empty it
+        answers loopback clients only.
+    metrics_tenant_names : 1 labels per-tenant metrics with tenant names instead of tenant ids.
     """
 
     data_dir: Path = Path("nudge-data")
@@ -74,6 +79,7 @@ class ServerConfig:
     webhook_backoff_base_s: float = 1.0
     webhook_backoff_max_s: float = 3600.0
     webhook_batch_size: int = 100
+    webhook_test_interval_s: float = 10.0
     max_subscriptions: int = 20
     signal_retention_s: float = 7 * 86400.0
     max_poll_wait_s: float = 30.0
@@ -83,6 +89,9 @@ class ServerConfig:
     log_level: str = "INFO"
     log_format: str = "text"
     access_log: int = 0
+    body_read_timeout_s: float = 30.0
+    metrics_token: str = ""
+    metrics_tenant_names: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -100,7 +109,8 @@ class ServerConfig:
             "max_body_bytes", "max_items_per_request", "max_batch_size", "max_queue_users",
             "snapshot_interval_s", "max_commit_events", "max_pending_events", "model_poll_s", "signal_sweep_s",
             "webhook_timeout_s", "webhook_retry_period_s", "webhook_backoff_base_s", "webhook_backoff_max_s",
-            "webhook_batch_size", "max_subscriptions", "signal_retention_s",
+            "webhook_batch_size", "max_subscriptions", "signal_retention_s", "body_read_timeout_s",
+            "webhook_test_interval_s",
         )
         problems += [f"{n} must be > 0, got {getattr(self, n)}" for n in positive if not getattr(self, n) > 0]
         non_negative = ("max_wait_ms", "rate_limit_per_s", "rate_limit_burst", "max_loop_lag_ms", "max_queue_delay_ms",

@@ -3,8 +3,8 @@
 A batch is fixed (its signal range stored) before its first attempt, so every retry, even after a
 restart, sends the same signals under the same ``webhook-id``; the cursor moves only once the batch
 is delivered or dead-lettered. Deliveries are at least once: receivers dedupe on ``webhook-id``.
-Each subscription has its own task and every request its own timeout, so a slow or dead endpoint
-delays nothing but its own deliveries.
+Each subscription has its own task, its own connection pool and every request its own timeout, so a
+slow or dead endpoint delays nothing but its own deliveries.
 """
 from __future__ import annotations
 
@@ -27,11 +27,16 @@ from .webhook_urls import GuardedResolver
 
 log = logging.getLogger(__name__)
 
+# What a tenant learns of a failure with no HTTP answer; the detail (refused, timed out, DNS, TLS) goes to the
+# log only, so that test calls and delivery reports cannot be used to scan ports.
+NO_ANSWER = "no HTTP answer within the timeout, or the connection failed"
+
 
 @dataclass(frozen=True)
 class DeliverySettings:
     """timeout_s per request; retry_period_s before a batch is dead-lettered; backoff_base_s doubling up to
-    backoff_max_s (full jitter); batch_size signals per request; allow_private skips the connect-time check."""
+    backoff_max_s (full jitter); batch_size signals per request; allow_private skips the connect-time check;
+    test_interval_s between two test deliveries of one subscription."""
 
     timeout_s: float = 10.0
     retry_period_s: float = 86400.0
@@ -39,6 +44,17 @@ class DeliverySettings:
     backoff_max_s: float = 3600.0
     batch_size: int = 100
     allow_private: bool = False
+    test_interval_s: float = 10.0
+
+
+class TestDeliveryLimited(Exception):
+    """A subscription was tested again sooner than ``test_interval_s`` after its last test."""
+
+    __test__ = False  # not a test class for pytest, whatever its name
+
+    def __init__(self, retry_after_s: float):
+        super().__init__(f"this subscription was tested moments ago; test it again in {retry_after_s:.1f} s")
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -47,9 +63,10 @@ class Attempt:
 
     ok: bool
     retryable: bool
-    error: str | None = None
+    error: str | None = None  # what the tenant may see
     status: int | None = None
     retry_after_s: float | None = None
+    detail: str | None = None  # what went wrong on the network, for the log only
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -80,9 +97,9 @@ async def post_signed(
             error = f"HTTP {resp.status}" + (" (redirects are not followed)" if 300 <= resp.status < 400 else "")
             return Attempt(False, retryable, error, resp.status, _retry_after(resp.headers.get("Retry-After")))
     except asyncio.TimeoutError:
-        return Attempt(False, True, f"no answer within {timeout_s:g} s")
+        return Attempt(False, True, NO_ANSWER, detail=f"no answer within {timeout_s:g} s")
     except (aiohttp.ClientError, OSError) as exc:
-        return Attempt(False, True, f"{type(exc).__name__}: {exc}")
+        return Attempt(False, True, NO_ANSWER, detail=f"{type(exc).__name__}: {exc}")
 
 
 class Deliveries:
@@ -95,12 +112,11 @@ class Deliveries:
         self._metrics = metrics
         self._tasks: dict[str, asyncio.Task] = {}
         self._wakeups: dict[int, asyncio.Event] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._closing: set[asyncio.Task] = set()
+        self._last_test: dict[str, float] = {}  # subscription id -> time.monotonic() of its last test
 
     async def start(self) -> None:
-        resolver = None if self.settings.allow_private else GuardedResolver()
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=8, resolver=resolver)
-        self._session = aiohttp.ClientSession(connector=connector)
         for sub in await self._storage(self._store.subscriptions):
             self.add(sub)
 
@@ -110,10 +126,11 @@ class Deliveries:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._session is not None:
-            await self._session.close()
+        sessions, self._sessions = list(self._sessions.values()), {}
+        await asyncio.gather(*self._closing, *(session.close() for session in sessions), return_exceptions=True)
 
     def add(self, sub: Subscription) -> None:
+        self._sessions[sub.id] = self._new_session()
         self._tasks[sub.id] = asyncio.get_running_loop().create_task(self._run(sub.id, sub.tenant_id),
                                                                      name=f"nudge-delivery-{sub.id}")
 
@@ -121,6 +138,24 @@ class Deliveries:
         task = self._tasks.pop(sub_id, None)
         if task is not None:
             task.cancel()
+        self._last_test.pop(sub_id, None)
+        session = self._sessions.pop(sub_id, None)
+        if session is not None:
+            closing = asyncio.get_running_loop().create_task(self._close_after(task, session))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        """A connection pool for one subscription, so that endpoints that hang hold no connection another needs."""
+        resolver = None if self.settings.allow_private else GuardedResolver()
+        # One delivery at a time, and test calls beside it.
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4, resolver=resolver))
+
+    @staticmethod
+    async def _close_after(task: asyncio.Task | None, session: aiohttp.ClientSession) -> None:
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        await session.close()
 
     def notify(self, tenant_ids) -> None:
         """New signals were committed for these tenants: wake their deliveries and long polls."""
@@ -142,13 +177,29 @@ class Deliveries:
             pass
 
     async def send_test(self, sub: Subscription) -> dict[str, Any]:
-        """One signed test delivery, answered with what the endpoint said."""
+        """One signed test delivery and the endpoint's HTTP status; :class:`TestDeliveryLimited` if too soon."""
+        self._claim_test(sub.id)
         signal = {"signal_id": "sig_test_" + secrets.token_hex(8), "user_id": "test-user", "type": "test",
                   "payload": {}, "score": 0.0, "intent": "test", "created_at": time.time(), "variant": "test"}
         msg_id = "msg_test_" + secrets.token_hex(8)
-        attempt = await post_signed(self._session, sub.url, sub.secret, msg_id,
-                                    json.dumps({"signals": [signal]}).encode(), self.settings.timeout_s)
+        body = json.dumps({"signals": [signal]}).encode()
+        session = self._sessions.get(sub.id)
+        if session is None:  # deleted since the caller looked it up
+            async with self._new_session() as session:
+                attempt = await post_signed(session, sub.url, sub.secret, msg_id, body, self.settings.timeout_s)
+        else:
+            attempt = await post_signed(session, sub.url, sub.secret, msg_id, body, self.settings.timeout_s)
+        if not attempt.ok:
+            log.info("test delivery %s to subscription %s failed: %s", msg_id, sub.id, attempt.detail or attempt.error)
         return {"delivered": attempt.ok, "status": attempt.status, "error": attempt.error, "webhook_id": msg_id}
+
+    def _claim_test(self, sub_id: str) -> None:
+        """Count a test of the subscription now, or raise :class:`TestDeliveryLimited` if its last was too recent."""
+        now = time.monotonic()
+        last = self._last_test.get(sub_id)
+        if last is not None and now - last < self.settings.test_interval_s:
+            raise TestDeliveryLimited(self.settings.test_interval_s - (now - last))
+        self._last_test[sub_id] = now
 
     # ---- one subscription ---------------------------------------------------------------------
 
@@ -165,6 +216,10 @@ class Deliveries:
                 continue
             if step == "gone":
                 self._tasks.pop(sub_id, None)
+                self._last_test.pop(sub_id, None)
+                session = self._sessions.pop(sub_id, None)
+                if session is not None:
+                    await session.close()
                 return
             if step == "idle":
                 await self.wait(wakeup, 1.0)
@@ -213,12 +268,14 @@ class Deliveries:
         body = json.dumps({"signals": [signal for _, signal in rows]}).encode()
         settings = self.settings
         while True:
-            attempt = await post_signed(self._session, sub.url, sub.secret, msg_id, body, settings.timeout_s)
+            attempt = await post_signed(self._sessions[sub.id], sub.url, sub.secret, msg_id, body, settings.timeout_s)
             attempts += 1
             outcome = "delivered" if attempt.ok else ("retry" if attempt.retryable else "refused")
             self._metrics.webhook_attempts.labels(outcome).inc()
             if attempt.ok:
                 return True, attempts, None
+            log.info("delivery %s to subscription %s failed (attempt %d): %s",
+                     msg_id, sub.id, attempts, attempt.detail or attempt.error)
             deadline = since + settings.retry_period_s
             if not attempt.retryable or time.time() >= deadline:
                 return False, attempts, attempt.error

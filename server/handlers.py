@@ -2,24 +2,32 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
+import hmac
+import ipaddress
 import itertools
+import logging
 import os
+import re
+import time
+from math import ceil
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from model import ConfigError, TenantConfig
 from model.report import weights_report
 
 from .batcher import Overloaded
-from .codecs import decode, request_format, respond
+from .codecs import decode, inflate, request_format, respond
+from .delivery import TestDeliveryLimited
 from .errors import ApiError, invalid_field
 from .keys import METRICS, REQUEST_ID, RUNTIME, SPEC, TENANT
 from .metrics import CONTENT_TYPE
 from .models import ModelUnavailable
-from .runtime import ConfigConflict, NotReady, SubscriptionLimit
+from .runtime import NotReady, SubscriptionLimit, TenantUnavailable
+from .storage import ConfigConflict
 from .validation import (
+    ConfigChanged,
     encode_cursor,
     parse_events,
     parse_feedback,
@@ -35,6 +43,15 @@ log = logging.getLogger(__name__)
 # Request ids: a random per-process prefix and a counter; unique without a system call per request.
 _REQUEST_PREFIX = os.urandom(6).hex()
 _REQUEST_COUNTER = itertools.count(1)
+# A client's own X-Request-Id is echoed only when it is this plain; anything else gets one of ours.
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_MAX_KEY_CHARS = 256
+# Not an HTTP status anyone receives: how requests whose client went away mid-body are counted.
+_CLIENT_CLOSED = 499
+
+
+class _ClientGone(Exception):
+    """The client closed the connection before its request body arrived."""
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -54,11 +71,17 @@ def _route_name(request: web.Request) -> str:
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     """Every error becomes the one error body; unexpected ones are logged once and answer 500."""
-    request_id = request.headers.get("X-Request-Id") or f"{_REQUEST_PREFIX}{next(_REQUEST_COUNTER):08x}"
+    request_id = request.headers.get("X-Request-Id", "")
+    if not _CLIENT_REQUEST_ID.fullmatch(request_id):
+        request_id = f"{_REQUEST_PREFIX}{next(_REQUEST_COUNTER):08x}"
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     try:
         response = await handler(request)
+    except _ClientGone:
+        log.debug("client closed the connection mid-body: %s %s (request %s)", request.method, request.path,
+                  request_id)
+        response = web.Response(status=_CLIENT_CLOSED)
     except ApiError as exc:
         response = respond(request, exc.body(), exc.status, exc.headers)
     except web.HTTPException as exc:
@@ -88,14 +111,18 @@ async def auth_middleware(request: web.Request, handler):
     """Bearer key to tenant for /v1 routes; then the tenant's rate limit."""
     if not request.path.startswith("/v1/"):
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = _bearer(request)
+    if not key:
         raise _unauthorized("send 'Authorization: Bearer <api key>'")
+    if len(key) > _MAX_KEY_CHARS or not (key.isascii() and key.isprintable()):
+        raise _unauthorized("the API key is not valid")
     try:
-        state = await request.app[RUNTIME].authenticate(key.strip())
+        state = await request.app[RUNTIME].authenticate(key)
     except NotReady:
         raise ApiError(503, "not_ready", "the server is recovering its state; retry shortly", headers={"Retry-After": "1"})
+    except TenantUnavailable as exc:
+        raise ApiError(503, "tenant_unavailable", f"this tenant's state could not be recovered: {str(exc)[:300]}; "
+                       "the operator has been told in the server log", headers={"Retry-After": "30"}) from None
     if state is None:
         raise _unauthorized("the API key is not valid")
     runtime = request.app[RUNTIME]
@@ -116,13 +143,29 @@ async def auth_middleware(request: web.Request, handler):
 _SHEDDABLE = frozenset({"/v1/score"})
 
 
+def _bearer(request: web.Request) -> str:
+    """The token of an ``Authorization: Bearer`` header, or ''."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="nudge"'})
 
 
 async def _body(request: web.Request):
+    """The decoded body: read within the time limit, inflated (after authentication) within the size limit."""
     fmt = request_format(request)
-    return decode(await request.read(), fmt)
+    config = request.app[RUNTIME].config
+    try:
+        async with asyncio.timeout(config.body_read_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "body_timeout",
+                       f"the request body did not arrive within {config.body_read_timeout_s:g} s") from None
+    except (ConnectionError, ClientPayloadError, HttpProcessingError):
+        raise _ClientGone() from None
+    return decode(inflate(raw, request.headers.get("Content-Encoding"), config.max_body_bytes), fmt)
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -137,6 +180,8 @@ async def post_events(request: web.Request) -> web.Response:
         accepted, duplicates = await runtime.ingest(state, batch)
     except Overloaded as exc:
         raise _overloaded(exc) from None
+    except ConfigChanged as exc:
+        raise ApiError(409, "config_changed", f"{exc}; validate against GET /v1/config and resend") from None
     return respond(request, {"accepted": accepted, "duplicates": duplicates})
 
 
@@ -188,9 +233,14 @@ async def list_subscriptions(request: web.Request) -> web.Response:
     return respond(request, {"subscriptions": await request.app[RUNTIME].subscriptions(request[TENANT])})
 
 
+_SUBSCRIPTION_ID = re.compile(r"sub_[0-9a-f]{24}")
+
+
 async def _subscription(request: web.Request):
     sub_id = request.match_info["subscription_id"]
-    sub = await request.app[RUNTIME].subscription(request[TENANT], sub_id)
+    sub = None
+    if _SUBSCRIPTION_ID.fullmatch(sub_id):
+        sub = await request.app[RUNTIME].subscription(request[TENANT], sub_id)
     if sub is None:
         raise ApiError(404, "subscription_not_found", f"no subscription {sub_id[:64]!r}",
                        [{"field": "subscription_id", "reason": "unknown"}])
@@ -205,7 +255,12 @@ async def delete_subscription(request: web.Request) -> web.Response:
 
 async def send_test_delivery(request: web.Request) -> web.Response:
     sub = await _subscription(request)
-    return respond(request, await request.app[RUNTIME].deliveries.send_test(sub))
+    try:
+        result = await request.app[RUNTIME].deliveries.send_test(sub)
+    except TestDeliveryLimited as exc:
+        raise ApiError(429, "rate_limited", str(exc),
+                       headers={"Retry-After": str(max(1, ceil(exc.retry_after_s)))}) from None
+    return respond(request, result)
 
 
 async def get_dead_letters(request: web.Request) -> web.Response:
@@ -218,7 +273,8 @@ async def redeliver_dead_letter(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     sub = await _subscription(request)
     raw = request.match_info["dead_letter_id"]
-    queued = raw.isdigit() and await runtime.on_storage(runtime.store.mark_redeliver, sub.id, int(raw))
+    well_formed = raw.isascii() and raw.isdigit() and len(raw) <= 18
+    queued = well_formed and await runtime.on_storage(runtime.store.mark_redeliver, sub.id, int(raw))
     if not queued:
         raise ApiError(404, "dead_letter_not_found", f"no dead letter {raw[:32]!r} waiting in this subscription",
                        [{"field": "dead_letter_id", "reason": "unknown, or already queued or delivered"}])
@@ -306,8 +362,25 @@ async def readyz(request: web.Request) -> web.Response:
     return respond(request, body, 200 if runtime.ready else 503)
 
 
+def _metrics_allowed(request: web.Request, token: str) -> None:
+    """The metrics token where one is set, else a loopback client: tenants' activity is not for everyone."""
+    if token:
+        given = _bearer(request).encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, token.encode()):
+            raise _unauthorized("GET /metrics needs 'Authorization: Bearer <metrics_token>'")
+        return
+    try:
+        loopback = ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ApiError(403, "forbidden", "/metrics answers loopback clients only; set the metrics_token setting "
+                       "(NUDGE_METRICS_TOKEN) to scrape it from elsewhere")
+
+
 async def metrics(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
+    _metrics_allowed(request, runtime.config.metrics_token)
     runtime.metrics.score_queue_users.set(sum(s.batcher.queued_items for s in runtime.tenants.values()))
     return web.Response(body=runtime.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 

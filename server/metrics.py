@@ -8,7 +8,10 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The server's metrics; tenants are labelled by id unless ``tenant_names`` allows their names."""
+
+    def __init__(self, tenant_names: bool = False) -> None:
+        self.tenant_names = tenant_names
         r = self.registry = CollectorRegistry()
         self.request_seconds = Histogram(
             "nudge_request_seconds", "Request latency by route", ["route", "method", "status"], registry=r,
@@ -29,6 +32,12 @@ class Metrics:
         self.ready = Gauge("nudge_ready", "1 once recovery has finished", registry=r)
         self.replayed_events = Counter("nudge_recovery_replayed_events_total", "Events replayed at start-up", registry=r)
         self.snapshots = Counter("nudge_snapshots_total", "Engine snapshots written", registry=r)
+        self.snapshots_unreadable = Counter(
+            "nudge_snapshots_unreadable_total", "Snapshots set aside as unreadable (the log rebuilt the state)",
+            registry=r)
+        self.tenant_recovery_failures = Counter(
+            "nudge_tenant_recovery_failures_total", "Failed attempts to recover a tenant's state (it answers 503 meanwhile)",
+            registry=r)
         self.model_loads = Counter(
             "nudge_model_loads_total", "Attempts to load a tenant's model, by outcome", ["tenant", "outcome"], registry=r
         )
@@ -48,6 +57,10 @@ class Metrics:
         self.shed = Counter("nudge_shed_requests_total", "Requests refused because the server was saturated",
                             ["route"], registry=r)
         self.apply_errors = Counter("nudge_engine_apply_errors_total", "Engine updates that failed", registry=r)
+
+    def tenant_label(self, tenant) -> str:
+        """A tenant's label value: its id, or its name where the operator allowed names."""
+        return tenant.name if self.tenant_names else str(tenant.id)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

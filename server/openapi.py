@@ -14,7 +14,7 @@ def _content(schema: dict[str, Any]) -> dict[str, Any]:
 def _op(summary: str, ok: dict[str, Any], *, body: dict[str, Any] | None = None, auth: bool = True,
         errors: tuple[int, ...] = (), ok_status: str = "200", params: list | None = None) -> dict[str, Any]:
     responses: dict[str, Any] = {ok_status: {"description": "OK", "content": _content(ok)}}
-    codes = set(errors) | ({401, 429, 503} if auth else set()) | ({400, 413, 415} if body else set())
+    codes = set(errors) | ({401, 429, 503} if auth else set()) | ({400, 408, 413, 415} if body else set())
     for code in sorted(codes):
         responses[str(code)] = {"description": "Error", "content": _content(_ERROR)}
     op: dict[str, Any] = {"summary": summary, "responses": responses}
@@ -101,6 +101,7 @@ def build_spec() -> dict[str, Any]:
                              "properties": {"columns": {"type": "object", "additionalProperties": {"type": "array"}}}},
                         ]
                     },
+                    errors=(409,),
                 )
             },
             "/v1/score": {
@@ -176,9 +177,12 @@ def build_spec() -> dict[str, Any]:
             "/readyz": {"get": _op("Readiness: recovery state and backend", _OBJECT, auth=False, errors=(503,))},
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics",
+                    "summary": "Prometheus metrics: with the metrics_token as a bearer token where one is set, else "
+                               "to loopback clients only",
                     "security": [],
-                    "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                    "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                  "401": {"description": "Error", "content": _content(_ERROR)},
+                                  "403": {"description": "Error", "content": _content(_ERROR)}},
                 }
             },
             "/openapi.json": {"get": _op("This document", _OBJECT, auth=False)},

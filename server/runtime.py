@@ -12,7 +12,7 @@ import concurrent.futures
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -31,9 +31,20 @@ from .overload import LoopLag
 from .ratelimit import TokenBucket
 from .scoring import decide, predict, result_rows
 from .signal_writer import SignalWriter
-from .snapshots import load_snapshot, remove_snapshot, save_snapshot, snapshot_path
+from .snapshots import (
+    SnapshotUnreadable,
+    clear_journal,
+    journal_erasure,
+    load_snapshot,
+    read_journal,
+    remove_temporaries,
+    save_snapshot,
+    set_aside,
+    snapshot_path,
+)
 from .stats import signal_stats_report
 from .storage import Store, Tenant, hash_key
+from .validation import ConfigChanged, Cursor, recode_events
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +57,12 @@ class SubscriptionLimit(Exception):
     """The tenant has as many subscriptions as the server allows."""
 
 
-class ConfigConflict(ValueError):
-    """A new config cannot describe the events already logged."""
+class TenantUnavailable(Exception):
+    """The tenant's state could not be recovered; the message says why. Other tenants serve."""
+
+
+# A tenant whose recovery failed is tried again on a request at most this often.
+_RECOVERY_RETRY_S = 30.0
 
 
 @dataclass
@@ -59,10 +74,15 @@ class TenantState:
     model: ModelSlot
     policy: SignalPolicy
     snapshot_seq: int = 0
+    # Held while a snapshot is captured and written, and through an erasure: snapshots are written in
+    # the order their states were captured, and none captured before an erasure lands after it.
+    snapshot_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    erased_since_snapshot: bool = False
 
     @property
     def config(self) -> TenantConfig:
-        return self.engine.config
+        """The stored config: what new requests are validated against (the engine catches up in order)."""
+        return self.tenant.config
 
 
 @dataclass
@@ -74,13 +94,30 @@ class _Pending:
 
 
 @dataclass
+class _Reconfigure:
+    """A config change, ordered among the ingest batches of the commit queue."""
+
+    state: TenantState
+    config: TenantConfig
+    future: asyncio.Future
+
+
+@dataclass
+class _Unavailable:
+    reason: str
+    since: float  # time.monotonic() of the last attempt
+
+
+@dataclass
 class Recovery:
     state: str = "pending"
     tenants: int = 0
     from_snapshots: int = 0
     replayed_events: int = 0
+    snapshots_set_aside: int = 0
     seconds: float = 0.0
     error: str | None = None
+    unavailable_tenants: int = 0  # how many; which and why is logged, and told to each tenant's own requests
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -100,8 +137,10 @@ class Runtime:
         self._reader: Store | None = None  # used only on the device thread, for replays
         self.tenants: dict[int, TenantState] = {}
         self._key_to_tenant: dict[str, int] = {}
+        self._unavailable: dict[int, _Unavailable] = {}
+        self._restoring: dict[int, asyncio.Future] = {}
         self.recovery = Recovery()
-        self._commits: asyncio.Queue[_Pending] | None = None
+        self._commits: asyncio.Queue[_Pending | _Reconfigure] | None = None
         self.pending_events = 0
         self.unapplied_events = 0  # acknowledged, not yet applied to the engine
         self.apply_events_per_s: float | None = None
@@ -135,6 +174,7 @@ class Runtime:
             timeout_s=cfg.webhook_timeout_s, retry_period_s=cfg.webhook_retry_period_s,
             backoff_base_s=cfg.webhook_backoff_base_s, backoff_max_s=cfg.webhook_backoff_max_s,
             batch_size=cfg.webhook_batch_size, allow_private=bool(cfg.webhooks_allow_private),
+            test_interval_s=cfg.webhook_test_interval_s,
         ), self.metrics)
         self.signal_writer.on_written = self.deliveries.notify
         await self.deliveries.start()
@@ -200,10 +240,15 @@ class Runtime:
         started = time.perf_counter()
         self.recovery.state = "recovering"
         try:
+            stale = remove_temporaries(self.config.data_dir / "snapshots")
+            if stale:
+                log.info("removed %d temporary snapshot files left by an interrupted write", stale)
             tenants = await self.on_storage(self.store.tenants)
             for tenant in tenants:
-                state = await self.on_device(self._restore, tenant)
-                self.tenants[tenant.id] = state
+                try:
+                    await self._bring_up(tenant)
+                except TenantUnavailable:
+                    pass  # recorded; this tenant answers 503 with the reason, the others serve
             self.recovery.tenants = len(tenants)
             self.recovery.state = "ready"
             self.metrics.ready.set(1)
@@ -215,21 +260,70 @@ class Runtime:
             self.recovery.seconds = round(time.perf_counter() - started, 3)
             self._recovered.set()
 
+    async def _bring_up(self, tenant: Tenant) -> TenantState:
+        """The tenant's live state, restored once however many requests ask; :class:`TenantUnavailable`."""
+        if tenant.id in self.tenants:
+            return self.tenants[tenant.id]
+        pending = self._restoring.get(tenant.id)
+        if pending is None:
+            pending = self._restoring[tenant.id] = asyncio.ensure_future(self._restore_or_record(tenant))
+            pending.add_done_callback(lambda _: self._restoring.pop(tenant.id, None))
+        return await asyncio.shield(pending)
+
+    async def _restore_or_record(self, tenant: Tenant) -> TenantState:
+        try:
+            state = await self.on_device(self._restore, tenant)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.exception("recovering tenant %s failed; it answers 503 until this is fixed", tenant.name)
+            self._unavailable[tenant.id] = _Unavailable(reason, time.monotonic())
+            self.recovery.unavailable_tenants = len(self._unavailable)
+            self.metrics.tenant_recovery_failures.inc()
+            raise TenantUnavailable(reason) from None
+        self.tenants[tenant.id] = state
+        self._unavailable.pop(tenant.id, None)
+        self.recovery.unavailable_tenants = len(self._unavailable)
+        return state
+
+    def _load_snapshot(self, tenant: Tenant, engine: Engine) -> Engine:
+        """``engine`` advanced to the tenant's snapshot where there is a usable one (device thread)."""
+        path = snapshot_path(self.config.data_dir, tenant.id)
+        try:
+            snap = load_snapshot(path)
+        except SnapshotUnreadable as exc:
+            self._set_aside(tenant, path, str(exc))
+            return engine
+        if snap is None or snap[1] != tenant.config.engine_dict():
+            return engine  # none, or made under other engine settings: the log rebuilds the state
+        try:
+            engine.load_state(snap[0])
+            for user_id in read_journal(path):
+                engine.erase_user(user_id)
+        except KeyError as exc:  # written by an older nudge: the log alone rebuilds the state
+            log.warning("snapshot of tenant %s lacks %s; replaying the whole log", tenant.name, exc)
+            return Engine(tenant.config, backend=self.backend)
+        except Exception as exc:  # readable, but not a state this engine can take
+            self._set_aside(tenant, path, f"{type(exc).__name__}: {exc}")
+            return Engine(tenant.config, backend=self.backend)
+        self.recovery.from_snapshots += 1
+        return engine
+
+    def _set_aside(self, tenant: Tenant, path, reason: str) -> None:
+        aside = set_aside(path)
+        log.error("the snapshot of tenant %s is unreadable (%s); kept as %s, rebuilding from the event log",
+                  tenant.name, reason, aside.name)
+        self.recovery.snapshots_set_aside += 1
+        self.metrics.snapshots_unreadable.inc()
+
     def _restore(self, tenant: Tenant) -> TenantState:
         """Latest snapshot (if its config still applies) plus the log after it. Runs on the device thread."""
-        engine = Engine(tenant.config, backend=self.backend)
-        snap = load_snapshot(snapshot_path(self.config.data_dir, tenant.id))
-        if snap is not None and snap[1] == tenant.config.engine_dict():
-            try:
-                engine.load_state(snap[0])
-                self.recovery.from_snapshots += 1
-            except KeyError as exc:  # written by an older nudge: the log alone rebuilds the state
-                log.warning("snapshot of tenant %s lacks %s; replaying the whole log", tenant.name, exc)
-                engine = Engine(tenant.config, backend=self.backend)
+        engine = self._load_snapshot(tenant, Engine(tenant.config, backend=self.backend))
         snapshot_seq = engine.applied_seq
         self.recovery.replayed_events += self._replay_into(engine, tenant)
         state = self._new_state(tenant, engine)
         state.snapshot_seq = snapshot_seq
+        # Users journalled as erased are still in the file: the next periodic snapshot replaces it.
+        state.erased_since_snapshot = bool(read_journal(snapshot_path(self.config.data_dir, tenant.id)))
         self._restore_policy(state)
         if file_stamp(state.model.path) is not None:
             try:
@@ -251,7 +345,7 @@ class Runtime:
                                                o.created_at - 1.0, o.created_at + state.config.signal_horizon_s)
             if ts is not None:
                 resolutions.append(policy.resolve(signal_id, True, ts))
-        self.signal_writer.submit((state.tenant.id, state.tenant.name), [], resolutions)
+        self.signal_writer.submit(self._writer_key(state), [], resolutions)
         state.policy = policy
 
     def _replay_into(self, engine: Engine, tenant: Tenant) -> int:
@@ -266,19 +360,27 @@ class Runtime:
 
     # ---- tenants and keys ---------------------------------------------------------------------
 
+    def _writer_key(self, state: TenantState) -> tuple[int, str]:
+        """How the signal writer knows a tenant: its id, and its label in the metrics."""
+        return state.tenant.id, self.metrics.tenant_label(state.tenant)
+
     async def authenticate(self, key: str) -> TenantState | None:
         """The tenant owning ``key``; tenants created while the server runs are picked up here."""
         if not self.ready:
             raise NotReady()
-        tenant_id = self._key_to_tenant.get(hash_key(key))
-        if tenant_id is None:
-            tenant = await self.on_storage(self.store.tenant_by_key, key)
-            if tenant is None:
-                return None
-            if tenant.id not in self.tenants:
-                self.tenants[tenant.id] = await self.on_device(self._restore, tenant)
-            tenant_id = self._key_to_tenant[hash_key(key)] = tenant.id
-        return self.tenants[tenant_id]
+        hashed = hash_key(key)
+        state = self.tenants.get(self._key_to_tenant.get(hashed, -1))
+        if state is not None:
+            return state
+        tenant = await self.on_storage(self.store.tenant_by_key, key)
+        if tenant is None:
+            return None
+        failed = self._unavailable.get(tenant.id)
+        if failed is not None and time.monotonic() - failed.since < _RECOVERY_RETRY_S:
+            raise TenantUnavailable(failed.reason)
+        state = await self._bring_up(tenant)
+        self._key_to_tenant[hashed] = tenant.id
+        return state
 
     # ---- ingest -------------------------------------------------------------------------------
 
@@ -288,7 +390,7 @@ class Runtime:
         Acknowledged events are applied later, on the device thread, ahead of any score asked after them:
         a backlog there is latency for every scoring request, so it is bounded in time.
         """
-        if self.unapplied_events and self.apply_events_per_s:
+        if self.unapplied_events and self.apply_events_per_s and self.config.max_apply_delay_ms:
             backlog_ms = 1000.0 * self.unapplied_events / self.apply_events_per_s
             if backlog_ms > self.config.max_apply_delay_ms:
                 raise Overloaded(self.unapplied_events, retry_after_s=1.0)
@@ -304,35 +406,67 @@ class Runtime:
         return await fut
 
     async def _committer(self) -> None:
+        """Commits ingest batches in groups and config changes between them, in the order they came."""
+        held: _Pending | _Reconfigure | None = None
         while True:
-            group = [await self._commits.get()]
-            size = len(group[0].batch)
+            first = held or await self._commits.get()
+            held = None
+            if isinstance(first, _Reconfigure):
+                await self._reconfigure(first)
+                continue
+            group, size = [first], len(first.batch)
             while not self._commits.empty() and size < self.config.max_commit_events:
-                group.append(self._commits.get_nowait())
-                size += len(group[-1].batch)
+                item = self._commits.get_nowait()
+                if isinstance(item, _Reconfigure):
+                    held = item  # after this group, before anything queued behind it
+                    break
+                group.append(item)
+                size += len(item.batch)
             try:
-                results = await self.on_storage(
-                    self.store.append, [(p.state.tenant.id, p.batch, p.config) for p in group]
-                )
-            except Exception as exc:
+                await self._commit_group(group)
+            finally:
                 self.pending_events -= size
-                log.exception("group commit of %d batches failed", len(group))
-                for p in group:
+
+    async def _commit_group(self, group: list[_Pending]) -> None:
+        ready = []
+        for p in group:
+            current = p.state.tenant.config
+            if p.config is not current and p.config != current:
+                # Validated before a config change that committed ahead of it: re-coded, or refused whole.
+                try:
+                    p.batch, p.config = recode_events(p.batch, p.config, current), current
+                except ConfigChanged as exc:
                     if not p.future.done():
                         p.future.set_exception(exc)
-                continue
-            self.pending_events -= size
-            self.metrics.commit_events.observe(size)
-            for p, result in zip(group, results):
-                accepted = int(result.accepted.sum())
-                duplicates = len(p.batch) - accepted
-                name = p.state.tenant.name
-                self.metrics.events_ingested.labels(name).inc(accepted)
-                self.metrics.events_duplicate.labels(name).inc(duplicates)
-                if accepted:
-                    self._apply_later(p.state, p.batch.take(result.accepted), result.seqs, p.config)
+                    continue
+            ready.append(p)
+        if not ready:
+            return
+        try:
+            results = await self.on_storage(self.store.append, [(p.state.tenant.id, p.batch, p.config) for p in ready])
+        except Exception as exc:
+            log.exception("group commit of %d batches failed", len(ready))
+            for p in ready:
                 if not p.future.done():
-                    p.future.set_result((accepted, duplicates))
+                    p.future.set_exception(exc)
+            return
+        self.metrics.commit_events.observe(sum(len(p.batch) for p in ready))
+        for p, result in zip(ready, results):
+            if isinstance(result, Exception):
+                log.error("a batch of tenant %s failed its commit; the others in the group committed",
+                          p.state.tenant.name, exc_info=result)
+                if not p.future.done():
+                    p.future.set_exception(result)
+                continue
+            accepted = int(result.accepted.sum())
+            duplicates = len(p.batch) - accepted
+            name = self.metrics.tenant_label(p.state.tenant)
+            self.metrics.events_ingested.labels(name).inc(accepted)
+            self.metrics.events_duplicate.labels(name).inc(duplicates)
+            if accepted:
+                self._apply_later(p.state, p.batch.take(result.accepted), result.seqs, p.config)
+            if not p.future.done():
+                p.future.set_result((accepted, duplicates))
 
     def _apply_later(self, state: TenantState, batch: EventBatch, seqs: np.ndarray, config: TenantConfig) -> None:
         n = len(batch)
@@ -383,7 +517,7 @@ class Runtime:
         if users:
             prediction = predict(engine, state.model.predictor, users, now)
             decisions = [d for d in decide(engine, state.policy, users, prediction, now) if d is not None]
-        self.signal_writer.submit((state.tenant.id, state.tenant.name), decisions, resolutions)
+        self.signal_writer.submit(self._writer_key(state), decisions, resolutions)
 
     def _score_batch(self, tenant_id: int, items: list[tuple[str, dict | None]]) -> list[dict[str, Any]]:
         state = self.tenants[tenant_id]
@@ -395,7 +529,7 @@ class Runtime:
         self.metrics.predictions.labels("markov").inc(len(user_ids) - n_model)
         decisions = decide(engine, state.policy, user_ids, prediction, now, [hint for _, hint in items])
         written = self.signal_writer.submit(
-            (state.tenant.id, state.tenant.name), [d for d in decisions if d is not None], []
+            self._writer_key(state), [d for d in decisions if d is not None], []
         )
         results = result_rows(engine.config.actions, user_ids, prediction, decisions)
         if written is not None:
@@ -454,45 +588,37 @@ class Runtime:
         return await self.on_device(view)
 
     async def erase_user(self, state: TenantState, user_id: str) -> dict[str, Any]:
-        """Remove a user from the log, the engine and every snapshot."""
+        """Remove a user from the log, the engine and the snapshot (through its erasure journal).
+
+        The snapshot is not rewritten here: the user id goes into its journal first, so a restart at any
+        later step drops the user from the old snapshot, and the next periodic snapshot replaces it.
+        """
         path = snapshot_path(self.config.data_dir, state.tenant.id)
-        # The old snapshot still holds the user: drop it first, so a crash at any later step
-        # restarts from the log (already without the user) or from the new snapshot.
-        await self.on_storage(remove_snapshot, path)
-        deleted = await self.on_storage(self.store.erase_user, state.tenant.id, user_id)
-        known = await self.on_device(state.engine.erase_user, user_id)
-        await self.on_device(state.policy.erase, user_id)
-        await self.snapshot(state)
+        async with state.snapshot_lock:
+            await self.on_storage(journal_erasure, path, user_id)
+            deleted = await self.on_storage(self.store.erase_user, state.tenant.id, user_id)
+
+            def forget() -> bool:
+                state.policy.erase(user_id)
+                return state.engine.erase_user(user_id)
+
+            known = await self.on_device(forget)
+            state.erased_since_snapshot = True
         return {"user_id": user_id, "erased": bool(deleted or known), "events_deleted": deleted}
 
     # ---- config -------------------------------------------------------------------------------
 
     async def put_config(self, state: TenantState, config: TenantConfig) -> None:
-        """Store a new config and rebuild the tenant's engine from its log under it."""
-        logged = await self.on_storage(self.store.logged_actions, state.tenant.id)
-        missing = sorted(logged - set(config.actions))
-        if missing:
-            raise ConfigConflict(f"the event log holds actions the new vocabulary lacks: {missing[:10]}")
-        logged_segments = await self.on_storage(self.store.logged_segments, state.tenant.id)
-        missing = sorted(logged_segments - set(config.segments))
-        if missing:
-            raise ConfigConflict(f"the event log holds segments the new config lacks: {missing[:10]}")
-        await self.on_storage(self.store.save_config, state.tenant.id, config)
+        """Apply a new config whole, or refuse it with :class:`ConfigConflict` and change nothing.
 
-        def rebuild() -> None:
-            if config.engine_dict() == state.engine.config.engine_dict():
-                state.engine.config = config  # only the signal policy changed: the state still holds
-            else:
-                engine = Engine(config, backend=self.backend)
-                self._replay_into(engine, state.tenant)
-                engine.draws = state.engine.draws
-                state.engine = engine
-            state.tenant = Tenant(state.tenant.id, state.tenant.name, config)
-            # Carried over in memory: decisions still on their way to the signal log stay known.
-            state.policy = state.policy.reconfigured(config)
-
-        old_config = state.config
-        await self.on_device(rebuild)
+        The change takes its place in the commit queue: batches queued before it commit under the old
+        config, batches queued after it are checked against the new one. Once stored, the tenant's engine
+        is rebuilt from its log on the device thread, ahead of any engine update committed after it.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        self._commits.put_nowait(_Reconfigure(state, config, fut))
+        rebuilt = await fut
+        old_config = await asyncio.wrap_future(rebuilt)
         await self.snapshot(state)
         vocabulary_changed = (old_config.actions, old_config.conversion_action) != (
             config.actions, config.conversion_action)
@@ -502,6 +628,34 @@ class Runtime:
                 await self.reload_model(state)
             except ModelUnavailable:
                 pass  # recorded in the slot; the Markov chain predicts
+
+    async def _reconfigure(self, change: _Reconfigure) -> None:
+        """Store a config change (committer task) and queue the engine rebuild before any later update."""
+        state, config = change.state, change.config
+        old = state.tenant
+        try:
+            await self.on_storage(self.store.replace_config, old.id, old.config, config)
+        except Exception as exc:  # ConfigConflict, or a failed write: nothing changed
+            if not change.future.done():
+                change.future.set_exception(exc)
+            return
+        state.tenant = Tenant(old.id, old.name, config)
+        rebuilt = self._device_thread.submit(self._rebuild, state, old.config, config)
+        if not change.future.done():
+            change.future.set_result(rebuilt)
+
+    def _rebuild(self, state: TenantState, old: TenantConfig, config: TenantConfig) -> TenantConfig:
+        """The engine and signal policy under ``config`` (device thread); returns the config replaced."""
+        if config.engine_dict() == state.engine.config.engine_dict():
+            state.engine.config = config  # only the signal policy changed: the state still holds
+        else:
+            engine = Engine(config, backend=self.backend)
+            self._replay_into(engine, state.tenant)
+            engine.draws = state.engine.draws
+            state.engine = engine
+        # Carried over in memory: decisions still on their way to the signal log stay known.
+        state.policy = state.policy.reconfigured(config)
+        return old
 
     # ---- next-action models -------------------------------------------------------------------
 
@@ -521,11 +675,11 @@ class Runtime:
             predictor = load_predictor(slot.path, state.config, self._model_device())
         except ModelUnavailable as exc:
             slot.fail(exc)
-            self.metrics.model_loads.labels(state.tenant.name, exc.code).inc()
+            self.metrics.model_loads.labels(self.metrics.tenant_label(state.tenant), exc.code).inc()
             raise
         # Batches read the slot once each, so a swap lands between batches and fails none.
         slot.install(predictor, stamp)
-        self.metrics.model_loads.labels(state.tenant.name, "loaded").inc()
+        self.metrics.model_loads.labels(self.metrics.tenant_label(state.tenant), "loaded").inc()
         return slot.describe()
 
     async def reload_model(self, state: TenantState) -> dict[str, Any]:
@@ -567,7 +721,7 @@ class Runtime:
 
         def expire():
             resolutions = state.policy.expire(now)
-            return self.signal_writer.submit((state.tenant.id, state.tenant.name), [], resolutions)
+            return self.signal_writer.submit(self._writer_key(state), [], resolutions)
 
         written = await self.on_device(expire)
         if written is not None:
@@ -582,7 +736,7 @@ class Runtime:
         rows = [(sid, owners[sid], outcome, ts) for sid, outcome, ts in items]
         await self.on_storage(self.store.add_feedback, state.tenant.id, rows)
         for _, outcome, _ in items:
-            self.metrics.feedback.labels(state.tenant.name, outcome).inc()
+            self.metrics.feedback.labels(self.metrics.tenant_label(state.tenant), outcome).inc()
 
         def resolve():
             policy = state.policy
@@ -590,7 +744,7 @@ class Runtime:
                 policy.resolve(sid, True, ts) for sid, outcome, ts in items
                 if outcome == "converted" and sid in policy.open
             ]
-            return self.signal_writer.submit((state.tenant.id, state.tenant.name), [], resolutions)
+            return self.signal_writer.submit(self._writer_key(state), [], resolutions)
 
         written = await self.on_device(resolve)
         if written is not None:
@@ -636,13 +790,16 @@ class Runtime:
             self.deliveries.remove(sub_id)
         return deleted
 
-    async def pull_signals(self, state: TenantState, after: int, limit: int, wait_s: float) -> tuple[list, int]:
-        """Signals after the cursor ``after``, waiting up to ``wait_s`` for the first; and the next cursor."""
+    async def pull_signals(self, state: TenantState, cursor: Cursor, limit: int, wait_s: float) -> tuple[list, int]:
+        """Signals after ``cursor``, waiting up to ``wait_s`` for the first; and the tenant's next position."""
         deadline = time.monotonic() + min(wait_s, self.config.max_poll_wait_s)
         await self._settle_signals()
+        after = cursor.position
+        if cursor.shared:
+            after = await self.on_storage(self.store.tenant_position, state.tenant.id, after)
         while True:
             wakeup = self.deliveries.waiter(state.tenant.id)  # before reading: no commit slips between
-            rows = await self.on_storage(self.store.read_signals, state.tenant.id, after, limit)
+            rows = await self.on_storage(self.store.pull_signals, state.tenant.id, after, limit)
             remaining = deadline - time.monotonic()
             if rows or remaining <= 0:
                 break
@@ -652,12 +809,20 @@ class Runtime:
     # ---- snapshots ----------------------------------------------------------------------------
 
     async def snapshot(self, state: TenantState) -> None:
-        engine_state, seq, cfg = await self.on_device(
-            lambda: (state.engine.state_dict(), state.engine.applied_seq, state.engine.config.engine_dict())
-        )
+        """Capture the tenant's engine and write it; one at a time per tenant, newest capture last."""
         path = snapshot_path(self.config.data_dir, state.tenant.id)
-        await asyncio.get_running_loop().run_in_executor(None, save_snapshot, path, engine_state, cfg)
-        state.snapshot_seq = seq
+
+        def write(engine_state: dict, cfg: dict) -> None:
+            save_snapshot(path, engine_state, cfg)
+            clear_journal(path)  # the new snapshot was captured after every journalled erasure
+
+        async with state.snapshot_lock:
+            engine_state, seq, cfg = await self.on_device(
+                lambda: (state.engine.state_dict(), state.engine.applied_seq, state.engine.config.engine_dict())
+            )
+            await asyncio.get_running_loop().run_in_executor(None, write, engine_state, cfg)
+            state.snapshot_seq = seq
+            state.erased_since_snapshot = False
         self.metrics.snapshots.inc()
 
     async def snapshot_all(self) -> None:
@@ -665,14 +830,15 @@ class Runtime:
         # queued before it (acknowledged events) has been applied and can be in the snapshot.
         await self.on_device(lambda: None)
         for state in list(self.tenants.values()):
-            if state.engine.applied_seq > state.snapshot_seq:
-                await self.snapshot(state)
+            if state.engine.applied_seq > state.snapshot_seq or state.erased_since_snapshot:
+                try:
+                    await self.snapshot(state)
+                except Exception:  # one tenant's failed write does not keep the others' from theirs
+                    log.exception("snapshot of tenant %s failed; its event log still holds every event",
+                                  state.tenant.name)
 
     async def _snapshotter(self) -> None:
         await self._recovered.wait()
         while True:
             await asyncio.sleep(self.config.snapshot_interval_s)
-            try:
-                await self.snapshot_all()
-            except Exception:
-                log.exception("snapshot failed; the log still holds every event")
+            await self.snapshot_all()

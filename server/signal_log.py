@@ -13,6 +13,8 @@ CREATE TABLE IF NOT EXISTS signals (
     -- seq orders delivery; AUTOINCREMENT so an erased row's number is never handed out again.
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant_id INTEGER NOT NULL,
+    -- The tenant's own position (pull cursors): seq is shared by all tenants and would reveal their volume.
+    tenant_seq INTEGER,
     signal_id TEXT NOT NULL UNIQUE,
     user_id TEXT NOT NULL,
     intent TEXT NOT NULL,
@@ -26,6 +28,10 @@ CREATE TABLE IF NOT EXISTS signals (
     resolved_at REAL
 );
 CREATE INDEX IF NOT EXISTS signals_tenant ON signals (tenant_id, seq);
+CREATE TABLE IF NOT EXISTS signal_sequences (
+    tenant_id INTEGER PRIMARY KEY,
+    last INTEGER NOT NULL  -- never goes back, even when old signals are purged
+);
 CREATE INDEX IF NOT EXISTS signals_user ON signals (tenant_id, user_id);
 CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY,
@@ -65,11 +71,12 @@ class SignalLog:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for tenant_id, decisions, resolutions in writes:
+                first = self._take_positions(tenant_id, len(decisions))
                 self.db.executemany(
-                    "INSERT INTO signals (tenant_id, signal_id, user_id, intent, type, variant, payload, score, "
-                    "created_at, withheld) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(tenant_id, d.signal_id, d.user_id, d.intent, d.type, d.variant, json.dumps(d.payload),
-                      d.score, d.created_at, int(d.withheld)) for d in decisions],
+                    "INSERT INTO signals (tenant_id, tenant_seq, signal_id, user_id, intent, type, variant, payload, "
+                    "score, created_at, withheld) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(tenant_id, first + i, d.signal_id, d.user_id, d.intent, d.type, d.variant, json.dumps(d.payload),
+                      d.score, d.created_at, int(d.withheld)) for i, d in enumerate(decisions)],
                 )
                 for r in resolutions:
                     closed = self.db.execute(
@@ -83,6 +90,17 @@ class SignalLog:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def _take_positions(self, tenant_id: int, n: int) -> int:
+        """The first of ``n`` consecutive per-tenant positions, reserved (inside the caller's transaction)."""
+        if not n:
+            return 0
+        row = self.db.execute(
+            "INSERT INTO signal_sequences (tenant_id, last) VALUES (?, ?) "
+            "ON CONFLICT (tenant_id) DO UPDATE SET last = last + excluded.last RETURNING last",
+            (tenant_id, n),
+        ).fetchone()
+        return row[0] - n + 1
 
     def policy_rows(self, tenant_id: int, since: float) -> tuple[list[tuple], list[tuple]]:
         """What ``SignalPolicy.restore`` needs: recent and open decisions, and rewards per variant."""
@@ -155,11 +173,23 @@ class SignalLog:
             sql += f" AND type IN ({','.join('?' * len(types))})"
             args += types
         rows = self.db.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
-        return [
-            (seq, {"signal_id": sid, "user_id": uid, "type": kind, "payload": json.loads(payload), "score": score,
-                   "intent": intent, "created_at": created, "variant": variant})
-            for seq, sid, uid, intent, kind, variant, payload, score, created in rows
-        ]
+        return [(row[0], _signal(row[1:])) for row in rows]
+
+    def pull_signals(self, tenant_id: int, after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """(tenant position, signal) of the tenant's sent signals after its position ``after``, in order."""
+        rows = self.db.execute(
+            "SELECT tenant_seq, signal_id, user_id, intent, type, variant, payload, score, created_at FROM signals "
+            "WHERE tenant_id = ? AND tenant_seq > ? AND withheld = 0 ORDER BY tenant_seq LIMIT ?",
+            (tenant_id, after, limit),
+        ).fetchall()
+        return [(row[0], _signal(row[1:])) for row in rows]
+
+    def tenant_position(self, tenant_id: int, seq: int) -> int:
+        """The tenant's position of its last signal at or before the shared ``seq`` (cursors of older nudges)."""
+        row = self.db.execute(
+            "SELECT MAX(tenant_seq) FROM signals WHERE tenant_id = ? AND seq <= ?", (tenant_id, seq)
+        ).fetchone()
+        return row[0] or 0
 
     def last_signal_seq(self) -> int:
         """The newest signal's sequence number across tenants (0 when there is none)."""
@@ -173,3 +203,21 @@ class SignalLog:
                 "DELETE FROM feedback WHERE signal_id IN (SELECT signal_id FROM signals WHERE created_at < ?)", (before,)
             )
             return self.db.execute("DELETE FROM signals WHERE created_at < ?", (before,)).rowcount
+
+
+def _signal(row: tuple) -> dict[str, Any]:
+    """A signal as delivered and pulled, from (signal_id, user_id, intent, type, variant, payload, score, created_at)."""
+    sid, uid, intent, kind, variant, payload, score, created = row
+    return {"signal_id": sid, "user_id": uid, "type": kind, "payload": json.loads(payload), "score": score,
+            "intent": intent, "created_at": created, "variant": variant}
+
+
+def migrate_signals(db: sqlite3.Connection) -> None:
+    """Bring a signal log written by an older nudge up to date (run once per connection, before use)."""
+    if "tenant_seq" not in {row[1] for row in db.execute("PRAGMA table_info(signals)")}:
+        db.execute("ALTER TABLE signals ADD COLUMN tenant_seq INTEGER")
+        db.execute("UPDATE signals SET tenant_seq = (SELECT COUNT(*) FROM signals s "
+                   "WHERE s.tenant_id = signals.tenant_id AND s.seq <= signals.seq)")
+        db.execute("INSERT OR REPLACE INTO signal_sequences (tenant_id, last) "
+                   "SELECT tenant_id, MAX(tenant_seq) FROM signals GROUP BY tenant_id")
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS signals_tenant_seq ON signals (tenant_id, tenant_seq)")

@@ -20,7 +20,7 @@ import numpy as np
 from model import DEVICES, EventBatch, TenantConfig
 
 from ._sql import select_in
-from .signal_log import SIGNAL_SCHEMA, SignalLog
+from .signal_log import SIGNAL_SCHEMA, SignalLog, migrate_signals
 from .subscription_store import SUBSCRIPTION_SCHEMA, SubscriptionStore
 
 DB_NAME = "nudge.sqlite3"
@@ -54,6 +54,10 @@ _INSERT = (
     "INSERT INTO events (tenant_id, event_id, user_id, action, ts, device, segment, tz_offset_min, item_id, "
     "category, query) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+class ConfigConflict(ValueError):
+    """A new config cannot describe the events already logged."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,12 @@ class Store(SignalLog, SubscriptionStore):
         # FULL: every commit is fsynced before it returns, so an acknowledged batch survives a crash.
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=10000")
+        # Erased users' rows are overwritten with zeros, not left readable in free pages.
+        self.db.execute("PRAGMA secure_delete=ON")
         self.db.executescript(_SCHEMA + SIGNAL_SCHEMA + SUBSCRIPTION_SCHEMA)
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            migrate_signals(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -124,15 +133,53 @@ class Store(SignalLog, SubscriptionStore):
     def save_config(self, tenant_id: int, config: TenantConfig) -> None:
         self.db.execute("UPDATE tenants SET config = ? WHERE id = ?", (json.dumps(config.to_dict()), tenant_id))
 
+    def replace_config(self, tenant_id: int, old: TenantConfig, new: TenantConfig) -> None:
+        """Store ``new`` if it describes every logged event, in one transaction; else :class:`ConfigConflict`.
+
+        The log only ever holds actions and segments of the stored config, so only what ``new`` drops
+        from ``old`` needs looking for.
+        """
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for column, kept, removed in (
+                ("action", new.actions, set(old.actions) - set(new.actions)),
+                ("segment", new.segments, set(old.segments) - set(new.segments)),
+            ):
+                if not removed:
+                    continue
+                logged = {r[0] for r in select_in(
+                    self.db, f"SELECT DISTINCT {column} FROM events WHERE tenant_id = ? AND {column} IN ({{marks}})",
+                    (tenant_id,), sorted(removed),
+                )}
+                if logged:
+                    raise ConfigConflict(
+                        f"the event log holds {column}s the new config lacks: {sorted(logged)[:10]}; "
+                        f"keep them in '{column}s' (events already logged cannot be re-labelled)")
+            self.save_config(tenant_id, new)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
     # ---- the event log ------------------------------------------------------------------------
 
-    def append(self, groups: list[tuple[int, EventBatch, TenantConfig]]) -> list[Appended]:
-        """Commit several tenants' batches in one transaction (group commit), skipping known event ids."""
-        out = []
+    def append(self, groups: list[tuple[int, EventBatch, TenantConfig]]) -> list[Appended | Exception]:
+        """Commit several tenants' batches in one transaction (group commit), skipping known event ids.
+
+        Each batch has a savepoint of its own: one that fails is rolled back alone and its place in the
+        answer holds the exception, so one tenant's bad batch fails only its own request.
+        """
+        out: list[Appended | Exception] = []
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for tenant_id, batch, config in groups:
-                out.append(self._append_one(tenant_id, batch, config))
+                self.db.execute("SAVEPOINT batch")
+                try:
+                    out.append(self._append_one(tenant_id, batch, config))
+                except (sqlite3.Error, ValueError, TypeError) as exc:  # UnicodeEncodeError is a ValueError
+                    self.db.execute("ROLLBACK TO batch")
+                    out.append(exc)
+                self.db.execute("RELEASE batch")
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -216,13 +263,6 @@ class Store(SignalLog, SubscriptionStore):
             last = int(seqs[-1])
             yield batch, seqs
 
-    def logged_actions(self, tenant_id: int) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT DISTINCT action FROM events WHERE tenant_id = ?", (tenant_id,))}
-
-    def logged_segments(self, tenant_id: int) -> set[str]:
-        rows = self.db.execute("SELECT DISTINCT segment FROM events WHERE tenant_id = ? AND segment IS NOT NULL", (tenant_id,))
-        return {r[0] for r in rows}
-
     def count_events(self, tenant_id: int, user_id: str | None = None) -> int:
         if user_id is None:
             return self.db.execute("SELECT COUNT(*) FROM events WHERE tenant_id = ?", (tenant_id,)).fetchone()[0]
@@ -241,4 +281,10 @@ class Store(SignalLog, SubscriptionStore):
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        self.checkpoint()
         return cur.rowcount
+
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the database and empty it; False when a reader kept part of it."""
+        busy, _, _ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy

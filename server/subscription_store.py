@@ -1,6 +1,7 @@
 """Webhook subscriptions, each one's delivery cursor and in-flight batch, and its dead letters."""
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import sqlite3
@@ -211,4 +212,5 @@ class SubscriptionStore:
 
 def webhook_id(sub_id: str, after_seq: int, until_seq: int) -> str:
     """The Standard Webhooks message id of a batch: the same for every retry of it, here or after a restart."""
-    return f"msg_{sub_id[4:]}_{after_seq}_{until_seq}"
+    # Hashed: sequence numbers are shared by all tenants, so in clear they would tell a receiver others' volumes.
+    return "msg_" + hashlib.sha256(f"{sub_id}:{after_seq}:{until_seq}".encode()).hexdigest()[:32]

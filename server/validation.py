@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -37,13 +38,41 @@ REQUIRED = ("user_id", "action")
 Problem = tuple[int, str, str]
 
 
+def _not_unicode(text: str) -> bool:
+    """True for text that holds a lone UTF-16 surrogate (JSON escapes or a percent-decoded path can)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_NOT_UNICODE = "must be valid Unicode text (no lone surrogates)"
+
+
+def _finite_number(v: Any) -> bool:
+    """An int or float that is a finite float64 (JSON integers can have hundreds of digits)."""
+    if not _is_number(v):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def user_id_problem(value: Any) -> str | None:
     """Why ``value`` is not an acceptable pseudonymous user id, or None."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return "must be a string"
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return "integer out of range"
     text = str(value)
     if not 1 <= len(text) <= MAX_ID_CHARS:
         return f"must be 1 to {MAX_ID_CHARS} characters"
+    if _not_unicode(text):
+        return _NOT_UNICODE
     if _CONTROL.search(text):
         return "must not contain control characters"
     if _EMAIL.match(text):
@@ -66,6 +95,8 @@ def _optional_text(max_chars: int, allow_int: bool) -> Callable[[Any], str | Non
             return "must be a string" + (" or an integer" if allow_int else "")
         if isinstance(value, str) and len(value) > max_chars:
             return f"must be at most {max_chars} characters"
+        if isinstance(value, str) and _not_unicode(value):
+            return _NOT_UNICODE
         if isinstance(value, int) and not -(2**63) <= value < 2**64:
             return "integer out of range"
         return None
@@ -212,7 +243,7 @@ def parse_events(body: Any, config: TenantConfig, now_s: float, max_items: int) 
     def ts_problem(v):
         if v is None:
             return None
-        if not _is_number(v) or not math.isfinite(v):
+        if not _finite_number(v):
             return "must be a finite number of seconds since the epoch"
         if v > now_s + FUTURE_SKEW_S:
             if v > 1e11:
@@ -292,6 +323,25 @@ def parse_events(body: Any, config: TenantConfig, now_s: float, max_items: int) 
     )
 
 
+class ConfigChanged(Exception):
+    """A batch validated under a config that was replaced before it committed uses what the new one lacks."""
+
+
+def recode_events(batch: EventBatch, old: TenantConfig, new: TenantConfig) -> EventBatch:
+    """``batch``, validated under ``old``, with its action and segment codes of ``new``; or :class:`ConfigChanged`."""
+    actions = {a: i for i, a in enumerate(new.actions)}
+    segments = {s: i + 1 for i, s in enumerate(new.segments)}
+    action_map = np.array([actions.get(a, -1) for a in old.actions], dtype=np.int32)
+    segment_map = np.array([0, *(segments.get(s, -1) for s in old.segments)], dtype=np.int16)
+    new_actions, new_segments = action_map[batch.actions], segment_map[batch.segment]
+    gone = sorted({old.actions[a] for a in batch.actions[new_actions < 0]})
+    gone += sorted({f"segment {old.segments[s - 1]}" for s in batch.segment[new_segments < 0]})
+    if gone:
+        raise ConfigChanged(f"the tenant's config changed while this batch was in flight and no longer has "
+                            f"{', '.join(map(repr, gone[:10]))}; nothing was accepted")
+    return dataclasses.replace(batch, actions=new_actions, segment=new_segments)
+
+
 def _too_many(n: int, limit: int, field: str = "events") -> ApiError:
     return ApiError(
         413, "too_many_items", f"{n} {field} in one request; send at most {limit}", [{"field": field, "reason": "too many"}]
@@ -365,13 +415,13 @@ def parse_feedback(body: Any, max_items: int, now_s: float) -> list[tuple[str, s
         problems += [{"index": i, "field": str(k)[:64], "reason": "unknown field"}
                      for k in item if k not in ("signal_id", "outcome", "ts")]
         signal_id, outcome, ts = item.get("signal_id"), item.get("outcome"), item.get("ts", now_s)
-        if not isinstance(signal_id, str) or not 1 <= len(signal_id) <= MAX_ID_CHARS:
+        if not isinstance(signal_id, str) or not 1 <= len(signal_id) <= MAX_ID_CHARS or _not_unicode(signal_id):
             problems.append({"index": i, "field": "signal_id", "reason": "must be the signal_id of a signal"})
         if outcome not in FEEDBACK_OUTCOMES:
             problems.append({"index": i, "field": "outcome", "reason": f"must be one of {list(FEEDBACK_OUTCOMES)}"})
-        if not _is_number(ts) or not math.isfinite(ts):
+        if not _finite_number(ts):
             problems.append({"index": i, "field": "ts", "reason": "must be seconds since the epoch"})
-        out.append((signal_id, outcome, float(ts) if _is_number(ts) else now_s))
+        out.append((signal_id, outcome, float(ts) if _finite_number(ts) else now_s))
     if problems:
         raise ApiError(400, "invalid_feedback", "some feedback is invalid; none was recorded", problems)
     return out
@@ -397,26 +447,40 @@ def parse_subscription(body: Any) -> tuple[str, list[str] | None]:
     return body["url"], types
 
 
-def encode_cursor(seq: int) -> str:
-    """An opaque pull cursor for a position in the signal log."""
-    return base64.urlsafe_b64encode(f"s1:{seq}".encode()).decode().rstrip("=")
+class Cursor(NamedTuple):
+    """A pull position: the tenant's own (``shared`` False), or the log-wide one older nudges handed out."""
+
+    position: int
+    shared: bool = False
 
 
-def _decode_cursor(cursor: str) -> int | None:
+_CURSOR_DIGITS = 18  # below 2**63: SQLite's integers
+
+
+def encode_cursor(position: int) -> str:
+    """An opaque pull cursor for a position in the tenant's signal log."""
+    return base64.urlsafe_b64encode(f"s2:{position}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> Cursor | None:
+    if len(cursor) > 64:
+        return None
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (ValueError, UnicodeDecodeError):
         return None
-    prefix, _, seq = text.partition(":")
-    return int(seq) if prefix == "s1" and seq.isdigit() else None
+    prefix, _, digits = text.partition(":")
+    if prefix not in ("s1", "s2") or not (digits.isascii() and digits.isdigit() and len(digits) <= _CURSOR_DIGITS):
+        return None
+    return Cursor(int(digits), shared=prefix == "s1")
 
 
-def parse_pull_query(query: Any, max_limit: int = 1000) -> tuple[int, int, float]:
+def parse_pull_query(query: Any, max_limit: int = 1000) -> tuple[Cursor, int, float]:
     """``after``, ``limit`` and ``wait_s`` of ``GET /v1/signals`` (defaults: the start, 100, no wait)."""
     extra = [k for k in query if k not in ("after", "limit", "wait_s")]
     if extra:
         raise invalid_field(str(extra[0])[:64], "unknown query parameter")
-    after = 0
+    after = Cursor(0)
     if query.get("after"):
         decoded = _decode_cursor(query["after"])
         if decoded is None:

@@ -1,11 +1,19 @@
+import asyncio
+import contextlib
+import http.client
 import json
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from server import ServerConfig, Store, create_app
+from server.app import SERVER_KWARGS
 
 JSON, MSGPACK = "application/json", "application/msgpack"
 
@@ -77,6 +85,16 @@ def make_tenants(data_dir: Path) -> dict[str, str]:
         store.close()
 
 
+class NudgeTestServer(TestServer):
+    """aiohttp's test server, run with the settings ``nudge serve`` uses (its own kwargs never reach the runner).
+
+    ``run_app`` lets a handler finish when its client goes away; the test server would cancel it.
+    """
+
+    async def _make_runner(self, **kwargs):
+        return await super()._make_runner(**{**kwargs, "handler_cancellation": False, **SERVER_KWARGS})
+
+
 @pytest.fixture
 def start(aiohttp_client, tmp_path):
     """Start the real app on a real socket with a real SQLite file; returns a Server."""
@@ -86,9 +104,46 @@ def start(aiohttp_client, tmp_path):
         keys.update(make_tenants(data_dir))
         config = ServerConfig(data_dir=data_dir, **{"backend": "numpy", **settings})
         app = create_app(config)
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(NudgeTestServer(app))
         server = Server(app, client, Api(client, keys["acme"]), Api(client, keys["globex"]), data_dir)
         await server.runtime.wait_ready()
         return server
 
     return _start
+
+
+@contextlib.contextmanager
+def served_in_thread(config: ServerConfig):
+    """The real app on a real socket, served from a thread (for synchronous clients); yields its port once ready."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    state = {}
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        runner = web.AppRunner(create_app(config), **SERVER_KWARGS)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+        state["port"] = runner.addresses[0][1]
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", state["port"], timeout=30)
+        try:
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                break
+        finally:
+            conn.close()
+        time.sleep(0.05)
+    try:
+        yield state["port"]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)

@@ -285,7 +285,8 @@ async def test_health_readiness_metrics_and_openapi(start):
     assert ready["ready"] and ready["backend"] == "numpy" and ready["recovery"]["state"] == "ready"
     await s.acme.events([view("m")])
     metrics = (await s.acme.call("GET", "/metrics", key=None)).body
-    assert 'nudge_events_ingested_total{tenant="acme"} 1.0' in metrics
+    assert 'nudge_events_ingested_total{tenant="1"} 1.0' in metrics  # ids, not names, unless allowed
+    assert "acme" not in metrics
     assert 'nudge_backend_info{backend="numpy"} 1.0' in metrics
     assert 'nudge_request_seconds_count{method="POST",route="/v1/events",status="200"}' in metrics
     spec = (await s.acme.call("GET", "/openapi.json", key=None)).body
@@ -348,3 +349,9 @@ async def test_ingest_is_shed_while_acknowledged_events_wait_too_long_for_the_en
     await stall
     await s.runtime.on_device(lambda: None)
     assert (await s.acme.events(events)).status == 200
+
+
+async def test_a_zero_engine_backlog_bound_disables_that_shedding(start):
+    s = await start(max_apply_delay_ms=0)
+    s.runtime.unapplied_events, s.runtime.apply_events_per_s = 10_000, 1.0  # ten thousand seconds behind
+    assert (await s.acme.events([{"user_id": "u", "action": "view"}])).status == 200

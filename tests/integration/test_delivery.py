@@ -1,6 +1,7 @@
 """Webhook delivery and pull, against real local HTTP receivers (the reference receiver in examples/)."""
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -10,6 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+
+from server.delivery import NO_ANSWER
 
 from .conftest import make_tenants
 from .test_crash import free_port, start_server, wait_ready
@@ -186,6 +189,95 @@ async def test_a_hanging_receiver_does_not_delay_another_tenants_deliveries(star
 
 async def _positive(n):
     return n > 0
+
+
+async def test_one_tenants_hanging_subscriptions_do_not_delay_another_tenant_on_the_same_host(start, aiohttp_server):
+    server = await start(**LOCAL, webhook_timeout_s=30.0)
+    for api in (server.acme, server.globex):
+        await api.call("PUT", "/v1/config", SIGNALLING)
+    hanging, release, fast = [], asyncio.Event(), {}
+
+    async def hang(request):
+        hanging.append(request.match_info["n"])
+        await release.wait()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hang/{n}", hang)
+    app.router.add_post("/hook", _Proxy(fast).handle)
+    receiver = await aiohttp_server(app)
+    try:
+        for n in range(12):
+            await subscribe(server.acme, str(receiver.make_url(f"/hang/{n}")))
+        fast_sub = await subscribe(server.globex, str(receiver.make_url("/hook")))
+        fast["endpoint"] = Scripted(fast_sub["secret"])
+        await make_signals(server.acme, ["a1"])
+        await eventually(lambda: _at_least(hanging, 8))  # as many as one shared pool let through
+        started = time.monotonic()
+        await make_signals(server.globex, ["g1"])
+        await eventually(lambda: _has(fast["endpoint"].receiver, 1), timeout_s=5.0)
+        assert time.monotonic() - started < 5.0
+        await eventually(lambda: _at_least(hanging, 12))  # every subscription has a connection of its own
+    finally:
+        release.set()
+
+
+async def _at_least(items, n):
+    return len(items) >= n
+
+
+async def test_subscription_test_reports_no_network_detail(start, aiohttp_server, caplog):
+    caplog.set_level(logging.INFO, logger="server.delivery")
+    server = await start(**LOCAL, webhook_timeout_s=0.3, webhook_retry_period_s=0.5, webhook_test_interval_s=0.5)
+    holder = {}
+    url = await serve_receiver(aiohttp_server, _Proxy(holder))
+    closed_port = free_port()
+    refused = await subscribe(server.acme, f"http://127.0.0.1:{closed_port}/hook")
+    hanging = await subscribe(server.acme, url)
+    endpoint = holder["endpoint"] = Scripted(hanging["secret"], hang=True)
+    try:
+        answers = [(await server.acme.call("POST", f"/v1/subscriptions/{sub['id']}/test")).body
+                   for sub in (refused, hanging)]
+        # Refused and timed out read the same: the answer does not tell open, closed and filtered ports apart.
+        assert [{k: v for k, v in a.items() if k != "webhook_id"} for a in answers] == [
+            {"delivered": False, "status": None, "error": NO_ANSWER}] * 2
+        assert any(refused["id"] in r.getMessage() and str(closed_port) in r.getMessage() for r in caplog.records)
+        endpoint.hang = False
+        endpoint.failures, endpoint.status = 1, 503
+        await asyncio.sleep(1.0)  # past the per-subscription limit on tests
+        answer = (await server.acme.call("POST", f"/v1/subscriptions/{hanging['id']}/test")).body
+        assert answer["delivered"] is False and answer["status"] == 503 and answer["error"] == "HTTP 503"
+        # What regular deliveries record, where the tenant can read it, is just as coarse.
+        await server.acme.call("PUT", "/v1/config", SIGNALLING)
+        await make_signals(server.acme, ["a"])
+        letters = f"/v1/subscriptions/{refused['id']}/dead-letters"
+
+        async def dead():
+            return (await server.acme.call("GET", letters)).body["dead_letters"]
+
+        await eventually(dead)
+        assert (await dead())[0]["last_error"] == NO_ANSWER
+        listed = (await server.acme.call("GET", "/v1/subscriptions")).body["subscriptions"]
+        assert next(s for s in listed if s["id"] == refused["id"])["delivery"]["last_error"] == NO_ANSWER
+    finally:
+        endpoint.release.set()
+
+
+async def test_subscription_test_is_rate_limited_per_subscription(start, aiohttp_server):
+    server = await start(**LOCAL, webhook_test_interval_s=0.5)
+    holder = {}
+    url = await serve_receiver(aiohttp_server, _Proxy(holder))
+    first, second = await subscribe(server.acme, url), await subscribe(server.acme, url)
+    holder["endpoint"] = Scripted(first["secret"])
+    path = "/v1/subscriptions/{}/test"
+    replies = await asyncio.gather(*(server.acme.call("POST", path.format(first["id"])) for _ in range(3)))
+    assert sorted(r.status for r in replies) == [200, 429, 429]
+    limited = next(r for r in replies if r.status == 429)
+    assert limited.body["error"]["code"] == "rate_limited" and limited.headers["Retry-After"] == "1"
+    assert (await server.acme.call("POST", path.format(second["id"]))).status == 200  # its own limit
+    await asyncio.sleep(0.6)
+    again = await server.acme.call("POST", path.format(first["id"]))
+    assert again.status == 200 and again.body["delivered"] is True
 
 
 async def test_webhook_urls_to_private_addresses_are_refused_unless_allowed(start):

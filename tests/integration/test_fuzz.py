@@ -1,22 +1,19 @@
 """Malformed, mistyped, huge and deeply nested bodies at every route: never a 5xx, never a dead server."""
-import asyncio
 import http.client
 import json
 import re
-import threading
 import time
 import urllib.parse
 
 import msgpack
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import ServerConfig, create_app
+from server import ServerConfig
 from server.handlers import ROUTES as HANDLED_ROUTES
 
-from .conftest import make_tenants
+from .conftest import make_tenants, served_in_thread
 
 ROUTES = [(method, re.sub(r"\{[^}]+\}", "{0}", path)) for method, path, _ in HANDLED_ROUTES]
 EVENT_FIELDS = ["user_id", "action", "ts", "event_id", "item_id", "category", "query", "context", "device"]
@@ -27,33 +24,9 @@ def live(tmp_path_factory):
     """The real app on a real socket, served from a thread so hypothesis can drive it synchronously."""
     data_dir = tmp_path_factory.mktemp("fuzz")
     keys = make_tenants(data_dir)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    state = {}
-
-    def serve():
-        asyncio.set_event_loop(loop)
-        app = create_app(ServerConfig(data_dir=data_dir, backend="numpy", rate_limit_per_s=0, max_body_bytes=256 * 1024))
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        state["port"] = runner.addresses[0][1]
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(30)
-    port = state["port"]
-    for _ in range(100):
-        if request(port, "GET", "/readyz")[0] == 200:
-            break
-        time.sleep(0.05)
-    yield port, keys["acme"]
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(30)
+    config = ServerConfig(data_dir=data_dir, backend="numpy", rate_limit_per_s=0, max_body_bytes=256 * 1024)
+    with served_in_thread(config) as port:
+        yield port, keys["acme"]
 
 
 def request(port, method, path, body=None, headers=None):

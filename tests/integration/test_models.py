@@ -83,7 +83,7 @@ async def test_model_hot_reload_under_concurrent_scoring_fails_no_request(start,
     path = model_path(server.data_dir, "acme")
     users = [f"u{i}" for i in range(20)]
     await server.acme.events([{"user_id": u, "action": "view"} for u in users])
-    loads = server.runtime.metrics.model_loads.labels("acme", "loaded")
+    loads = server.runtime.metrics.model_loads.labels("1", "loaded")  # tenants are labelled by id
     statuses, predictors = [], set()
 
     async def score_loop(stop):

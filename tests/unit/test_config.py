@@ -24,6 +24,16 @@ def test_tenant_config_names_every_bad_field():
     assert {f for f, _ in info.value.problems} == {"horizon_s", "conversion_action", "prior_means"}
 
 
+@pytest.mark.parametrize("field, value", [
+    ("holdout_share", 10**400), ("horizon_s", -(10**400)), ("discount_tiers_pct", [10**400]),
+    ("prior_means", {"view": 10**400}), ("thresholds", {"needs_help": 10**400}),
+])
+def test_tenant_config_refuses_integers_too_large_for_a_float(field, value):
+    with pytest.raises(ConfigError) as info:
+        TenantConfig.from_dict({**TenantConfig().to_dict(), field: value})
+    assert [f for f, _ in info.value.problems] == [field]
+
+
 def test_tenant_config_clips_a_certain_prior():
     assert TenantConfig().prior_mean("purchase") == 0.99
     assert TenantConfig(prior_means={}).prior_mean("view") == 0.1
