@@ -4,53 +4,18 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
 
+from loadtests._server_proc import free_port, start_server, wait_ready
 from model import Engine, TenantConfig
 from model.report import weights_report
 from server import Store
 
-
-ROOT = Path(__file__).resolve().parents[2]
 ACTIONS = ["view", "view", "view", "search", "add_to_cart", "favorite", "purchase"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(data_dir: Path, port: int, log_path: Path, **settings: str) -> subprocess.Popen:
-    env = {**os.environ, "NUDGE_SNAPSHOT_INTERVAL_S": "0.3", "NUDGE_RATE_LIMIT_PER_S": "0", "PYTHONUNBUFFERED": "1",
-           **{f"NUDGE_{k.upper()}": v for k, v in settings.items()}}
-    log = open(log_path, "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(data_dir), "--port", str(port), "--backend", "numpy"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-
-
-async def wait_ready(session: aiohttp.ClientSession, base: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the server exited during start-up"
-        try:
-            async with session.get(f"{base}/readyz") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise TimeoutError("the server did not become ready")
 
 
 # Event time runs 2000x faster than the clock from two days ago, so horizons close, posteriors
