@@ -1,5 +1,5 @@
-"""Event files in, event files out: the Taobao UserBehavior CSV, the RetailRocket events CSV, and
-nudge's own export (JSON Lines of the events ``POST /v1/events`` accepts)."""
+"""Event files in, event files out: public e-commerce logs (Taobao UserBehavior, RetailRocket, YooChoose,
+JD JData, REES46, OTTO) and nudge's own export (JSON Lines of the events ``POST /v1/events`` accepts)."""
 from __future__ import annotations
 
 import csv
@@ -9,20 +9,39 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from .config import TenantConfig
+from .config import DEFAULT_ACTIONS, TenantConfig
 from .contexts import DEVICES, OTHER_DEVICE
 from .events import EventBatch
 
 TAOBAO_ACTIONS = {"pv": "view", "fav": "favorite", "cart": "add_to_cart", "buy": "purchase"}
 RETAILROCKET_ACTIONS = {"view": "view", "addtocart": "add_to_cart", "transaction": "purchase"}
-FORMATS = ("taobao", "retailrocket", "nudge")
+# JD's "click" is a click on a page element, not a product view: it keeps its own action.
+JDATA_ACTIONS = {"1": "view", "2": "add_to_cart", "3": "remove_from_cart", "4": "purchase", "5": "favorite",
+                 "6": "click"}
+REES46_ACTIONS = {"view": "view", "cart": "add_to_cart", "remove_from_cart": "remove_from_cart",
+                  "purchase": "purchase"}
+OTTO_ACTIONS = {"clicks": "view", "carts": "add_to_cart", "orders": "purchase"}
+FORMATS = ("taobao", "retailrocket", "yoochoose", "jdata", "rees46", "otto", "nudge")
+# Actions a format emits beyond the default vocabulary: a tenant replaying it needs them.
+EXTRA_ACTIONS = {"jdata": ("click",)}
+JDATA_TZ_OFFSET_MIN = 8 * 60  # JD logs Beijing time without saying so
+
+
+def format_actions(fmt: str) -> tuple[str, ...]:
+    """The vocabulary a tenant needs to take a format's events: the default one, and what the format adds."""
+    return DEFAULT_ACTIONS + EXTRA_ACTIONS.get(fmt, ())
 
 
 def load_events(path: str | Path, fmt: str, config: TenantConfig, limit: int | None = None) -> EventBatch:
-    """An event file as a batch, sorted by time (stable); actions must be in ``config``'s vocabulary."""
+    """An event file as a batch, sorted by time (stable); actions must be in ``config``'s vocabulary.
+
+    ``limit`` keeps at most that many events: the earliest of those in the first ``limit`` rows of each file.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; supported: {', '.join(FORMATS)}")
-    columns = {"taobao": _taobao, "retailrocket": _retailrocket, "nudge": _nudge}[fmt](Path(path), limit)
+    readers = {"taobao": _taobao, "retailrocket": _retailrocket, "yoochoose": _yoochoose, "jdata": _jdata,
+               "rees46": _rees46, "otto": _otto, "nudge": _nudge}
+    columns = readers[fmt](Path(path), limit)
     names = columns.pop("actions")
     vocab = {a: i for i, a in enumerate(config.actions)}
     missing = sorted(set(names) - set(vocab))
@@ -37,7 +56,7 @@ def load_events(path: str | Path, fmt: str, config: TenantConfig, limit: int | N
     ts = np.asarray(columns.pop("ts"), dtype=np.float64)
     order = np.argsort(ts, kind="stable")
     batch = EventBatch.build(actions=[vocab[n] for n in names], ts=ts, **columns)
-    return batch.take(order)
+    return batch.take(order[:limit])
 
 
 def _taobao(path: Path, limit: int | None) -> dict[str, list]:
@@ -73,30 +92,158 @@ def _retailrocket(path: Path, limit: int | None) -> dict[str, list]:
     return out
 
 
+def _iso_seconds(values: list[str], where: str) -> np.ndarray:
+    """Seconds since the epoch of UTC ``YYYY-MM-DD HH:MM:SS[.fraction]`` times (a `` UTC`` or ``Z`` suffix too)."""
+    try:
+        stamps = np.array([v.removesuffix(" UTC").removesuffix("Z") for v in values], dtype="datetime64[ns]")
+    except ValueError as exc:
+        raise ValueError(f"{where}: a time is not YYYY-MM-DD HH:MM:SS ({exc})") from None
+    missing = np.isnat(stamps)
+    if missing.any():
+        raise ValueError(f"{where}: {int(missing.sum())} rows have no time (the first is row "
+                         f"{int(np.argmax(missing)) + 1} of the file); every event needs one")
+    return stamps.astype(np.int64) / 1e9
+
+
+def _csv_rows(path: Path, need: tuple[str, ...], limit: int | None) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of a CSV file with a header that holds ``need``."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = sorted(set(need) - set(reader.fieldnames or ()))
+        if missing:
+            raise ValueError(f"{path}: the header lacks {missing}; expected the columns {list(need)}")
+        for n, row in enumerate(reader):
+            if limit is not None and n >= limit:
+                return
+            if None in row.values() or None in row:
+                raise ValueError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} columns")
+            yield reader.line_num, row
+
+
+def _yoochoose(path: Path, limit: int | None) -> dict[str, list]:
+    """RecSys 2015: ``clicks.csv`` (Session_ID,Timestamp,Item_ID,Category) and ``buys.csv`` beside it.
+
+    ``path`` is the folder or either file. Sessions are the only identity: each is a user.
+    """
+    folder = path if path.is_dir() else path.parent
+    out: dict[str, list] = {"user_ids": [], "actions": [], "ts": [], "item_ids": [], "categories": []}
+    for name, action, columns in (("clicks.csv", "view", ("Session_ID", "Timestamp", "Item_ID", "Category")),
+                                  ("buys.csv", "purchase", ("Session_ID", "Timestamp", "Item_ID"))):
+        file = folder / name
+        if not file.exists():
+            raise ValueError(f"{folder}: no {name}; a YooChoose folder holds clicks.csv and buys.csv")
+        times: list[str] = []
+        for line, row in _csv_rows(file, columns, limit):
+            if not row["Session_ID"].isdigit():
+                raise ValueError(f"{file}:{line}: Session_ID {row['Session_ID']!r} is not a number")
+            out["user_ids"].append(row["Session_ID"])
+            out["actions"].append(action)
+            out["item_ids"].append(row["Item_ID"] or None)
+            out["categories"].append(row.get("Category") or None)
+            times.append(row["Timestamp"])
+        out["ts"].extend(_iso_seconds(times, str(file)).tolist())
+    return out
+
+
+def _jdata(path: Path, limit: int | None) -> dict[str, list]:
+    """JD JData 2017 action files (user_id,sku_id,time,model_id,type,cate,brand): one file or a folder of them."""
+    files = sorted(path.glob("JData_Action_*.csv")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"{path}: no JData_Action_*.csv files")
+    out: dict[str, list] = {"user_ids": [], "actions": [], "ts": [], "item_ids": [], "categories": [],
+                            "tz_offset_min": []}
+    for file in files:
+        times: list[str] = []
+        for line, row in _csv_rows(file, ("user_id", "sku_id", "time", "type", "cate"), limit):
+            action = JDATA_ACTIONS.get(row["type"])
+            if action is None:
+                raise ValueError(f"{file}:{line}: unknown type {row['type']!r}; expected 1-6 "
+                                 "(browse, cart, remove, order, follow, click)")
+            user = row["user_id"].removesuffix(".0")
+            if not user.isdigit():
+                raise ValueError(f"{file}:{line}: user_id {row['user_id']!r} is not a number")
+            out["user_ids"].append(user)
+            out["actions"].append(action)
+            out["item_ids"].append(row["sku_id"] or None)
+            out["categories"].append(row["cate"] or None)
+            out["tz_offset_min"].append(JDATA_TZ_OFFSET_MIN)
+            times.append(row["time"])
+        out["ts"].extend((_iso_seconds(times, str(file)) - JDATA_TZ_OFFSET_MIN * 60.0).tolist())
+    return out
+
+
+def _rees46(path: Path, limit: int | None) -> dict[str, list]:
+    """REES46 (event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session)."""
+    out: dict[str, list] = {"user_ids": [], "actions": [], "ts": [], "item_ids": [], "categories": []}
+    times: list[str] = []
+    need = ("event_time", "event_type", "product_id", "category_id", "user_id")
+    for line, row in _csv_rows(path, need, limit):
+        action = REES46_ACTIONS.get(row["event_type"])
+        if action is None:
+            raise ValueError(f"{path}:{line}: unknown event_type {row['event_type']!r}; expected "
+                             f"{sorted(REES46_ACTIONS)}")
+        if not row["user_id"]:
+            raise ValueError(f"{path}:{line}: user_id is empty")
+        out["user_ids"].append(row["user_id"])
+        out["actions"].append(action)
+        out["item_ids"].append(row["product_id"] or None)
+        out["categories"].append(row["category_id"] or None)
+        times.append(row["event_time"])
+    out["ts"] = _iso_seconds(times, str(path))
+    return out
+
+
+def _otto(path: Path, limit: int | None) -> dict[str, list]:
+    """OTTO (RecSys 2022) JSON Lines: ``{"session", "events": [{"aid", "ts", "type"}]}``; ts in ms or s."""
+    out: dict[str, list] = {"user_ids": [], "actions": [], "ts": [], "item_ids": []}
+    for line, text in _json_lines(path, out, limit):
+        try:
+            session = json.loads(text)
+            user = str(int(session["session"]))
+            for event in session["events"]:
+                action = OTTO_ACTIONS[event["type"]]
+                out["ts"].append(float(event["ts"]))
+                out["item_ids"].append(str(int(event["aid"])))
+                out["actions"].append(action)
+                out["user_ids"].append(user)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{line}: not an OTTO session ({type(exc).__name__}: {exc}); expected "
+                             '{"session": N, "events": [{"aid": N, "ts": N, "type": "clicks|carts|orders"}]}') from None
+    ts = np.asarray(out["ts"])
+    # The published files count milliseconds; some re-exports count seconds.
+    out["ts"] = ts / 1000.0 if len(ts) and ts.max() > 1e11 else ts
+    return out
+
+
+def _json_lines(path: Path, out: dict[str, list], limit: int | None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the non-blank lines, until ``out`` holds ``limit`` events."""
+    with open(path) as fh:
+        for line, text in enumerate(fh, start=1):
+            if limit is not None and len(out["ts"]) >= limit:
+                return
+            if text.strip():
+                yield line, text
+
+
 def _nudge(path: Path, limit: int | None) -> dict[str, list]:
     out: dict[str, list] = {k: [] for k in ("user_ids", "actions", "ts", "item_ids", "categories", "queries",
                                             "device", "segment", "tz_offset_min")}
     devices = {d: i for i, d in enumerate(DEVICES)}
-    with open(path) as fh:
-        for line, text in enumerate(fh, start=1):
-            if limit is not None and len(out["ts"]) >= limit:
-                break
-            if not text.strip():
-                continue
-            try:
-                event = json.loads(text)
-                context = event.get("context") or {}
-                out["user_ids"].append(str(event["user_id"]))
-                out["actions"].append(event["action"])
-                out["ts"].append(float(event["ts"]))
-                out["device"].append(devices[context.get("device", "other")])
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ValueError(f"{path}:{line}: not a nudge event ({type(exc).__name__}: {exc})") from None
-            out["item_ids"].append(event.get("item_id"))
-            out["categories"].append(event.get("category"))
-            out["queries"].append(event.get("query"))
-            out["segment"].append(context.get("segment"))
-            out["tz_offset_min"].append(int(context.get("tz_offset_min", 0)))
+    for line, text in _json_lines(path, out, limit):
+        try:
+            event = json.loads(text)
+            context = event.get("context") or {}
+            out["user_ids"].append(str(event["user_id"]))
+            out["actions"].append(event["action"])
+            out["ts"].append(float(event["ts"]))
+            out["device"].append(devices[context.get("device", "other")])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}:{line}: not a nudge event ({type(exc).__name__}: {exc})") from None
+        out["item_ids"].append(event.get("item_id"))
+        out["categories"].append(event.get("category"))
+        out["queries"].append(event.get("query"))
+        out["segment"].append(context.get("segment"))
+        out["tz_offset_min"].append(int(context.get("tz_offset_min", 0)))
     return out
 
 
