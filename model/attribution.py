@@ -124,14 +124,19 @@ class Attribution:
             due = queue.pop_due(watermark)
             if due is None:
                 continue
-            rows = self.conv_row[due["user"]]
-            conv = np.where((rows >= 0)[:, None], self.conv_ts[np.maximum(rows, 0)] if self.converters else -np.inf, -np.inf)
-            ts = due["ts"][:, None]
-            # A conversion is not its own success; one at the same second as another action counts for it.
-            not_self = (conv > ts) | ((conv == ts) & (due["action"] != conversion_code)[:, None])
-            success = (not_self & (conv <= ts + queue.horizon_s)).any(axis=1)
+            success = self.converted_within(due["user"], due["ts"], due["action"], queue.horizon_s, conversion_code)
             out[queue.horizon_s] = Resolved(**due, deadline=due["ts"] + queue.horizon_s, success=success)
         return out
+
+    def converted_within(self, user, ts, action, horizon_s: float, conversion_code: int) -> np.ndarray:
+        """Whether each (user, ts, action) was followed by the user's conversion within ``horizon_s``."""
+        known = user < len(self.conv_row)
+        rows = np.where(known, self.conv_row[np.where(known, user, 0)] if len(self.conv_row) else -1, -1)
+        conv = np.where((rows >= 0)[:, None], self.conv_ts[np.maximum(rows, 0)] if self.converters else -np.inf, -np.inf)
+        ts = np.asarray(ts)[:, None]
+        # A conversion is not its own success; one at the same second as another action counts for it.
+        not_self = (conv > ts) | ((conv == ts) & (np.asarray(action) != conversion_code)[:, None])
+        return (not_self & (conv <= ts + horizon_s)).any(axis=1)
 
     def erase(self, user: int) -> None:
         """Drop a user's pending actions and conversion times."""

@@ -1,20 +1,27 @@
-"""The Action Weighting Engine: one tenant's posteriors, Markov chain and user windows."""
+"""The Action Weighting Engine: one tenant's posteriors, Markov chain, user windows and state, and the learned
+score that combines them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 import kernels
 
+from ._rings import plan_ring_append
 from .attribution import Attribution, Resolved
 from .catalog import ItemCatalog
+from .combiner import ExampleQueue, OnlineLogit
 from .config import TenantConfig
 from .contexts import OTHER_DEVICE, context_codes, context_parts, n_contexts
 from .events import EventBatch
+from .item_rates import CATEGORY_BUCKETS, ITEM_BUCKETS, HashedRates
 from .markov import MarkovChain
 from .posteriors import Evidence, beta_mean, prior_params, shrunk_rate, transition_lift
+from .score_features import HEURISTIC, ScoreFeatures, log_odds, session_item_features
 from .sequences import category_buckets
+from .user_state import UserState
 from .windows import UserWindows
 
 # The Predictive Engagement Module's two horizons: conversion within 5 and within 60 minutes.
@@ -23,17 +30,59 @@ SCORE_MODES = ("thompson", "mean", "prior")
 # Before any evidence, a conversion within the horizon is taken to be rare, as it is in e-commerce: a fresh
 # tenant must not predict that every visitor is about to buy.
 BASE_CONVERSION_RATE = 0.05
+# The learned predictions, and the feature each one starts from (its heuristic) before any outcome.
+ROLES = {"score": HEURISTIC, "purchase_5m": "markov_5m", "purchase_60m": "markov_60m"}
+# Tenant-wide knowledge that features read (posteriors, lifts, the chain's rates, item and category shares)
+# and the learned predictions move only at ticks of event time, so what an event sees does not depend on how
+# the stream was batched.
+TICK_S = 300.0
 
 
 @dataclass(frozen=True)
 class Scores:
-    """Per scored user: engagement score, next-action distribution, P(conversion in 5 / 60 min)."""
+    """Per scored user: the engagement score (posterior mean of P(conversion within the tenant's horizon))
+    and a Thompson draw of it, the next-action distribution, P(conversion in 5 / 60 min)."""
 
     score: np.ndarray
+    score_draw: np.ndarray
     next_probs: np.ndarray
     purchase_5m: np.ndarray
     purchase_60m: np.ndarray
     known: np.ndarray
+    features: np.ndarray  # [B, d] the users' state now, as the learned predictions and the Transformer read it
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Per applied event (batch order): the score's features just after it, and each learned prediction
+    as serving would have answered then."""
+
+    features: np.ndarray
+    predictions: dict[str, np.ndarray]
+
+
+class _Window(NamedTuple):
+    """Users' windows gathered once per scoring batch, for every feature that reads them."""
+
+    actions: np.ndarray
+    ts: np.ndarray
+    lengths: np.ndarray
+    items: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """The tenant-wide tables features read, as of the last tick."""
+
+    alpha: np.ndarray  # [contexts, actions]
+    beta: np.ndarray
+    lift: np.ndarray  # [actions, actions]
+    prior_mean: np.ndarray  # [actions]
+    conversion: tuple[tuple[np.ndarray, float], ...]  # per horizon index: pair rates [actions + 1, actions], overall
+
+    @property
+    def theta(self) -> np.ndarray:
+        return beta_mean(self.alpha, self.beta)
 
 
 class Engine:
@@ -54,6 +103,17 @@ class Engine:
         self.transition_evidence = Evidence((len(self.horizons_s), n_actions + 1, n_actions))
         self.markov = MarkovChain(n_actions)
         self.catalog = ItemCatalog(config.session_gap_s)
+        self.user_state = UserState(n_actions, config.conversion_code, config.session_gap_s)
+        self.items = HashedRates(ITEM_BUCKETS, config.forget_half_life_s)
+        self.categories = HashedRates(CATEGORY_BUCKETS, config.forget_half_life_s)
+        self.features = ScoreFeatures(config.actions)
+        self.role_horizons = {"score": config.horizon_s, "purchase_5m": PREDICT_HORIZONS_S[0],
+                              "purchase_60m": PREDICT_HORIZONS_S[1]}
+        self.examples = {h: ExampleQueue(h, self.features.width) for h in sorted(set(self.role_horizons.values()))}
+        self.combiners = {
+            role: OnlineLogit(self.features.prior_mean(anchor), self.features.prior_sd(), config.forget_half_life_s)
+            for role, anchor in ROLES.items()
+        }
         # A GPU backend keeps what the kernels read on the device; NumPy reads the host arrays (and
         # needs no torch, so the device module is imported only here).
         self.device_state = None
@@ -62,21 +122,76 @@ class Engine:
 
             self.device_state = DeviceState(config.window_size, kernels.compute_device())
         self.clock_s = -np.inf
+        self.tick = -np.inf  # index of the last tick (floor(clock / TICK_S)) the tables were refreshed at
+        self._evidence_changed = False  # since the tables were last frozen
         self.applied_seq = 0
         self.draws = 0
         self.events_applied = 0
         self.late_events = 0  # arrived behind the watermark: in windows and the chain, not attributed
+        self.tables = self._freeze_tables()
 
     # ---- ingest -------------------------------------------------------------------------------
 
     def apply(self, batch: EventBatch, seqs: np.ndarray | None = None) -> int:
         """Apply events in order; rows whose log sequence number was applied already are skipped."""
+        observed = self._apply(batch, seqs, predict=False)
+        return len(observed.features)
+
+    def observe(self, batch: EventBatch) -> Observed:
+        """Apply events and return, per event, the score's features just after it and the learned predictions
+        that serving would have answered for its user right then (for offline replay and training)."""
+        return self._apply(batch, None, predict=True)
+
+    def _apply(self, batch: EventBatch, seqs: np.ndarray | None, predict: bool) -> Observed:
         if seqs is not None:
             fresh = seqs > self.applied_seq
             if not fresh.all():
                 batch, seqs = batch.take(fresh), seqs[fresh]
-        if not len(batch):
-            return 0
+        parts: list[Observed] = []
+        # A tick falls where the newest event time enters a new TICK_S interval: the batch is applied in
+        # segments between ticks, each reading the tables of the tick before it.
+        newest = np.maximum.accumulate(np.r_[self.clock_s, batch.ts])[1:]
+        ticks = np.floor(newest / TICK_S)
+        starts = np.flatnonzero(np.r_[True, ticks[1:] != ticks[:-1]]) if len(batch) else np.zeros(0, np.int64)
+        for lo, hi in zip(starts, np.r_[starts[1:], len(batch)]):
+            if ticks[lo] > self.tick:
+                self._tick(ticks[lo])
+            parts.append(self._apply_segment(batch.take(slice(lo, hi)), predict))
+        if seqs is not None and len(seqs):
+            self.applied_seq = int(seqs.max())
+        if not parts:
+            return Observed(np.zeros((0, self.features.width), np.float32), {r: np.zeros(0) for r in ROLES} if predict else {})
+        return Observed(np.concatenate([p.features for p in parts]),
+                        {r: np.concatenate([p.predictions[r] for p in parts]) for r in parts[0].predictions})
+
+    def _tick(self, tick: float) -> None:
+        """Fold what was learned since the last tick into what features and predictions read."""
+        watermark = self.clock_s - self.config.allowed_lateness_s
+        if np.isfinite(self.clock_s):
+            for horizon_s, queue in self.examples.items():
+                due = queue.resolve(watermark, self.clock_s)
+                queue.adapt()
+                if due is None:
+                    continue
+                converted = self.attribution.converted_within(
+                    due["user"], due["ts"], due["action"], horizon_s, self.config.conversion_code)
+                for role, combiner in self.combiners.items():
+                    if self.role_horizons[role] == horizon_s:
+                        combiner.update(due["x"], converted, due["weight"], self.clock_s)
+            self.items.fold(self.clock_s)
+            self.categories.fold(self.clock_s)
+        if self._evidence_changed or not np.isfinite(self.tick):
+            self.tables = self._freeze_tables()
+            self._evidence_changed = False
+            self._push_tables_to_device()
+        self.tick = tick
+
+    def _freeze_tables(self) -> _Tables:
+        alpha, beta = self.posterior()
+        return _Tables(alpha, beta, self.lift(), beta_mean(self.prior_alpha, self.prior_beta),
+                       tuple(self._conversion_table(h) for h in range(len(self.horizons_s))))
+
+    def _apply_segment(self, batch: EventBatch, predict: bool) -> Observed:
         cfg = self.config
         # Each event's watermark is the newest time seen before it, less the allowed lateness. It
         # does not depend on how the stream was batched, so neither does attribution.
@@ -84,28 +199,86 @@ class Engine:
         on_time = batch.ts >= newest_before - cfg.allowed_lateness_s
         self._advance_clock(float(batch.ts.max()))
         ctx = context_codes(batch.device, batch.ts, batch.tz_offset_min, batch.segment)
+        item_keys, category_keys = self.items.keys(batch.item_ids), self.categories.keys(batch.categories)
         users = self.windows.lookup(batch.user_ids, create=True)
-        prev_action, prev_ts = self.windows.push(users, batch.actions, batch.ts, ctx, category_buckets(batch.categories))
+        prev_action, prev_ts = self.windows.push(users, batch.actions, batch.ts, ctx,
+                                                 category_buckets(batch.categories), item_keys)
         in_session = (prev_action >= 0) & (np.abs(batch.ts - prev_ts) <= cfg.session_gap_s)
         prev = np.where(in_session, prev_action, self.n_actions)
+        x = self._event_features(batch, users, ctx, prev, item_keys, category_keys)
+        predictions = {role: c.predict(x) for role, c in self.combiners.items()} if predict else {}
         self.markov.add(prev, batch.actions, self._weight_at(batch.ts))
         self.late_events += int((~on_time).sum())
         a = on_time
-        self.attribution.add(users[a], batch.ts[a], batch.actions[a], prev[a], ctx[a], batch.actions[a] == cfg.conversion_code)
+        for queue in self.examples.values():
+            queue.push(users[a], batch.ts[a], batch.actions[a], x[a])
+        converted = batch.actions == cfg.conversion_code
+        self.attribution.add(users[a], batch.ts[a], batch.actions[a], prev[a], ctx[a], converted[a])
         self._learn(self.attribution.sweep(self.clock_s - cfg.allowed_lateness_s, cfg.conversion_code))
-        if seqs is not None:
-            self.applied_seq = int(seqs.max())
+        self.items.add(item_keys, converted, batch.ts)
+        self.categories.add(category_keys, converted, batch.ts)
         self.events_applied += len(batch)
         self.catalog.observe(batch)
-        self._push_to_device(np.unique(users))
-        return len(batch)
+        self._push_users_to_device(np.unique(users))
+        return Observed(x, predictions)
 
-    def _push_to_device(self, users: np.ndarray) -> None:
-        if self.device_state is None:
-            return
-        self.device_state.push_users(self.windows, users)
-        alpha, beta = self.posterior()
-        self.device_state.push_tables(alpha, beta, self.lift(), beta_mean(self.prior_alpha, self.prior_beta))
+    def _event_features(self, batch: EventBatch, users, ctx, prev, item_keys, category_keys) -> np.ndarray:
+        """The score's features just after each event (tenant-wide parts as of the last tick)."""
+        state, item_keys, category_keys = self.user_state.push(users, batch.actions, batch.ts, item_keys,
+                                                               category_keys)
+        theta = self.tables.theta
+        learned, heuristic, session_items = self._window_scores_at_events(users, batch.ts, theta[ctx].astype(np.float32))
+        cur = batch.actions.astype(np.int64)
+        return self.features.assemble(
+            seq_learned=learned,
+            seq_prior=heuristic,
+            context_weight=theta[ctx, cur],
+            markov=self._markov_rates(prev, cur),
+            last_action=cur,
+            state=state,
+            item=self.items.rates(item_keys),
+            category=self.categories.rates(category_keys),
+            session_items=session_items,
+        )
+
+    def _window_scores_at_events(self, users: np.ndarray, ts: np.ndarray, theta: np.ndarray):
+        """Windowed sequence scores (learned weights with lifts; heuristic weights without) and the session's
+        item features, just after each event."""
+        actions, times, lengths = self.windows.gather(users)
+        # The windows hold the whole segment: events of the same user later in it are cut off.
+        plan = plan_ring_append(users)
+        later = np.empty(len(users), np.int64)
+        later[plan.order] = np.repeat(plan.counts, plan.counts) - 1 - plan.rank
+        lengths = np.maximum(lengths - later, 0).astype(np.int32)
+        ages = np.maximum(ts[:, None] - times, 0.0).astype(np.float32)
+        half_life = self.config.recency_half_life_s
+        tables = self.tables
+        learned = kernels.sequence_scores(actions, ages, lengths, theta, tables.lift.astype(np.float32),
+                                          half_life_s=half_life, backend="numpy")
+        prior = np.broadcast_to(tables.prior_mean, theta.shape).astype(np.float32)
+        heuristic = kernels.sequence_scores(actions, ages, lengths, prior, np.ones_like(tables.lift, np.float32),
+                                            half_life_s=half_life, backend="numpy")
+        items = self.windows.gather_ring(users, "item")
+        session = session_item_features(actions, times, items, lengths, self.config.session_gap_s,
+                                        self.config.conversion_code)
+        return np.asarray(learned), np.asarray(heuristic), session
+
+    def _markov_rates(self, prev: np.ndarray, cur: np.ndarray) -> dict[str, np.ndarray]:
+        """The chain's conversion rates after prev -> cur, for the tenant's, the 5- and the 60-minute horizons."""
+        out = {}
+        for name, h in (("horizon", 0), ("5m", 1), ("60m", 2)):
+            pair, overall = self.tables.conversion[h]
+            out[name] = np.where(cur >= 0, pair[prev, np.maximum(cur, 0)], overall)
+        return out
+
+    def _push_users_to_device(self, users: np.ndarray) -> None:
+        if self.device_state is not None:
+            self.device_state.push_users(self.windows, users)
+
+    def _push_tables_to_device(self) -> None:
+        if self.device_state is not None:
+            t = self.tables
+            self.device_state.push_tables(t.alpha, t.beta, t.lift, t.prior_mean)
 
     def _advance_clock(self, ts_max: float) -> None:
         if ts_max <= self.clock_s:
@@ -127,6 +300,7 @@ class Engine:
             if r is None:
                 continue
             w = self._weight_at(r.deadline)
+            self._evidence_changed = True
             if h == 0:
                 self.context_evidence.add((r.ctx, r.action), r.success, w)
             self.transition_evidence.add((np.full(len(r), h), r.prev, r.action), r.success, w)
@@ -150,45 +324,91 @@ class Engine:
         n = self.n_actions
         return transition_lift(ev.success[0, :n], ev.failure[0, :n], action_mean, self.config.prior_strength)
 
-    def _conversion_rates(self, h: int, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
-        """P(conversion within horizon h | prev -> cur), shrunk to the action's, then the overall rate."""
+    def _conversion_table(self, h: int) -> tuple[np.ndarray, float]:
+        """P(conversion within horizon h | prev -> cur) [prev, cur], shrunk to the action's, then the overall
+        rate; and the overall rate (for users without a last action)."""
         s, f = self.transition_evidence.success[h], self.transition_evidence.failure[h]
         k = self.config.prior_strength
         overall = (s.sum() + BASE_CONVERSION_RATE * k) / (s.sum() + f.sum() + k)
         action = shrunk_rate(s.sum(axis=0), f.sum(axis=0), overall, k)
-        pair = shrunk_rate(s, f, action[None, :], k)
-        return np.where(cur >= 0, pair[prev, np.maximum(cur, 0)], overall)
+        return shrunk_rate(s, f, action[None, :], k), float(overall)
 
     # ---- scoring ------------------------------------------------------------------------------
 
-    def score(self, user_ids, now_s: float, *, mode: str = "thompson", use_lift: bool = True) -> Scores:
-        """Score users at time ``now_s``; unknown users have empty windows and score from priors."""
+    def score(self, user_ids, now_s: float, *, draw: bool = True) -> Scores:
+        """Score users at ``now_s``: the learned predictions (posterior means), and with ``draw`` a Thompson draw
+        of the score for what decides signals; unknown users score from priors."""
+        users = self.windows.lookup(user_ids, create=False)
+        windows = _Window(*self.windows.gather(users), self.windows.gather_ring(users, "item"))
+        x = self.current_features(users, now_s, windows)
+        score = self.combiners["score"].predict(x)
+        score_draw = score
+        if draw:
+            drawn = x.copy()
+            default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0))
+            drawn[:, self.features.index["seq_learned"]] = log_odds(
+                self._sequence_scores(users, now_s, default_ctx, "thompson", True, windows))
+            rng = np.random.default_rng([self.config.seed, self.draws])
+            score_draw = self.combiners["score"].draw(drawn, rng)
+        cur, _, last_ts, _, lengths = self.windows.last_two(users)
+        active = (lengths > 0) & (now_s - last_ts <= self.config.session_gap_s)
+        markov_row = np.where(active, cur, self.markov.start)
+        return Scores(
+            score=score,
+            score_draw=score_draw,
+            next_probs=self.markov.probabilities()[markov_row],
+            purchase_5m=self.combiners["purchase_5m"].predict(x),
+            purchase_60m=self.combiners["purchase_60m"].predict(x),
+            known=users >= 0,
+            features=x,
+        )
+
+    def current_features(self, users: np.ndarray, now_s: float, windows: "_Window | None" = None) -> np.ndarray:
+        """The score's features of ``users`` (dense indexes, -1 unknown) read at ``now_s``."""
+        if windows is None:
+            windows = _Window(*self.windows.gather(users), self.windows.gather_ring(users, "item"))
+        cur, before, last_ts, before_ts, _ = self.windows.last_two(users)
+        in_session = (before >= 0) & (np.abs(last_ts - before_ts) <= self.config.session_gap_s)
+        pair_prev = np.where(in_session, before, self.n_actions)
+        default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0))
+        ctx = self.windows.last_context(users, default_ctx)
+        known = users >= 0
+        items = np.zeros(len(users), np.int32)
+        categories = np.zeros(len(users), np.int32)
+        if known.any():
+            items[known] = self.user_state.last_item[users[known]]
+            categories[known] = self.user_state.last_category[users[known]]
+        return self.features.assemble(
+            seq_learned=self._sequence_scores(users, now_s, default_ctx, "mean", True, windows),
+            seq_prior=self._sequence_scores(users, now_s, default_ctx, "prior", False, windows),
+            context_weight=self.tables.theta[ctx, np.maximum(cur, 0)],
+            markov=self._markov_rates(pair_prev, cur),
+            last_action=cur.astype(np.int64),
+            state=self.user_state.features(users, now_s),
+            item=self.items.rates(items),
+            category=self.categories.rates(categories),
+            session_items=session_item_features(windows.actions, windows.ts, windows.items, windows.lengths,
+                                                self.config.session_gap_s, self.config.conversion_code),
+        )
+
+    def sequence_score(self, user_ids, now_s: float, *, mode: str = "thompson", use_lift: bool = True) -> np.ndarray:
+        """The seed's windowed sequence score, a component of the learned score: Thompson draws, posterior
+        means or the heuristic priors as the action weights."""
         if mode not in SCORE_MODES:
             raise ValueError(f"mode must be one of {SCORE_MODES}, got {mode!r}")
         users = self.windows.lookup(user_ids, create=False)
         default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0))
-        if self.device_state is None:
-            scores = self._sequence_scores_host(users, now_s, default_ctx, mode, use_lift)
-        else:
-            scores = self._sequence_scores_device(users, now_s, default_ctx, mode, use_lift)
-        n = self.n_actions
-        cur, before, last_ts, before_ts, lengths = self.windows.last_two(users)
-        active = (lengths > 0) & (now_s - last_ts <= self.config.session_gap_s)
-        markov_row = np.where(active, cur, self.markov.start)
-        pair_prev = np.where((before >= 0) & (np.abs(last_ts - before_ts) <= self.config.session_gap_s), before, n)
-        return Scores(
-            score=scores,
-            next_probs=self.markov.probabilities()[markov_row],
-            purchase_5m=self._conversion_rates(1, pair_prev, cur),
-            purchase_60m=self._conversion_rates(2, pair_prev, cur),
-            known=users >= 0,
-        )
+        return self._sequence_scores(users, now_s, default_ctx, mode, use_lift)
 
-    def _sequence_scores_host(self, users, now_s, default_ctx, mode, use_lift) -> np.ndarray:
-        actions, ts, lengths = self.windows.gather(users)
+    def _sequence_scores(self, users, now_s, default_ctx, mode, use_lift, windows=None) -> np.ndarray:
+        if self.device_state is None:
+            return self._sequence_scores_host(users, now_s, default_ctx, mode, use_lift, windows)
+        return self._sequence_scores_device(users, now_s, default_ctx, mode, use_lift)
+
+    def _sequence_scores_host(self, users, now_s, default_ctx, mode, use_lift, windows=None) -> np.ndarray:
+        actions, ts, lengths = self.windows.gather(users) if windows is None else windows[:3]
         theta = self._theta(self.windows.last_context(users, default_ctx), mode)
-        n = self.n_actions
-        lift = self.lift() if use_lift else np.ones((n, n))
+        lift = self.tables.lift if use_lift else np.ones_like(self.tables.lift)
         ages = np.maximum(now_s - ts, 0.0).astype(np.float32)
         return np.asarray(kernels.sequence_scores(
             actions, ages, lengths, theta, lift.astype(np.float32),
@@ -198,7 +418,7 @@ class Engine:
     def _sequence_scores_device(self, users, now_s, default_ctx, mode, use_lift) -> np.ndarray:
         ds = self.device_state
         if ds.alpha is None:
-            self._push_to_device(np.zeros(0, np.int64))
+            self._push_tables_to_device()
         actions, ages, lengths, ctx = ds.gather(users, now_s, default_ctx)
         if mode == "prior":
             theta = ds.prior_mean.expand(len(users), -1).contiguous()
@@ -216,12 +436,10 @@ class Engine:
         return scores.cpu().numpy()
 
     def _theta(self, ctx: np.ndarray, mode: str) -> np.ndarray:
+        tables = self.tables
         if mode == "prior":
-            return np.broadcast_to(beta_mean(self.prior_alpha, self.prior_beta), (len(ctx), self.n_actions)).astype(
-                np.float32
-            )
-        alpha, beta = self.posterior()
-        alpha, beta = alpha[ctx], beta[ctx]
+            return np.broadcast_to(tables.prior_mean, (len(ctx), self.n_actions)).astype(np.float32)
+        alpha, beta = tables.alpha[ctx], tables.beta[ctx]
         if mode == "mean":
             return beta_mean(alpha, beta).astype(np.float32)
         self.draws += 1
@@ -230,25 +448,12 @@ class Engine:
         )
 
     def window_features(self, users: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """The next-action Transformer's inputs for ``users`` (dense indexes): [B, K] columns, lengths [B].
+        """The next-action Transformer's event tokens for ``users`` (dense indexes): [B, K] columns, lengths [B].
 
-        The score input of an event is the engagement score its user had just before it (posterior
-        means with lifts, as in training), recomputed from the window with today's posteriors.
+        The model also reads each user's state (:meth:`current_features`), which :meth:`score` returns.
         """
-        actions, ts, lengths = self.windows.gather(users)
+        actions, _, lengths = self.windows.gather(users)
         feats = self.windows.gather_features(users)
-        batch, k = actions.shape
-        # Row (b, j) scores the first j events of user b's window as seen at the time of event j.
-        rows_actions = np.repeat(actions, k, axis=0)
-        ages = np.maximum(ts[:, :, None] - ts[:, None, :], 0.0).reshape(batch * k, k).astype(np.float32)
-        prefix = np.minimum(np.tile(np.arange(k, dtype=np.int32), batch), np.repeat(lengths, k))
-        prev_ctx = np.concatenate([feats["ctx"][:, :1], feats["ctx"][:, :-1]], axis=1).reshape(-1)
-        alpha, beta = self.posterior()
-        theta = beta_mean(alpha, beta)[prev_ctx].astype(np.float32)
-        before = np.asarray(kernels.sequence_scores(
-            rows_actions, ages, prefix, theta, self.lift().astype(np.float32),
-            half_life_s=self.config.recency_half_life_s, backend=self.backend,
-        )).reshape(batch, k)
         _, device, daypart = context_parts(feats["ctx"])
         tokens = {
             "action": actions.astype(np.int64),
@@ -256,7 +461,6 @@ class Engine:
             "device": device.astype(np.int64),
             "daypart": daypart.astype(np.int64),
             "category": feats["category"].astype(np.int64),
-            "score": before,
         }
         return tokens, lengths
 
@@ -277,8 +481,11 @@ class Engine:
         if idx is None:
             return False
         self.attribution.erase(idx)
+        self.user_state.erase(idx)
+        for queue in self.examples.values():
+            queue.drop_user(idx)
         self.catalog.erase(user_id)
-        self._push_to_device(np.array([idx]))
+        self._push_users_to_device(np.array([idx]))
         return True
 
     # ---- snapshots ----------------------------------------------------------------------------
@@ -288,6 +495,18 @@ class Engine:
         state = {f"windows.{k}": v for k, v in self.windows.state_dict().items()}
         state.update({f"attribution.{k}": v for k, v in self.attribution.state_dict().items()})
         state.update({f"catalog.{k}": v for k, v in self.catalog.state_dict().items()})
+        state.update({f"user_state.{k}": v for k, v in self.user_state.state_dict(len(self.windows.ids)).items()})
+        state.update({f"items.{k}": v for k, v in self.items.state_dict().items()})
+        state.update({f"categories.{k}": v for k, v in self.categories.state_dict().items()})
+        for horizon_s, queue in self.examples.items():
+            state.update(queue.state_dict(f"examples.{horizon_s:g}"))
+        for role, combiner in self.combiners.items():
+            state.update(combiner.state_dict(f"combiner.{role}"))
+        t = self.tables
+        state.update({"tables.alpha": t.alpha.copy(), "tables.beta": t.beta.copy(), "tables.lift": t.lift.copy(),
+                      "tables.prior_mean": t.prior_mean.copy(),
+                      "tables.conversion_pair": np.stack([pair for pair, _ in t.conversion]),
+                      "tables.conversion_overall": np.array([overall for _, overall in t.conversion])})
         state.update(
             {
                 "context.success": self.context_evidence.success.copy(),
@@ -296,7 +515,8 @@ class Engine:
                 "transition.failure": self.transition_evidence.failure.copy(),
                 "markov.counts": self.markov.counts.copy(),
                 "scalars": np.array(
-                    [self.clock_s, self.applied_seq, self.draws, self.events_applied, self.late_events], np.float64
+                    [self.clock_s, self.applied_seq, self.draws, self.events_applied, self.late_events, self.tick],
+                    np.float64,
                 ),
             }
         )
@@ -307,12 +527,24 @@ class Engine:
         self.windows.load_state({k[8:]: v for k, v in state.items() if k.startswith("windows.")})
         self.attribution.load_state({k[12:]: v for k, v in state.items() if k.startswith("attribution.")})
         self.catalog.load_state({k[8:]: v for k, v in state.items() if k.startswith("catalog.")})
+        self.user_state.load_state({k[11:]: v for k, v in state.items() if k.startswith("user_state.")})
+        self.items.load_state({k[6:]: v for k, v in state.items() if k.startswith("items.")})
+        self.categories.load_state({k[11:]: v for k, v in state.items() if k.startswith("categories.")})
+        for horizon_s, queue in self.examples.items():
+            queue.load_state(state, f"examples.{horizon_s:g}")
+        for role, combiner in self.combiners.items():
+            combiner.load_state(state, f"combiner.{role}")
         self.context_evidence.success = state["context.success"].copy()
         self.context_evidence.failure = state["context.failure"].copy()
         self.transition_evidence.success = state["transition.success"].copy()
         self.transition_evidence.failure = state["transition.failure"].copy()
         self.markov.counts = state["markov.counts"].copy()
-        clock, seq, draws, applied, late = state["scalars"]
+        clock, seq, draws, applied, late, tick = state["scalars"]
         self.clock_s, self.applied_seq, self.draws = float(clock), int(seq), int(draws)
-        self.events_applied, self.late_events = int(applied), int(late)
-        self._push_to_device(np.arange(len(self.windows.ids)))
+        self.events_applied, self.late_events, self.tick = int(applied), int(late), float(tick)
+        self.tables = _Tables(state["tables.alpha"].copy(), state["tables.beta"].copy(), state["tables.lift"].copy(),
+                              state["tables.prior_mean"].copy(),
+                              tuple((pair.copy(), float(overall)) for pair, overall in
+                                    zip(state["tables.conversion_pair"], state["tables.conversion_overall"])))
+        self._push_users_to_device(np.arange(len(self.windows.ids)))
+        self._push_tables_to_device()

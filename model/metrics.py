@@ -1,8 +1,9 @@
-"""Prediction metrics: next-action log-loss and top-1, conversion AUC, with censored events left out."""
+"""Prediction metrics: next-action log-loss and top-1, conversion AUC and calibration, censored events left out."""
 from __future__ import annotations
 
 import numpy as np
 
+from .evaluation_stats import binary_metrics
 from .replay import auc
 from .sequences import HORIZONS_S, Sequences
 
@@ -26,4 +27,7 @@ def prediction_metrics(
         out[f"{name}_auc"] = auc(conv[h][seen], seq.conv[h][seen] == 1)
         out[f"{name}_positives"] = int((seq.conv[h][seen] == 1).sum())
         out[f"{name}_censored"] = int((rows & (seq.conv[h] < 0)).sum())
+        calibration = binary_metrics(np.clip(conv[h][seen], 0.0, 1.0), seq.conv[h][seen] == 1)
+        for metric in ("logloss", "brier", "ece", "calibration_slope", "mean_predicted", "observed_rate"):
+            out[f"{name}_{metric}"] = calibration[metric]
     return out

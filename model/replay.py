@@ -1,31 +1,36 @@
-"""Offline replay: feed an event file through the engine in event-time order and measure it.
+"""Offline replay: feed an event file through the engine in log order and measure what it predicted.
 
-Prequential: just before each event, the acting user is scored with everything seen so far; the
-label is whether that user converts within 5 / 60 minutes after the event. Events whose horizon
-runs past the end of the data are left out of that horizon's metrics (censored).
+Prequential: every event is applied as serving would apply it, and the user is scored just after it with
+everything known at that moment; the label is whether that user converts within 5 (60) minutes after the
+event. Events whose horizon runs past the end of the data are left out of that horizon (censored).
+
+Beside the learned score, the report prints the baselines it has to beat, computed on the same events:
+the heuristic weights alone, the user's purchases so far, the user's events in the last 30 minutes and a
+logistic regression on simple counts refitted prequentially. Intervals come from a paired bootstrap over
+users (events of one user are not independent).
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy.stats import rankdata
 
 from .config import TenantConfig
+from .count_baselines import events_last_30m, prequential_logistic, purchases_so_far, simple_counts
 from .engine import PREDICT_HORIZONS_S, Engine
+from .evaluation_stats import binary_metrics, user_bootstrap
 from .events import EventBatch
+from .score_features import HEURISTIC
 from .sequences import next_conversion_delay
 
-
-# name -> (theta mode, sequence lift); "full" is the engine as served.
-VARIANTS = {
-    "full": ("thompson", True),
-    "heuristic_weights": ("prior", False),
-    "posterior_mean": ("mean", True),
-    "no_sequence_lift": ("thompson", False),
-}
+HORIZONS = {"5m": PREDICT_HORIZONS_S[0], "60m": PREDICT_HORIZONS_S[1]}
+BASELINES = ("heuristic_weights", "purchases_so_far", "events_last_30m", "logistic_counts")
+# Predictors that are probabilities (calibration metrics mean something for them).
+PROBABILITIES = ("score", "purchase_5m", "purchase_60m", "markov", "heuristic_weights", "logistic_counts")
 
 
 def conversion_labels(batch: EventBatch, conversion: int, horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -45,94 +50,134 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def auc_interval(a: float, labels: np.ndarray) -> tuple[float, float]:
-    """95 % interval of an AUC by Hanley and McNeil's standard error."""
-    pos, neg = int(labels.sum()), int(len(labels) - labels.sum())
-    if not np.isfinite(a) or pos == 0 or neg == 0:
-        return float("nan"), float("nan")
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    se = np.sqrt((a * (1 - a) + (pos - 1) * (q1 - a * a) + (neg - 1) * (q2 - a * a)) / (pos * neg))
-    return float(a - 1.96 * se), float(a + 1.96 * se)
-
-
 @dataclass(frozen=True)
 class ReplayReport:
+    """What a replay measured: one row per predictor, and the served score against each baseline."""
+
     events: int
     users: int
     seconds: float
     rows: list[dict[str, Any]]
+    comparisons: list[dict[str, Any]]
+    labels: dict[str, dict[str, int]]
     weights: dict[str, float]
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     def table(self) -> str:
-        head = "| predictor | AUC 5 min (95 % CI) | AUC 60 min (95 % CI) |\n|---|---|---|"
-
-        def cell(row: dict[str, Any], key: str) -> str:
-            value = row[key]
-            if not isinstance(value, float):
-                return str(value)
-            lo, hi = row.get(f"{key}_ci95", (float("nan"),) * 2)
+        """Markdown: AUC with user-bootstrap intervals, calibration, and the score's margin over each baseline."""
+        def ci(row, key):
+            value = row.get(key)
+            if value is None or not np.isfinite(value):
+                return "–"
+            lo, hi = row[f"{key}_ci"]
             return f"{value:.4f} ({lo:.3f}–{hi:.3f})"
 
-        lines = [f"| {r['predictor']} | {cell(r, 'auc_5m')} | {cell(r, 'auc_60m')} |" for r in self.rows]
-        return "\n".join([head, *lines])
+        lines = ["| predictor | AUC 5 min (95 % CI) | AUC 60 min (95 % CI) |", "|---|---|---|"]
+        lines += [f"| {r['predictor']} | {ci(r, 'auc_5m')} | {ci(r, 'auc_60m')} |" for r in self.rows]
+        lines += ["", "| predictor | horizon | log-loss | Brier | ECE | calibration slope | mean predicted | observed |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            for h in HORIZONS:
+                if r.get(f"logloss_{h}") is None:
+                    continue
+                cells = [f"{r[f'{m}_{h}']:.4f}" for m in ("logloss", "brier", "ece", "calibration_slope",
+                                                           "mean_predicted", "observed_rate")]
+                lines.append(f"| {r['predictor']} | {h} | " + " | ".join(cells) + " |")
+        lines += ["", "| score minus | AUC 5 min (95 % CI) | AUC 60 min (95 % CI) |", "|---|---|---|"]
+        for c in self.comparisons:
+            cells = []
+            for h in HORIZONS:
+                d = c.get(f"diff_{h}")
+                cells.append("–" if d is None or not np.isfinite(d) else
+                             f"{d:+.4f} ({c[f'diff_{h}_ci'][0]:+.3f}–{c[f'diff_{h}_ci'][1]:+.3f})")
+            lines.append(f"| {c['baseline']} | " + " | ".join(cells) + " |")
+        counts = ", ".join(f"{h}: {v['scored']} scored, {v['positives']} positive" for h, v in self.labels.items())
+        return "\n".join(lines + ["", f"events per horizon: {counts}"])
 
 
-def prequential_scores(
-    batch: EventBatch, config: TenantConfig, variants: dict[str, tuple[str, bool]], *, chunk_s: float = 1.0
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-    """Score each event's user just before the event, per variant; also the Markov estimates and history flag."""
+def prequential(batch: EventBatch, config: TenantConfig, progress: Callable[[int, int], None] | None = None):
+    """Apply ``batch`` (time-sorted) to a fresh engine; per event, the score's features and the learned
+    predictions just after it. Returns (engine, features [n, d], predictions {role: [n]})."""
     engine = Engine(config)
     n = len(batch)
-    scores = {name: np.zeros(n, np.float32) for name in variants}
-    p5, p60 = np.zeros(n), np.zeros(n)
-    has_history = np.zeros(n, bool)
-    buckets = np.floor(batch.ts / chunk_s)
-    bounds = np.flatnonzero(np.diff(buckets)) + 1
-    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n]):
-        users, now = batch.user_ids[lo:hi], float(batch.ts[lo])
-        for name, (mode, use_lift) in variants.items():
-            result = engine.score(users, now, mode=mode, use_lift=use_lift)
-            scores[name][lo:hi] = result.score
-        p5[lo:hi], p60[lo:hi] = result.purchase_5m, result.purchase_60m
-        has_history[lo:hi] = result.known
-        engine.apply(batch.take(slice(lo, hi)))
-    return scores, p5, p60, has_history
+    features = np.zeros((n, engine.features.width), np.float32)
+    predictions: dict[str, np.ndarray] = {}
+    pieces = max(1, min(200, n // 2000))
+    bounds = np.linspace(0, n, pieces + 1).astype(int)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        observed = engine.observe(batch.take(slice(lo, hi)))
+        features[lo:hi] = observed.features
+        for role, values in observed.predictions.items():
+            predictions.setdefault(role, np.zeros(n))[lo:hi] = values
+        if progress is not None:
+            progress(hi, n)
+    return engine, features, predictions
 
 
-def replay(batch: EventBatch, config: TenantConfig, *, chunk_s: float = 1.0) -> ReplayReport:
-    """Prequential replay of a time-sorted batch; AUC per score variant and for the Markov estimates."""
+def replay(batch: EventBatch, config: TenantConfig, *, replicates: int = 200, seed: int = 0,
+           progress: Callable[[int, int], None] | None = None) -> ReplayReport:
+    """Prequential replay of a time-sorted batch: the served score, the Markov chain and the baselines."""
     started = time.perf_counter()
-    n = len(batch)
-    scores, p5, p60, has_history = prequential_scores(batch, config, VARIANTS, chunk_s=chunk_s)
-    rows = []
-    labels = [conversion_labels(batch, config.conversion_code, h) for h in PREDICT_HORIZONS_S]
-    candidates: dict[str, tuple[np.ndarray | None, np.ndarray]] = {
-        f"engagement score: {k}": (v, np.ones(n, bool)) for k, v in scores.items()
-    }
-    candidates["markov purchase_5m / purchase_60m"] = (None, np.ones(n, bool))
-    candidates["engagement score: full, users with history only"] = (scores["full"], has_history)
-    for name, (values, subset) in candidates.items():
-        row: dict[str, Any] = {"predictor": name}
-        for (label, observed), key, markov in zip(labels, ("auc_5m", "auc_60m"), (p5, p60)):
-            used = (markov if values is None else values)[observed & subset]
-            row[key] = auc(used, label[observed & subset])
-            row[f"{key}_ci95"] = auc_interval(row[key], label[observed & subset])
-        rows.append(row)
-    (l5, o5), (l60, o60) = labels
-    rows.append(
-        {"predictor": "(events scored / positives at 5 min, 60 min)",
-         "auc_5m": f"{int(o5.sum())} / {int(l5[o5].sum())}", "auc_60m": f"{int(o60.sum())} / {int(l60[o60].sum())}"}
-    )
-    h5, h60 = o5 & has_history, o60 & has_history
-    rows.append(
-        {"predictor": "(of which users with history)",
-         "auc_5m": f"{int(h5.sum())} / {int(l5[h5].sum())}", "auc_60m": f"{int(h60.sum())} / {int(l60[h60].sum())}"}
-    )
-    engine = Engine(config)
-    engine.apply(batch)
+    engine, x, predicted = prequential(batch, config, progress)
+    names = engine.features.index
+    counts = simple_counts(batch, len(config.actions))
+    _, users = np.unique(batch.user_ids.astype(str), return_inverse=True)
+    rows: dict[str, dict[str, Any]] = {
+        p: {"predictor": p} for p in ("score", "purchase_5m", "purchase_60m", "markov", *BASELINES)}
+    comparisons: dict[str, dict[str, Any]] = {b: {"baseline": b} for b in ("markov", *BASELINES)}
+    labels = {}
+    for h, horizon_s in HORIZONS.items():
+        label, observed = conversion_labels(batch, config.conversion_code, horizon_s)
+        labels[h] = {"scored": int(observed.sum()), "positives": int(label[observed].sum())}
+        values = {
+            "score": predicted["score"],
+            f"purchase_{h}": predicted[f"purchase_{h}"],
+            "markov": _probability(x[:, names[f"markov_{h}"]]),
+            "heuristic_weights": _probability(x[:, names[HEURISTIC]]),
+            "purchases_so_far": purchases_so_far(counts, config.conversion_code),
+            "events_last_30m": events_last_30m(counts, len(config.actions)),
+            "logistic_counts": prequential_logistic(counts, batch.ts, label, observed, horizon_s),
+        }
+        y = label[observed]
+        chosen = {name: v[observed] for name, v in values.items()}
+        boot = user_bootstrap(users[observed], y, chosen, reference="score", replicates=replicates, seed=seed) \
+            if 0 < y.sum() < len(y) else {}
+        for name, v in chosen.items():
+            row = rows[name]
+            row[f"auc_{h}"] = auc(v, y)
+            row[f"auc_{h}_ci"] = tuple(boot.get(name, {}).get("auc_ci", (float("nan"),) * 2))
+            if name in PROBABILITIES:
+                metrics = binary_metrics(np.clip(v, 0.0, 1.0), y)
+                for m in ("logloss", "brier", "ece", "calibration_slope", "mean_predicted", "observed_rate"):
+                    row[f"{m}_{h}"] = metrics[m]
+            if name in comparisons and name in boot:
+                # The bootstrap gives predictor minus score; the report states the score's margin.
+                diff, (lo, hi) = boot[name]["diff"], boot[name]["diff_ci"]
+                comparisons[name][f"diff_{h}"] = -diff
+                comparisons[name][f"diff_{h}_ci"] = (-hi, -lo)
     alpha, beta = engine.pooled_posterior()
     weights = {a: float(alpha[i] / (alpha[i] + beta[i])) for i, a in enumerate(config.actions)}
-    return ReplayReport(n, len(engine.windows), round(time.perf_counter() - started, 2), rows, weights)
+    return ReplayReport(len(batch), len(engine.windows), round(time.perf_counter() - started, 2),
+                        list(rows.values()), list(comparisons.values()), labels, weights)
+
+
+def _probability(log_odds: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(log_odds, np.float64)))
+
+
+def progress_bar(what: str, out=sys.stderr) -> Callable[[int, int], None]:
+    """A progress callback that redraws one line: done / total, and the seconds so far."""
+    started = time.perf_counter()
+
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        out.write(f"\r{what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                  f"{time.perf_counter() - started:6.1f} s")
+        if done >= total:
+            out.write("\n")
+        out.flush()
+
+    return show

@@ -26,18 +26,24 @@ def gap_buckets(gap_s: np.ndarray, first: np.ndarray) -> np.ndarray:
 
 def category_buckets(categories: np.ndarray) -> np.ndarray:
     """Stable hash of each category into [1, CATEGORY_BUCKETS); 0 where there is none."""
-    return np.fromiter((_category_bucket(c) for c in categories), np.int32, count=len(categories))
+    return stable_buckets(categories, CATEGORY_BUCKETS)
 
 
-@functools.lru_cache(maxsize=65536)
-def _category_bucket(category) -> int:
+def stable_buckets(values: np.ndarray, buckets: int) -> np.ndarray:
+    """Stable hash of each value into [1, buckets); 0 where there is none (None)."""
+    hashes = np.fromiter((_stable_hash(v) for v in values), np.int64, count=len(values))
+    return np.where(hashes < 0, 0, 1 + hashes % (buckets - 1)).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _stable_hash(value) -> int:
     # FNV-1a: stable across processes and Python versions, unlike hash().
-    if category is None:
-        return 0
+    if value is None:
+        return -1
     h = 2166136261
-    for byte in str(category).encode():
+    for byte in str(value).encode():
         h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
-    return 1 + h % (CATEGORY_BUCKETS - 1)
+    return h
 
 
 def next_conversion_delay(batch: EventBatch, conversion: int) -> np.ndarray:
@@ -76,7 +82,7 @@ class Sequences:
     device: np.ndarray
     daypart: np.ndarray
     category: np.ndarray
-    score: np.ndarray
+    state: np.ndarray  # [n, d] the learned score's features just after each event (``ScoreFeatures``)
     ts: np.ndarray
     next_action: np.ndarray
     conv: np.ndarray  # [2, n]
@@ -87,7 +93,7 @@ class Sequences:
 
 
 def build_sequences(
-    batch: EventBatch, n_actions: int, conversion: int, session_gap_s: float, scores: np.ndarray | None = None
+    batch: EventBatch, n_actions: int, conversion: int, session_gap_s: float, state: np.ndarray | None = None
 ) -> Sequences:
     """Group a time-sorted batch by user and attach the targets (with censoring at the data's end)."""
     n = len(batch)
@@ -121,6 +127,6 @@ def build_sequences(
         gap=gap_buckets(gap, first), device=batch.device[order].astype(np.int64),
         daypart=daypart_codes(ts, batch.tz_offset_min[order]).astype(np.int64),
         category=category_buckets(batch.categories[order]).astype(np.int64),
-        score=np.zeros(n, np.float32) if scores is None else scores[order].astype(np.float32),
+        state=np.zeros((n, 0), np.float32) if state is None else state[order].astype(np.float32),
         ts=ts, next_action=next_action, conv=conv, order=order,
     )

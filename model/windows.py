@@ -7,13 +7,13 @@ from ._rings import grow, plan_ring_append, ring_write
 from .sequences import gap_buckets
 
 # Per-event columns kept beside action and time, for the next-action Transformer's inputs.
-FEATURE_RINGS = {"ctx": np.int32, "gap": np.int16, "category": np.int32}
+FEATURE_RINGS = {"ctx": np.int32, "gap": np.int16, "category": np.int32, "item": np.int32}
 
 
 class UserWindows:
     """User ids to dense indexes, and per user the last ``size`` events in arrival order.
 
-    Per event: action, time, context code, time-gap bucket and hashed category.
+    Per event: action, time, context code, time-gap bucket, hashed category and hashed item.
     """
 
     def __init__(self, size: int):
@@ -50,7 +50,7 @@ class UserWindows:
         self.last_ctx = grow(self.last_ctx, rows, 0)
         self.features = {name: grow(ring, rows, 0) for name, ring in self.features.items()}
 
-    def push(self, users: np.ndarray, actions: np.ndarray, ts: np.ndarray, ctx: np.ndarray, category=None):
+    def push(self, users: np.ndarray, actions: np.ndarray, ts: np.ndarray, ctx: np.ndarray, category=None, item=None):
         """Append events in arrival order; return each event's previous (action, time), action -1 if none."""
         plan = plan_ring_append(users)
         a_sorted, t_sorted = actions[plan.order], ts[plan.order]
@@ -67,9 +67,11 @@ class UserWindows:
         ctx_sorted = ctx[plan.order]
         gap_sorted = gap_buckets(t_sorted - np.nan_to_num(prev_t, nan=0.0), prev_a < 0)
         cat_sorted = np.zeros(len(owners), np.int32) if category is None else category[plan.order]
+        item_sorted = np.zeros(len(owners), np.int32) if item is None else item[plan.order]
         ring_write(plan, self.head, self.size, [
             (self.actions, a_sorted), (self.ts, t_sorted), (self.features["ctx"], ctx_sorted),
             (self.features["gap"], gap_sorted), (self.features["category"], cat_sorted),
+            (self.features["item"], item_sorted),
         ])
         self.length[plan.unique_owners] = np.minimum(self.size, self.length[plan.unique_owners] + plan.counts)
         self.last_ctx[plan.unique_owners] = ctx_sorted[plan.last]
@@ -102,6 +104,13 @@ class UserWindows:
         if rows is None:
             return {name: np.zeros((len(users), self.size), dtype) for name, dtype in FEATURE_RINGS.items()}
         return {name: ring[rows, slots] for name, ring in self.features.items()}
+
+    def gather_ring(self, users: np.ndarray, name: str) -> np.ndarray:
+        """One per-event feature ring of ``users``, oldest first, [B, K] (left-aligned like :meth:`gather`)."""
+        rows, slots, _ = self._slots(users)
+        if rows is None:
+            return np.zeros((len(users), self.size), FEATURE_RINGS[name])
+        return self.features[name][rows, slots]
 
     def last_two(self, users: np.ndarray):
         """Each user's last and previous action (-1 if none) with their times, and window length."""

@@ -451,6 +451,9 @@ class Runtime:
                     p.future.set_exception(exc)
             return
         self.metrics.commit_events.observe(sum(len(p.batch) for p in ready))
+        # One engine update per tenant and group: an update has a fixed cost, however few its events.
+        updates: dict[int, tuple[TenantState, TenantConfig, list, list]] = {}
+        answers = []
         for p, result in zip(ready, results):
             if isinstance(result, Exception):
                 log.error("a batch of tenant %s failed its commit; the others in the group committed",
@@ -464,9 +467,16 @@ class Runtime:
             self.metrics.events_ingested.labels(name).inc(accepted)
             self.metrics.events_duplicate.labels(name).inc(duplicates)
             if accepted:
-                self._apply_later(p.state, p.batch.take(result.accepted), result.seqs, p.config)
-            if not p.future.done():
-                p.future.set_result((accepted, duplicates))
+                update = updates.setdefault(id(p.state), (p.state, p.config, [], []))
+                update[2].append(p.batch.take(result.accepted))
+                update[3].append(result.seqs)
+            answers.append((p.future, (accepted, duplicates)))
+        for state, config, batches, seqs in updates.values():
+            self._apply_later(state, EventBatch.concat(batches), np.concatenate(seqs), config)
+        # Acknowledged only now: the engine updates are queued, so a score asked after the answer sees them.
+        for future, answer in answers:
+            if not future.done():
+                future.set_result(answer)
 
     def _apply_later(self, state: TenantState, batch: EventBatch, seqs: np.ndarray, config: TenantConfig) -> None:
         n = len(batch)
@@ -577,7 +587,7 @@ class Runtime:
             if window is None:
                 return None
             now = time.time()
-            s = state.engine.score([user_id], now, mode="mean")
+            s = state.engine.score([user_id], now, draw=False)
             return {
                 "user_id": user_id,
                 "recent_actions": [{"action": a, "ts": t} for a, t in window],

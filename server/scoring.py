@@ -13,10 +13,12 @@ from model.signals import Decision, SignalPolicy
 
 @dataclass(frozen=True)
 class Prediction:
-    """Per user: engagement score, next-action probabilities ([B, A], or [B, A + 1] with 'session end'
-    where the Transformer answered), P(conversion in 5 / 60 min), which rows the model answered."""
+    """Per user: engagement score (posterior mean) and its Thompson draw, next-action probabilities ([B, A], or
+    [B, A + 1] with 'session end' where the Transformer answered), P(conversion in 5 / 60 min), which rows the
+    model answered."""
 
     score: np.ndarray
+    score_draw: np.ndarray
     next_probs: np.ndarray
     purchase_5m: np.ndarray
     purchase_60m: np.ndarray
@@ -34,12 +36,26 @@ def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Predi
         tokens, lengths = engine.window_features(users)
         by_model = lengths > 0
         if by_model.any():
-            model_next, conv = predictor.predict({k: v[by_model] for k, v in tokens.items()}, lengths[by_model])
+            model_next, conv = predictor.predict({k: v[by_model] for k, v in tokens.items()}, lengths[by_model],
+                                                 scores.features[by_model])
+            calibration = predictor.calibration
+            calibration.resolve(engine.clock_s - engine.config.allowed_lateness_s, _converted(engine))
+            calibration.record(users[by_model], now, conv)
+            conv = calibration.apply(conv)
             next_probs = np.pad(next_probs, ((0, 0), (0, 1)))
             next_probs[by_model] = model_next
             p5, p60 = p5.copy(), p60.copy()
             p5[by_model], p60[by_model] = conv[:, 0], conv[:, 1]
-    return Prediction(scores.score, next_probs, p5, p60, by_model, users)
+    return Prediction(scores.score, scores.score_draw, next_probs, p5, p60, by_model, users)
+
+
+def _converted(engine: Engine):
+    """Whether users converted within a horizon after a time, from the engine's record of conversions."""
+    def converted(users: np.ndarray, ts: np.ndarray, horizon_s: float) -> np.ndarray:
+        # A prediction is about what follows it, whatever the action before it was.
+        return engine.attribution.converted_within(users, ts, np.full(len(users), -1), horizon_s,
+                                                   engine.config.conversion_code)
+    return converted
 
 
 def decide(
@@ -50,7 +66,8 @@ def decide(
     actions, ts, lengths = engine.windows.gather(p.users)
     cart = open_cart(actions, ts, lengths, engine.config)
     scores = intent_scores(p.next_probs, p.purchase_5m, p.purchase_60m, cart, engine.config)
-    intents, _ = fired_intents(scores, p.score, engine.config)
+    # Exploration belongs here: whether a signal goes out is decided on a Thompson draw of the score.
+    intents, _ = fired_intents(scores, p.score_draw, engine.config)
     return policy.decide(user_ids, intents, p.score, now, engine.catalog, hints)
 
 

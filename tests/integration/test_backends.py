@@ -30,12 +30,12 @@ def test_engine_scores_match_numpy_exactly_without_draws_and_in_distribution_wit
     users = [f"u{i}" for i in range(120)] + ["stranger"]
     now = float(events.ts.max()) + 60
     np.testing.assert_allclose(
-        other.score(users, now, mode="mean").score, reference.score(users, now, mode="mean").score, atol=1e-5
+        other.sequence_score(users, now, mode="mean"), reference.sequence_score(users, now, mode="mean"), atol=1e-5
     )
     # Thompson draws differ per backend (each has its own generator), but not in distribution.
     draws = 12
-    ours = np.stack([other.score(users, now).score for _ in range(draws)])
-    theirs = np.stack([reference.score(users, now).score for _ in range(draws)])
+    ours = np.stack([other.sequence_score(users, now) for _ in range(draws)])
+    theirs = np.stack([reference.sequence_score(users, now) for _ in range(draws)])
     difference = ours.mean(axis=0) - theirs.mean(axis=0)
     standard_error = np.sqrt(((ours.var(axis=0, ddof=1) + theirs.var(axis=0, ddof=1)) / draws).sum()) / len(users)
     assert abs(difference.mean()) < 4 * standard_error + 1e-6
@@ -77,9 +77,9 @@ def test_device_state_mirrors_the_host_after_ingest_erase_and_restore(backend):
         np.testing.assert_array_equal(ds.head[:n].cpu().numpy(), w.head[:n])
         np.testing.assert_array_equal(ds.actions[:n].cpu().numpy(), w.actions[:n])
         np.testing.assert_array_equal(ds.ts[:n].cpu().numpy(), w.ts[:n])
-        alpha, _ = e.posterior()
-        np.testing.assert_allclose(ds.alpha.cpu().numpy(), alpha, rtol=1e-6)
-        np.testing.assert_allclose(ds.lift.cpu().numpy(), e.lift(), rtol=1e-6)
+        # The device holds the tables features read: those of the last tick.
+        np.testing.assert_allclose(ds.alpha.cpu().numpy(), e.tables.alpha, rtol=1e-6)
+        np.testing.assert_allclose(ds.lift.cpu().numpy(), e.tables.lift, rtol=1e-6)
 
     assert_mirrored(engine)
     assert int(engine.device_state.length[engine.windows.lookup(["u4"], create=False)[0]]) > 0

@@ -98,16 +98,17 @@ def test_engine_sequence_lift_rewards_transitions_that_convert():
     engine = Engine(CFG)
     engine.apply(batch(rows))
     assert engine.lift()[A["view"], A["add_to_cart"]] > 1.5
-    sequence = engine.score(["a1"], t, mode="mean").score[0]
-    alone = engine.score(["b0"], t, mode="mean").score[0]
+    sequence = engine.sequence_score(["a1"], t, mode="mean")[0]
+    alone = engine.sequence_score(["b0"], t, mode="mean")[0]
     assert sequence > alone
 
 
 def test_engine_scores_unknown_users_zero_and_recent_activity_higher():
     engine = Engine(CFG)
     engine.apply(batch([("old", "add_to_cart", T0), ("new", "add_to_cart", T0 + 7200)]))
-    s = engine.score(["nobody", "old", "new"], T0 + 7200, mode="mean")
-    assert s.score[0] == 0.0 and s.score[2] > s.score[1] > 0.0
+    s = engine.sequence_score(["nobody", "old", "new"], T0 + 7200, mode="mean")
+    assert s[0] == 0.0 and s[2] > s[1] > 0.0
+    s = engine.score(["nobody", "old", "new"], T0 + 7200)
     assert not s.known[0] and s.known[1:].all()
     np.testing.assert_allclose(s.next_probs.sum(axis=1), 1.0)
 
@@ -118,9 +119,9 @@ def test_engine_thompson_draws_replay_identically_and_vary_between_calls():
     one.apply(b)
     two.apply(b)
     users = ["v1", "v3", "s2"]
-    first = one.score(users, T0 + 4000).score
-    np.testing.assert_array_equal(first, two.score(users, T0 + 4000).score)
-    assert not np.array_equal(first, one.score(users, T0 + 4000).score)
+    first = one.score(users, T0 + 4000).score_draw
+    np.testing.assert_array_equal(first, two.score(users, T0 + 4000).score_draw)
+    assert not np.array_equal(first, one.score(users, T0 + 4000).score_draw)
 
 
 def test_engine_markov_chain_predicts_the_usual_next_action():
