@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .calibration import ModelCalibration
 from .config import TenantConfig
-from .training import load_model
-
-CHECKPOINT_FORMAT = 1
+from .score_features import ScoreFeatures
+from .training import CHECKPOINT_FORMAT, load_model
 
 
 class ModelMismatch(ValueError):
@@ -60,10 +60,17 @@ def check_compatible(checkpoint: dict[str, Any], config: TenantConfig) -> None:
         raise ModelMismatch(
             f"the checkpoint predicts conversions to {conversion!r}, the tenant converts on {config.conversion_action!r}"
         )
+    state_dim = checkpoint.get("model_config", {}).get("state_dim")
+    if state_dim != ScoreFeatures(config.actions).width:
+        raise ModelMismatch(f"the checkpoint reads {state_dim} user-state features, this nudge has "
+                            f"{ScoreFeatures(config.actions).width}; retrain with this nudge")
 
 
 class TransformerPredictor:
     """A loaded checkpoint that predicts, for users' windows, the next action and P(conversion in 5 / 60 min).
+
+    Its conversion probabilities are calibrated to the tenant online (``calibration``): a freshly loaded
+    model starts uncalibrated, and each of its predictions teaches the calibration once its horizon passed.
 
     Parameters
     ----------
@@ -78,6 +85,7 @@ class TransformerPredictor:
         self.model = load_model(checkpoint).to(self.device)
         self.window = self.model.config.window
         self.n_actions = len(config.actions)
+        self.calibration = ModelCalibration(config.forget_half_life_s)
         data = checkpoint.get("data", {})
         self.info = {
             "vocabulary": list(checkpoint["vocabulary"]),
@@ -88,11 +96,13 @@ class TransformerPredictor:
         }
 
     @torch.no_grad()
-    def predict(self, tokens: dict[str, np.ndarray], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Next-action probabilities [B, A + 1] (the last is 'session end') and [B, 2] conversion probabilities.
+    def predict(self, tokens: dict[str, np.ndarray], lengths: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Next-action probabilities [B, A + 1] (the last is 'session end') and [B, 2] conversion probabilities
+        as the model gives them (calibrate them with ``calibration.apply``).
 
-        ``tokens`` are left-aligned windows, oldest first (``Engine.window_features``); each row is
-        predicted after its last event. Rows must have at least one event.
+        ``tokens`` are left-aligned windows, oldest first (``Engine.window_features``), and ``state`` [B, d]
+        each user's state now (``Engine.current_features``); each row is predicted after its last event.
+        Rows must have at least one event.
         """
         lengths = np.asarray(lengths, dtype=np.int64)
         if (lengths < 1).any():
@@ -109,12 +119,13 @@ class TransformerPredictor:
         for name, values in tokens.items():
             picked = values[rows, cols]
             fill = self.n_actions if name == "action" else 0
-            dtype = torch.float32 if name == "score" else torch.int64
-            batch[name] = torch.from_numpy(np.where(pad, fill, picked)).to(self.device, dtype)
+            batch[name] = torch.from_numpy(np.where(pad, fill, picked)).to(self.device, torch.int64)
         padding = torch.from_numpy(pad).to(self.device)
-        next_logits, conv_logits = self.model(batch, padding)
+        hidden = self.model.encode(batch, padding)
         last = torch.from_numpy(used - 1).to(self.device)
         pick = torch.arange(len(lengths), device=self.device)
-        next_probs = torch.softmax(next_logits[pick, last].float(), -1)
-        conv = torch.sigmoid(conv_logits[pick, last].float())
+        state_t = torch.from_numpy(np.asarray(state, np.float32)).to(self.device)
+        next_logits, conv_logits = self.model.heads(hidden[pick, last], state_t)
+        next_probs = torch.softmax(next_logits.float(), -1)
+        conv = torch.sigmoid(conv_logits.float())
         return next_probs.cpu().numpy(), conv.cpu().numpy()

@@ -1,4 +1,12 @@
-"""The next-action Transformer: a causal encoder over each user's last K events."""
+"""The next-action Transformer: a causal encoder over each user's last K events, with the user's state.
+
+Each event is a token (action, time gap, device, daypart, hashed category). There is no position
+embedding: the causal mask orders the events and the gap buckets date them, so a window longer than any
+seen in training, or an unusually long gap (the last bucket holds everything past 18 hours), asks nothing
+the model has not learned. The heads read each position's hidden state together with the user's state
+just after that event (the learned score's features: counts over minutes to a lifetime, conversions so
+far, item and category shares, ...), so the model sees the long-term user, not only the last K events.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -10,11 +18,13 @@ from torch import nn
 from .sequences import CATEGORY_BUCKETS, GAP_BUCKETS, Sequences
 
 N_DEVICES, N_DAYPARTS = 4, 4
+TOKENS = ("action", "gap", "device", "daypart", "category")
 
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """Sizes of the model; ``n_actions`` is the vocabulary (the next-action head adds 'session end')."""
+    """Sizes of the model; ``n_actions`` is the vocabulary (the next-action head adds 'session end');
+    ``state_dim`` the width of the user-state input (0: none)."""
 
     n_actions: int
     window: int = 32
@@ -22,6 +32,7 @@ class TransformerConfig:
     layers: int = 2
     heads: int = 4
     dropout: float = 0.1
+    state_dim: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,11 +50,13 @@ class NextActionTransformer(nn.Module):
         self.device_embedding = nn.Embedding(N_DEVICES, d)
         self.daypart = nn.Embedding(N_DAYPARTS, d)
         self.category = nn.Embedding(CATEGORY_BUCKETS, d)
-        self.score = nn.Linear(1, d)
-        self.position = nn.Embedding(config.window, d)
         layer = nn.TransformerEncoderLayer(d, config.heads, 4 * d, config.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
+        # The state's columns are on different scales: standardized with the training data's statistics.
+        self.register_buffer("state_mean", torch.zeros(config.state_dim))
+        self.register_buffer("state_scale", torch.ones(config.state_dim))
+        self.state = nn.Sequential(nn.Linear(config.state_dim, d), nn.GELU(), nn.Linear(d, d)) if config.state_dim else None
         self.next_action = nn.Linear(d, config.n_actions + 1)
         self.conversion = nn.Linear(d, 2)
 
@@ -53,15 +66,26 @@ class NextActionTransformer(nn.Module):
         x = (
             self.action(tokens["action"]) + self.gap(tokens["gap"]) + self.device_embedding(tokens["device"])
             + self.daypart(tokens["daypart"]) + self.category(tokens["category"])
-            + self.score(tokens["score"].unsqueeze(-1))
-            + self.position(torch.arange(length, device=padding.device))[None]
         )
         causal = torch.ones(length, length, dtype=torch.bool, device=padding.device).triu(1)
         return self.norm(self.encoder(x, mask=causal, src_key_padding_mask=padding, is_causal=True))
 
-    def forward(self, tokens: dict[str, torch.Tensor], padding: torch.Tensor):
-        h = self.encode(tokens, padding)
-        return self.next_action(h), self.conversion(h)
+    def heads(self, hidden: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next-action logits, conversion logits) from hidden states [..., d] and user states [..., state_dim]."""
+        if self.state is not None and state is not None:
+            hidden = hidden + self.state((state - self.state_mean) / self.state_scale)
+        return self.next_action(hidden), self.conversion(hidden)
+
+    def forward(self, tokens: dict[str, torch.Tensor], padding: torch.Tensor, state: torch.Tensor | None = None):
+        return self.heads(self.encode(tokens, padding), state)
+
+    def fit_state_scaling(self, state: np.ndarray) -> None:
+        """Standardize the state input with these (training) rows' mean and spread."""
+        if self.state is None or not len(state):
+            return
+        mean, std = state.mean(axis=0), state.std(axis=0)
+        self.state_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+        self.state_scale.copy_(torch.from_numpy(np.where(std > 1e-6, std, 1.0).astype(np.float32)))
 
 
 def chunks(seq: Sequences, window: int) -> np.ndarray:
@@ -74,7 +98,8 @@ def chunks(seq: Sequences, window: int) -> np.ndarray:
 
 
 def batch_tokens(seq: Sequences, pieces: np.ndarray, n_actions: int):
-    """Padded token tensors for some chunks, the padding mask, and the flat row of every position (-1: pad)."""
+    """Padded token tensors for some chunks, the padding mask, the user states [B, L, d] and the flat row of
+    every position (-1: pad)."""
     longest = int(pieces[:, 1].max())
     rows = pieces[:, :1] + np.arange(longest)[None, :]
     pad = np.arange(longest)[None, :] >= pieces[:, 1:2]
@@ -90,6 +115,6 @@ def batch_tokens(seq: Sequences, pieces: np.ndarray, n_actions: int):
         "device": take(seq.device, 0),
         "daypart": take(seq.daypart, 0),
         "category": take(seq.category, 0),
-        "score": take(seq.score, 0.0, torch.float32),
     }
-    return tokens, torch.from_numpy(pad), rows
+    state = torch.from_numpy(np.where(pad[..., None], 0.0, seq.state[safe]).astype(np.float32))
+    return tokens, torch.from_numpy(pad), state, rows

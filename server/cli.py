@@ -81,23 +81,43 @@ def _tenant_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_config(fmt: str, **settings) -> TenantConfig:
+    """A tenant config that takes a format's events; a file is replayed in time order, so nothing arrives
+    late and the watermark can follow the clock."""
+    from model.event_files import format_actions
+
+    return TenantConfig(actions=format_actions(fmt), allow_backfill=True, allowed_lateness_s=0.0, **settings)
+
+
 def _replay(args: argparse.Namespace) -> int:
     from model.event_files import load_events
-    from model.replay import replay
+    from model.replay import progress_bar, replay
 
-    # A file is replayed in time order, so nothing arrives late: the watermark can follow the clock.
-    config = TenantConfig(allow_backfill=True, allowed_lateness_s=0.0, seed=args.seed)
+    config = _file_config(args.format, seed=args.seed)
     batch = load_events(args.data, args.format, config, limit=args.limit)
-    report = replay(batch, config, chunk_s=args.chunk_s)
+    report = replay(batch, config, replicates=args.replicates, seed=args.seed,
+                    progress=None if args.quiet else progress_bar("replay"))
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps(_finite(report.as_dict()), indent=2))
     else:
         print(f"replayed {report.events} events of {report.users} users in {report.seconds} s "
-              f"(prequential: each event scored just before it)")
+              "(prequential: each event scored just after it, with everything known then; "
+              f"intervals: bootstrap over users, {args.replicates} replicates)")
         print(report.table())
         print("learned weights (posterior mean, all contexts): "
               + ", ".join(f"{a} {w:.4f}" for a, w in report.weights.items()))
     return 0
+
+
+def _finite(value):
+    """JSON has no NaN: undefined metrics become null."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _load_split(args: argparse.Namespace, config: TenantConfig):
@@ -146,8 +166,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         if not args.out:
             raise ValueError("--out is required when training from --data")
-        config = TenantConfig(allow_backfill=True, allowed_lateness_s=0.0, session_gap_s=args.session_gap_s,
-                              seed=args.seed)
+        config = _file_config(args.format, session_gap_s=args.session_gap_s, seed=args.seed)
         batch, cut = _load_split(args, config)
         if cut is not None:
             batch = batch.take(batch.ts < cut)
@@ -158,8 +177,8 @@ def _train(args: argparse.Namespace) -> int:
     checkpoint["data"]["source"] = source
     # Atomic: a server watching the file loads either the old checkpoint or this one, never half of it.
     write_checkpoint(checkpoint, out)
-    print(json.dumps({"out": str(out), "seconds": checkpoint["seconds"], "data": checkpoint["data"],
-                      "validation_metrics": checkpoint["validation_metrics"]}, indent=2))
+    print(json.dumps(_finite({"out": str(out), "seconds": checkpoint["seconds"], "data": checkpoint["data"],
+                              "validation_metrics": checkpoint["validation_metrics"]}), indent=2))
     return 0
 
 
@@ -177,22 +196,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     from model.evaluation import evaluate
     from model.predictor import read_checkpoint
 
+    from model.replay import progress_bar
+
     checkpoint = read_checkpoint(args.model)
     config = TenantConfig.from_dict(checkpoint["tenant_config"])
     batch, cut = _load_split(args, config)
-    result, charts = evaluate(checkpoint, batch, from_ts=cut, plots_dir=Path(args.plots) if args.plots else None)
+    result, charts = evaluate(checkpoint, batch, from_ts=cut, plots_dir=Path(args.plots) if args.plots else None,
+                              replicates=args.replicates, progress=None if args.quiet else progress_bar("features"))
     if args.plots:
         written = ", ".join(str(c) for c in charts) or "none: no scored event's 5-minute outcome is known"
         print(f"charts: {written}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        keys = [k for k in next(iter(result.values())) if k != "n_events"]
-        print("| predictor | " + " | ".join(keys) + " |")
-        print("|---" * (len(keys) + 1) + "|")
-        for name, metrics in result.items():
-            cells = [f"{metrics[k]:.4f}" if isinstance(metrics[k], float) else str(metrics[k]) for k in keys]
-            print(f"| {name} | " + " | ".join(cells) + " |")
+        print(json.dumps(_finite(result), indent=2))
+        return 0
+    predictors = {k: v for k, v in result.items() if k in ("transformer", "transformer_calibrated", "markov",
+                                                          "popularity")}
+    keys = ["next_action_logloss", "next_action_top1", "purchase_5m_auc", "purchase_5m_logloss",
+            "purchase_5m_calibration_slope", "purchase_5m_mean_predicted", "purchase_5m_observed_rate",
+            "purchase_60m_auc", "purchase_60m_calibration_slope", "purchase_5m_positives", "purchase_60m_positives"]
+    print("| predictor | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for name, metrics in predictors.items():
+        cells = [f"{metrics[k]:.4f}" if isinstance(metrics[k], float) else str(metrics[k]) for k in keys]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    margin = result["transformer_vs_markov"]
+    for key in ("next_action_logloss_relative_gain", "purchase_5m_auc_gain"):
+        if key in margin:
+            lo, hi = margin[f"{key}_ci"]
+            print(f"transformer over markov, {key}: {margin[key]:+.4f} (95 % CI {lo:+.4f} to {hi:+.4f}, users resampled)")
+    settled = result["transformer_calibrated_settled"]
+    print(f"calibrated, after the first 1000 outcomes ({settled['n_events']} events): " + ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in settled.items() if k != "n_events"))
     return 0
 
 
@@ -241,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--format", choices=FORMATS, default="taobao")
     rep.add_argument("--json", action="store_true")
     rep.add_argument("--limit", type=int, default=None, help="read only the first N rows")
-    rep.add_argument("--chunk-s", type=float, default=1.0, help="events within this many seconds share a state")
+    rep.add_argument("--replicates", type=int, default=200, help="bootstrap replicates (resampling users)")
     rep.add_argument("--seed", type=int, default=0)
+    rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(run=_replay)
 
     tr = sub.add_parser("train", help="train the next-action Transformer on an event file or a tenant's event log")
@@ -272,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None)
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--plots", default=None, help="write calibration.png and lift.png (5-minute purchase) here")
+    ev.add_argument("--replicates", type=int, default=200, help="bootstrap replicates (resampling users)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(run=_evaluate)
 
     ex = sub.add_parser("export", help="write a tenant's event log as JSON Lines (--format nudge)")

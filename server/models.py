@@ -74,7 +74,8 @@ class ModelSlot:
     def describe(self) -> dict[str, Any]:
         model = None
         if self.predictor is not None:
-            model = {"file": self.path.name, "loaded_at": self.loaded_at, **self.predictor.info}
+            model = {"file": self.path.name, "loaded_at": self.loaded_at, **self.predictor.info,
+                     "calibration": self.predictor.calibration.describe()}
         return {"predictor": self.predictor_name, "model": model, "last_error": self.last_error}
 
     def fail(self, exc: ModelUnavailable) -> None:

@@ -63,7 +63,7 @@ def test_serve_on_an_empty_data_dir_creates_a_demo_tenant_whose_key_works(tmp_pa
     assert (tmp_path / "d" / "snapshots" / "tenant-1.npz").exists()
 
 
-def test_replay_reports_auc_for_every_variant_on_a_synthetic_file(tmp_path):
+def test_replay_reports_the_score_and_every_baseline_with_user_bootstrap_intervals(tmp_path):
     # Converters put something in the cart, look at it again and buy; the others look twice and leave.
     rows, t = [], 1_511_658_000
     for u in range(600):
@@ -75,18 +75,26 @@ def test_replay_reports_auc_for_every_variant_on_a_synthetic_file(tmp_path):
     rows.append(f"9999,1,1,pv,{t + 10 * 600 + 400}")  # so the last 5-minute horizons are observed
     path = tmp_path / "events.csv"
     path.write_text("\n".join(rows) + "\n")
-    out = nudge("replay", "--data", str(path), "--format", "taobao", "--json")
+    out = nudge("replay", "--data", str(path), "--format", "taobao", "--json", "--replicates", "50")
     assert out.returncode == 0, out.stderr
+    assert "NaN" not in out.stdout
     report = json.loads(out.stdout)
     assert report["events"] == len(rows)
-    names = [r["predictor"] for r in report["rows"]]
-    assert {"engagement score: full", "engagement score: heuristic_weights", "engagement score: posterior_mean",
-            "engagement score: no_sequence_lift"} <= set(names)
-    for row in report["rows"][:-2]:
-        assert 0.0 <= row["auc_5m"] <= 1.0 and row["auc_5m_ci95"][0] < row["auc_5m"] < row["auc_5m_ci95"][1]
+    rows_by_name = {r["predictor"]: r for r in report["rows"]}
+    assert set(rows_by_name) == {"score", "markov", "heuristic_weights", "purchases_so_far", "events_last_30m",
+                                 "logistic_counts"}
+    for row in rows_by_name.values():
+        lo, hi = row["auc_5m_ci"]
+        assert 0.0 <= lo <= row["auc_5m"] <= hi <= 1.0
+    score = rows_by_name["score"]
+    for metric in ("logloss", "brier", "ece", "calibration_slope"):
+        assert score[f"{metric}_5m"] is not None
+    assert {c["baseline"] for c in report["comparisons"]} == set(rows_by_name) - {"score"}
+    assert report["labels"]["5m"]["positives"] == 600  # a converter's cart and look both precede the buy
     # Every cart was followed by a purchase, a look only by one half of the time.
     assert report["weights"]["add_to_cart"] > 0.9
     assert 0.3 < report["weights"]["view"] < 0.6
+    assert score["auc_5m"] > 0.9  # learned: a cart means a purchase within the minute
 
 
 def test_replay_rejects_an_unknown_format_and_bad_rows(tmp_path):

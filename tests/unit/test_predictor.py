@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from model import Engine, EventBatch, TenantConfig
+from model.engine import TICK_S
 from model.predictor import ModelMismatch, TransformerPredictor, read_checkpoint
 from model.training import TrainSettings, features, load_model, predict, train
 from model.transformer import TransformerConfig
@@ -33,7 +34,21 @@ def trained(batch, config=CFG):
     return train(batch, config, settings, SMALL, log=lambda line: None, show_progress=False)
 
 
-def test_window_features_match_the_training_features():
+def _last_tick_users(batch, seq):
+    """Users whose last event is in the final tick: for them the engine's tables now are those the training
+    features of that event were made with, so serving must reproduce them exactly."""
+    last_tick = np.floor(batch.ts.max() / TICK_S) * TICK_S
+    ordered = np.asarray(batch.user_ids[seq.order])
+    out = []
+    for uid in sorted(set(batch.user_ids)):
+        rows = np.flatnonzero(ordered == uid)
+        if seq.ts[rows[-1]] >= last_tick:
+            out.append((uid, rows))
+    assert len(out) >= 3
+    return out
+
+
+def test_window_features_and_state_match_the_training_features():
     batch = mixed_stream()
     seq = features(batch, CFG)
     engine = Engine(CFG)
@@ -46,7 +61,10 @@ def test_window_features_match_the_training_features():
         assert lengths[i] == min(k, CFG.window_size)
         for name in ("action", "gap", "device", "daypart", "category"):
             np.testing.assert_array_equal(tokens[name][i, :k], getattr(seq, name)[rows], err_msg=name)
-        np.testing.assert_allclose(tokens["score"][i, :k], seq.score[rows], atol=1e-6)
+    for uid, rows in _last_tick_users(batch, seq):
+        users = engine.windows.lookup([uid], create=False)
+        state = engine.current_features(users, float(seq.ts[rows[-1]]))
+        np.testing.assert_allclose(state[0], seq.state[rows[-1]], atol=1e-5, err_msg=uid)
 
 
 def test_predictor_serves_what_offline_prediction_computes():
@@ -56,16 +74,17 @@ def test_predictor_serves_what_offline_prediction_computes():
     offline_next, offline_conv = predict(load_model(checkpoint), seq)
     engine = Engine(CFG)
     engine.apply(batch)
-    names = sorted(set(batch.user_ids))
-    tokens, lengths = engine.window_features(engine.windows.lookup(names, create=False))
-    next_probs, conv = TransformerPredictor(checkpoint, CFG).predict(tokens, lengths)
-    for i, uid in enumerate(names):
-        rows = np.flatnonzero(np.asarray(batch.user_ids[seq.order]) == uid)
+    predictor = TransformerPredictor(checkpoint, CFG)
+    for uid, rows in _last_tick_users(batch, seq):
         if len(rows) > SMALL.window:
             continue  # offline cuts users into fixed pieces; serving slides the window
-        np.testing.assert_allclose(next_probs[i], offline_next[rows[-1]], atol=1e-5)
-        np.testing.assert_allclose(conv[i], offline_conv[:, rows[-1]], atol=1e-5)
-    assert np.allclose(next_probs.sum(axis=1), 1.0, atol=1e-5)
+        users = engine.windows.lookup([uid], create=False)
+        tokens, lengths = engine.window_features(users)
+        state = engine.current_features(users, float(seq.ts[rows[-1]]))
+        next_probs, conv = predictor.predict(tokens, lengths, state)
+        np.testing.assert_allclose(next_probs[0], offline_next[rows[-1]], atol=1e-5)
+        np.testing.assert_allclose(conv[0], offline_conv[:, rows[-1]], atol=1e-5)
+        assert np.isclose(next_probs.sum(), 1.0, atol=1e-5)
 
 
 def test_predictor_keeps_the_last_events_of_a_long_window():
@@ -75,12 +94,26 @@ def test_predictor_keeps_the_last_events_of_a_long_window():
     tokens = {
         "action": rng.integers(0, 9, (2, 12)), "gap": rng.integers(0, 18, (2, 12)),
         "device": rng.integers(0, 4, (2, 12)), "daypart": rng.integers(0, 4, (2, 12)),
-        "category": rng.integers(0, 1024, (2, 12)), "score": rng.random((2, 12)).astype(np.float32),
+        "category": rng.integers(0, 1024, (2, 12)),
     }
-    full, _ = predictor.predict(tokens, np.array([12, 5]))
+    state = rng.random((2, checkpoint["model_config"]["state_dim"])).astype(np.float32)
+    full, _ = predictor.predict(tokens, np.array([12, 5]), state)
     tail = {k: np.concatenate([v[:1, 4:12], v[1:, :8]]) for k, v in tokens.items()}
-    cut, _ = predictor.predict(tail, np.array([8, 5]))
+    cut, _ = predictor.predict(tail, np.array([8, 5]), state)
     np.testing.assert_allclose(full, cut, atol=1e-6)
+
+
+def test_predictor_calibrates_its_conversion_probabilities_to_the_tenant_online():
+    checkpoint = trained(mixed_stream())
+    predictor = TransformerPredictor(checkpoint, CFG)
+    calibration = predictor.calibration
+    raw = np.full((4000, 2), 0.02)  # the model says 2 %; on this tenant 20 % convert
+    users = np.arange(4000)
+    calibration.record(users, T0, raw)
+    assert calibration.resolve(T0 + 100.0, lambda u, ts, h: u % 5 == 0) == 0  # no horizon has passed yet
+    assert calibration.resolve(T0 + 4000.0, lambda u, ts, h: u % 5 == 0) == 8000
+    np.testing.assert_allclose(calibration.apply(raw), 0.2, atol=0.01)
+    assert calibration.describe()["purchase_5m"]["outcomes"] == 4000
 
 
 def test_checkpoint_with_another_vocabulary_is_refused(tmp_path):

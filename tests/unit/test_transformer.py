@@ -5,7 +5,7 @@ import torch
 from model import EventBatch, TenantConfig
 from model.metrics import prediction_metrics
 from model.sequences import build_sequences
-from model.training import TrainSettings, load_model, predict, train
+from model.training import TrainSettings, features, load_model, predict, train
 from model.transformer import NextActionTransformer, TransformerConfig, batch_tokens, chunks
 
 CFG = TenantConfig(allow_backfill=True, allowed_lateness_s=0.0, session_gap_s=600.0)
@@ -21,8 +21,7 @@ def events(rows):
 def tokens(batch_size=3, length=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda high: torch.randint(0, high, (batch_size, length), generator=g)  # noqa: E731
-    return {"action": r(9), "gap": r(18), "device": r(4), "daypart": r(4), "category": r(1024),
-            "score": torch.rand(batch_size, length, generator=g)}
+    return {"action": r(9), "gap": r(18), "device": r(4), "daypart": r(4), "category": r(1024)}
 
 
 def model():
@@ -36,7 +35,6 @@ def test_transformer_outputs_do_not_depend_on_later_events():
     before, _ = m(tok, padding)
     changed = {k: v.clone() for k, v in tok.items()}
     changed["action"][:, 4:] = (changed["action"][:, 4:] + 1) % 9
-    changed["score"][:, 4:] += 1.0
     after, _ = m(changed, padding)
     torch.testing.assert_close(after[:, :4], before[:, :4])
     assert not torch.allclose(after[:, 4:], before[:, 4:])
@@ -45,7 +43,7 @@ def test_transformer_outputs_do_not_depend_on_later_events():
 def test_transformer_outputs_do_not_depend_on_padding():
     m, tok = model(), tokens(batch_size=1, length=3)
     short, _ = m(tok, torch.zeros(1, 3, dtype=torch.bool))
-    padded = {k: torch.cat([v, v[:, :2] * 0 + (1 if v.dtype != torch.float32 else 0.7)], dim=1) for k, v in tok.items()}
+    padded = {k: torch.cat([v, v[:, :2] * 0 + 1], dim=1) for k, v in tok.items()}
     padding = torch.tensor([[False, False, False, True, True]])
     long, _ = m(padded, padding)
     torch.testing.assert_close(long[:, :3], short, atol=1e-5, rtol=1e-5)
@@ -93,7 +91,7 @@ def deterministic_stream(n_users=300):
         rows += [(f"u{u}", "view", t), (f"u{u}", "add_to_cart", t + 20)]
         if u % 2:
             rows.append((f"u{u}", "purchase", t + 40))
-    rows.append(("late", "view", T0 + 40 * n_users + 4000))
+    rows.append(("late", "view", T0 + 40 * n_users + 700))  # so the last sessions end inside the data
     return events(sorted(rows, key=lambda r: r[2]))
 
 
@@ -106,10 +104,39 @@ def test_training_learns_a_deterministic_next_action_and_is_reproducible():
     assert [h["train_loss"] for h in first["history"]] == [h["train_loss"] for h in second["history"]]
     assert first["vocabulary"] == list(CFG.actions) and first["model_config"]["window"] == 8
     assert set(first["validation_metrics"]) == {"transformer", "markov", "popularity"}
-    s = build_sequences(b, 9, A["purchase"], CFG.session_gap_s)
+    s = features(b, CFG)
     probs, _ = predict(load_model(first), s)
     after_view = (s.action == A["view"]) & (s.next_action >= 0)
     assert probs[after_view, A["add_to_cart"]].mean() > 0.8
+
+
+def test_a_trained_model_answers_at_positions_and_gaps_it_never_saw_as_at_those_it_did():
+    b = deterministic_stream()  # every user has 2 or 3 events: training sees positions 0 to 2 only
+    settings = TrainSettings(epochs=15, patience=15, batch_size=16, learning_rate=5e-3, seed=3)
+    small = TransformerConfig(n_actions=9, window=32, d_model=32, layers=1, heads=2, dropout=0.0)
+    m = load_model(train(b, CFG, settings, small, log=lambda line: None, show_progress=False))
+    length = 30
+    for gap in (0, 17):  # a user's first event; and the bucket of gaps longer than any in training
+        # The same event 30 times over: with no position embedding there is nothing to extrapolate, so the
+        # 30th answers exactly as the 1st, which training saw.
+        tok = {"action": torch.full((1, length), A["view"]), "gap": torch.full((1, length), gap),
+               "device": torch.zeros(1, length, dtype=torch.long), "daypart": torch.zeros(1, length, dtype=torch.long),
+               "category": torch.zeros(1, length, dtype=torch.long)}
+        state = m.state_mean.expand(1, length, -1)
+        with torch.no_grad():
+            next_logits, conv_logits = m(tok, torch.zeros(1, length, dtype=torch.bool), state)
+        torch.testing.assert_close(next_logits[0, -1], next_logits[0, 0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(conv_logits[0, -1], conv_logits[0, 0], atol=1e-4, rtol=1e-4)
+    assert torch.softmax(next_logits[0, -1], -1).argmax().item() == A["add_to_cart"]
+
+
+def test_training_refuses_a_log_with_no_validation_data():
+    young = events([(f"u{i}", "view", T0 + i) for i in range(30)])  # 30 seconds: nothing can be validated
+    with pytest.raises(ValueError, match="(no validation events|less than one session gap)"):
+        train(young, CFG, TrainSettings(epochs=1), log=lambda line: None, show_progress=False)
+    gap_only = events([(f"u{i}", "view", T0 + i) for i in range(30)] + [("late", "view", T0 + 700)])
+    with pytest.raises(ValueError, match="no validation events"):
+        train(gap_only, CFG, TrainSettings(epochs=1), log=lambda line: None, show_progress=False)
 
 
 def test_chunks_cut_long_sequences_into_windows():
@@ -117,5 +144,5 @@ def test_chunks_cut_long_sequences_into_windows():
     s = build_sequences(b, 9, A["purchase"], CFG.session_gap_s)
     pieces = chunks(s, 4)
     assert sorted(pieces[:, 1].tolist()) == [1, 3, 4, 4]
-    tok, padding, rows = batch_tokens(s, pieces, 9)
+    tok, padding, state, rows = batch_tokens(s, pieces, 9)
     assert tok["action"].shape == (4, 4) and int(padding.sum()) == 4 and int((rows >= 0).sum()) == 12
