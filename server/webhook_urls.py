@@ -42,18 +42,19 @@ def address_problem(ip: str) -> str | None:
 
 
 def _translated_to(addr: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
-    """The IPv4 host an IPv4-mapped or well-known NAT64 address stands for: that host alone decides."""
+    """The IPv4 host an IPv4-mapped, 6to4 or well-known NAT64 address stands for: that host alone decides."""
     if addr.ipv4_mapped is not None:
         return "IPv4-mapped", addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        # Python 3.12.4 and later count all of 2002::/16 as private; a relay to a public host is not.
+        return "6to4", addr.sixtofour
     if addr in _NAT64:
         return "NAT64", ipaddress.IPv4Address(int(addr) & 0xFFFF_FFFF)
     return None
 
 
 def _tunnelled_to(addr: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
-    """The IPv4 hosts a 6to4, Teredo or (deprecated) IPv4-compatible address reaches, besides the address itself."""
-    if addr.sixtofour is not None:
-        return [("6to4", addr.sixtofour)]
+    """The IPv4 hosts a Teredo or (deprecated) IPv4-compatible address reaches, besides the address itself."""
     if addr.teredo is not None:
         return [("Teredo server", addr.teredo[0]), ("Teredo client", addr.teredo[1])]
     if addr in _IPV4_COMPATIBLE:

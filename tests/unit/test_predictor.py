@@ -87,6 +87,22 @@ def test_predictor_serves_what_offline_prediction_computes():
         assert np.isclose(next_probs.sum(), 1.0, atol=1e-5)
 
 
+@pytest.mark.gpu
+def test_the_transformer_on_the_gpu_predicts_what_it_predicts_on_the_cpu():
+    batch = mixed_stream()
+    checkpoint = trained(batch)
+    engine = Engine(CFG, backend="numpy")
+    engine.apply(batch)
+    names = sorted(set(batch.user_ids))
+    users = engine.windows.lookup(names, create=False)
+    tokens, lengths = engine.window_features(users)
+    state = engine.current_features(users, float(batch.ts.max()))
+    on_cpu = TransformerPredictor(checkpoint, CFG, "cpu").predict(tokens, lengths, state)
+    on_gpu = TransformerPredictor(checkpoint, CFG, "cuda").predict(tokens, lengths, state)
+    for cpu, gpu in zip(on_cpu, on_gpu):
+        np.testing.assert_allclose(gpu, cpu, atol=1e-4)
+
+
 def test_predictor_keeps_the_last_events_of_a_long_window():
     checkpoint = trained(mixed_stream())
     predictor = TransformerPredictor(checkpoint, CFG)

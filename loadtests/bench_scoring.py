@@ -1,0 +1,126 @@
+"""Scoring latency inside one process: the engine's learned score per array backend, and the Transformer per device.
+
+    python -m loadtests.bench_scoring [--users 20000] [--events 200000] [--batches 1,64,1024,16384] [--repeats 5]
+
+A synthetic tenant (users with devices, time zones, categories, items and carts) is applied to one engine per
+backend that runs for real here (NumPy always; Triton and CuPy only on a CUDA device: their interpreter and
+emulation are test tools). For each batch size it prints the best of ``--repeats`` timings, in milliseconds, of
+
+- ``score``: ``Engine.score`` with the Thompson draw (what ``POST /v1/score`` runs before the Transformer);
+- ``features``: ``Engine.window_features``, the Transformer's tokens, gathered on the host;
+- ``transformer``: ``TransformerPredictor.predict`` on each torch device (cpu, and cuda where present);
+- ``decide``: ``model.decisions.predict``, everything a scoring batch does, with the Transformer on that device.
+
+It also checks that every backend's posterior-mean score equals NumPy's (the draws differ by generator).
+No HTTP: ``python -m loadtests.bench`` measures the server end to end.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+import kernels
+from model import Engine, EventBatch, TenantConfig
+from model.decisions import predict
+from model.predictor import TransformerPredictor
+from model.training import TrainSettings, train
+
+T0 = 1_700_000_000.0
+MIX = {"view": 0.62, "search": 0.12, "add_to_cart": 0.12, "favorite": 0.06, "remove_from_cart": 0.03, "purchase": 0.05}
+
+
+def synthetic(config: TenantConfig, n_users: int, n_events: int, seed: int = 0) -> EventBatch:
+    """Users active over two days, with devices, time zones, categories and items."""
+    rng = np.random.default_rng(seed)
+    names = list(MIX)
+    codes = np.array([config.actions.index(a) for a in names])
+    users = rng.zipf(1.3, n_events) % n_users
+    return EventBatch.build(
+        user_ids=[f"u{u}" for u in users],
+        actions=codes[rng.choice(len(names), n_events, p=list(MIX.values()))],
+        ts=np.sort(T0 + rng.uniform(0, 2 * 86_400, n_events)).round(),
+        device=rng.integers(0, 4, n_events),
+        tz_offset_min=rng.choice([-300, 0, 60, 540], n_events),
+        categories=[f"c{c}" for c in rng.integers(0, 200, n_events)],
+        item_ids=[f"i{i}" for i in rng.zipf(1.2, n_events) % 5000],
+    )
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def best_ms(fn, repeats: int) -> float:
+    fn()
+    _sync()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        _sync()
+        best = min(best, time.perf_counter() - started)
+    return best * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batches", default="1,64,1024,16384")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+
+    config = TenantConfig(allow_backfill=True)
+    events = synthetic(config, args.users, args.events)
+    backends = [b for b in kernels.available_backends() if b == "numpy" or torch.cuda.is_available()]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, GPU {gpu}; "
+          f"torch {torch.__version__}; {args.events} events of {args.users} users")
+
+    started = time.perf_counter()
+    first = events.take(np.arange(min(len(events), 20_000)))
+    checkpoint = train(first, config, TrainSettings(epochs=1, patience=1), log=lambda line: None, show_progress=False)
+    print(f"a default-size Transformer trained 1 epoch on {len(first)} events in {time.perf_counter() - started:.1f} s")
+
+    engines = {}
+    for backend in backends:
+        started = time.perf_counter()
+        engine = Engine(config, backend=backend)
+        engine.apply(events)
+        engines[backend] = engine
+        print(f"{backend}: applied {len(events)} events in {time.perf_counter() - started:.1f} s")
+    now = float(events.ts.max()) + 60.0
+    ids = sorted(set(events.user_ids.tolist()))
+    reference = engines["numpy"].score(ids, now, draw=False).score
+    for backend, engine in engines.items():
+        gap = float(np.abs(engine.score(ids, now, draw=False).score - reference).max())
+        print(f"{backend}: largest posterior-mean score difference from numpy over {len(ids)} users: {gap:.2e}")
+
+    predictors = {d: TransformerPredictor(checkpoint, config, d) for d in devices}
+    print("\n| backend | device | users | score ms | features ms | transformer ms | decide ms |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for backend, engine in engines.items():
+        for device, predictor in predictors.items():
+            for size in batches:
+                chosen = ids[:size] if size <= len(ids) else (ids * (size // len(ids) + 1))[:size]
+                users = engine.windows.lookup(chosen, create=False)
+                tokens, lengths = engine.window_features(users)
+                state = engine.score(chosen, now).features
+                row = [
+                    best_ms(lambda: engine.score(chosen, now), args.repeats),
+                    best_ms(lambda: engine.window_features(users), args.repeats),
+                    best_ms(lambda: predictor.predict(tokens, lengths, state), args.repeats),
+                    best_ms(lambda: predict(engine, predictor, chosen, now), args.repeats),
+                ]
+                print(f"| {backend} | {device} | {size} | " + " | ".join(f"{v:.2f}" for v in row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
