@@ -24,6 +24,7 @@ ACTIONS = ["view"] * 6 + ["search", "favorite", "add_to_cart", "remove_from_cart
 DEVICES = ["desktop", "mobile", "tablet"]
 USERS = 50_000
 MSGPACK = "application/msgpack"
+ALL_STATUSES = frozenset(range(100, 600))
 
 
 @events.init_command_line_parser.add_listener
@@ -54,6 +55,14 @@ def score_body(rng: random.Random, n: int) -> bytes:
     return msgpack.packb({"users": [{"user_id": f"u{rng.randrange(USERS)}"} for _ in range(n)]})
 
 
+def _error_code(body: bytes) -> str:
+    """The machine-readable code of an error answer, for locust's failure table."""
+    try:
+        return str(msgpack.unpackb(body)["error"]["code"])
+    except Exception:  # not a nudge error body (a proxy's page, a cut connection)
+        return "?"
+
+
 class _NudgeUser(FastHttpUser):
     abstract = True
 
@@ -63,11 +72,14 @@ class _NudgeUser(FastHttpUser):
         if not key:
             raise RuntimeError("pass --api-key (or set NUDGE_API_KEY) to a tenant's key")
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": MSGPACK, "Accept": MSGPACK}
+        # Every status reaches our own check below. Otherwise geventhttpclient raises on a 4xx/5xx and then fails
+        # to log its msgpack body as UTF-8, which kills the task instead of counting a failure.
+        self.client.client.valid_response_codes = ALL_STATUSES
 
     def post(self, path: str, body: bytes, name: str):
         with self.client.post(path, data=body, headers=self.headers, name=name, catch_response=True) as resp:
             if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}")
+                resp.failure(f"HTTP {resp.status_code} {_error_code(resp.content)}")
                 return None
             return msgpack.unpackb(resp.content)
 
@@ -118,20 +130,28 @@ class MixedUser(_NudgeUser):
             if result.get("signal"):
                 self.signal_ids.append(result["signal"]["signal_id"])
 
-    @task(1)
+    @task(2)
     def feedback(self) -> None:
+        """What a shop's client reports: it got the signal, acted on it, the user saw it, and then an outcome."""
         if not self.signal_ids:
             return
-        reports = [{"signal_id": sid, "outcome": self.rng.choice(["shown", "clicked", "converted", "dismissed"])}
-                   for sid in self.signal_ids[:20]]
+        reports = []
+        for sid in dict.fromkeys(self.signal_ids[:20]):  # a signal seen in a score answer and a pull: once
+            reports += [{"signal_id": sid, "outcome": step} for step in ("received", "handled", "shown")]
+            ending = self.rng.choice(["clicked", "converted", "dismissed", None])
+            if ending:
+                reports.append({"signal_id": sid, "outcome": ending})
         del self.signal_ids[:20]
         self.post("/v1/feedback", msgpack.packb({"feedback": reports}), "feedback")
 
-    @task(1)
+    @task(2)
     def pull(self) -> None:
         with self.client.get(f"/v1/signals?after={self.cursor}&limit=100", headers=self.headers, name="pull signals",
                              catch_response=True) as resp:
             if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}")
+                resp.failure(f"HTTP {resp.status_code} {_error_code(resp.content)}")
                 return
-            self.cursor = msgpack.unpackb(resp.content)["next"]
+            page = msgpack.unpackb(resp.content)
+            self.cursor = page["next"]
+            # Several locust users share one tenant: each takes a share of the pulled signals to report on.
+            self.signal_ids += [s["signal_id"] for s in page.get("signals", []) if self.rng.random() < 0.5]

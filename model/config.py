@@ -94,6 +94,12 @@ class TenantConfig:
     daily_cap : most signals per user per 24 hours.
     holdout_share : share of users (by a hash of their id) never signalled, for measured uplift.
     signal_horizon_s : a conversion within this long after a signal is attributed to it.
+    cart_idle_s : a cart counts as abandoned once its user has done nothing for this long.
+    discount_band : (low, high) of P(conversion within 60 min) between which a user is undecided: discounts go
+        to them only, not to users about to buy anyway nor to those nearly sure not to.
+    quiet_after_conversion_s : no discount to a user who converted within this long.
+    bandit_floor_share : every variant keeps at least this share of its intent's traffic.
+    bandit_min_outcomes : variants share traffic evenly until each has this many outcomes.
     """
 
     actions: tuple[str, ...] = DEFAULT_ACTIONS
@@ -122,6 +128,11 @@ class TenantConfig:
     daily_cap: int = 3
     holdout_share: float = 0.1
     signal_horizon_s: float = 3600.0
+    cart_idle_s: float = 900.0
+    discount_band: tuple[float, float] = (0.02, 0.5)
+    quiet_after_conversion_s: float = 86400.0
+    bandit_floor_share: float = 0.05
+    bandit_min_outcomes: int = 30
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -157,6 +168,7 @@ class TenantConfig:
         out["thresholds"] = dict(self.thresholds)
         out["policy"] = dict(self.policy)
         out["discount_tiers_pct"] = list(self.discount_tiers_pct)
+        out["discount_band"] = list(self.discount_band)
         out["discount_codes"] = dict(self.discount_codes)
         out["content_map"] = {k: list(v) for k, v in self.content_map.items()}
         return out
@@ -180,6 +192,9 @@ ENGINE_FIELDS = (
 )
 
 _NUMBER_FIELDS = {
+    "cart_idle_s",
+    "quiet_after_conversion_s",
+    "bandit_floor_share",
     "min_score",
     "cooldown_s",
     "holdout_share",
@@ -219,6 +234,10 @@ def _convert(key: str, raw: Any) -> tuple[Any, str | None]:
         if not isinstance(raw, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
             return None, "must map names to strings"
         return dict(raw), None
+    if key == "discount_band":
+        if not isinstance(raw, (list, tuple)) or len(raw) != 2 or not all(_is_number(x) for x in raw):
+            return None, "must be [low, high], two probabilities"
+        return (float(raw[0]), float(raw[1])), None
     if key == "discount_tiers_pct":
         if not isinstance(raw, (list, tuple)) or not all(_is_number(x) for x in raw):
             return None, "must be a list of numbers"
@@ -230,7 +249,7 @@ def _convert(key: str, raw: Any) -> tuple[Any, str | None]:
         ):
             return None, "must map categories, intents or 'default' to lists of content ids"
         return {k: tuple(v) for k, v in raw.items()}, None
-    if key in ("window_size", "seed", "recommendations", "daily_cap"):
+    if key in ("window_size", "seed", "recommendations", "daily_cap", "bandit_min_outcomes"):
         return (raw, None) if isinstance(raw, int) and not isinstance(raw, bool) else (None, "must be an integer")
     if key == "allow_backfill":
         return (raw, None) if isinstance(raw, bool) else (None, "must be true or false")
@@ -297,7 +316,8 @@ def _policy_problems(c: TenantConfig) -> list[tuple[str, str]]:
         if not 1 <= len(getattr(c, name)) <= 64:
             p.append((name, "must be 1 to 64 characters"))
     ranges = {"min_score": (0.0, 1.0), "holdout_share": (0.0, 0.9), "cooldown_s": (0.0, 30 * _DAY_S),
-              "signal_horizon_s": (60.0, 30 * _DAY_S)}
+              "signal_horizon_s": (60.0, 30 * _DAY_S), "cart_idle_s": (0.0, 30 * _DAY_S),
+              "quiet_after_conversion_s": (0.0, 365 * _DAY_S), "bandit_floor_share": (0.0, 0.2)}
     for name, (lo, hi) in ranges.items():
         v = getattr(c, name)
         if not (_is_number(v) and math.isfinite(v) and lo <= v <= hi):
@@ -306,4 +326,9 @@ def _policy_problems(c: TenantConfig) -> list[tuple[str, str]]:
         p.append(("recommendations", "must be an integer in [1, 100]"))
     if not (isinstance(c.daily_cap, int) and 0 <= c.daily_cap <= 1000):
         p.append(("daily_cap", "must be an integer in [0, 1000]"))
+    if not (isinstance(c.bandit_min_outcomes, int) and 0 <= c.bandit_min_outcomes <= 100_000):
+        p.append(("bandit_min_outcomes", "must be an integer in [0, 100000]"))
+    low, high = c.discount_band
+    if not (0.0 <= low < high <= 1.0):
+        p.append(("discount_band", f"must be [low, high] with 0 <= low < high <= 1, got {list(c.discount_band)}"))
     return p

@@ -85,7 +85,7 @@ def evaluate(
         "n_events": int(settled.sum()),
         **_settled_calibration(calibrated, seq, settled),
     }
-    metrics["transformer_vs_markov"] = _margins(seq, rows, predictions["transformer"],
+    metrics["transformer_vs_markov"] = paired_margins(seq, rows, predictions["transformer"],
                                                 predictions["markov"], replicates)
     return metrics, charts
 
@@ -104,7 +104,7 @@ def _settled_calibration(conv: np.ndarray, seq, rows: np.ndarray) -> dict[str, f
     return out
 
 
-def _margins(seq, rows: np.ndarray, model, markov, replicates: int, seed: int = 0) -> dict[str, Any]:
+def paired_margins(seq, rows: np.ndarray, model, markov, replicates: int, seed: int = 0) -> dict[str, Any]:
     """The Transformer's relative next-action log-loss gain and 5-minute AUC gain over the Markov chain, with
     95 % intervals from a bootstrap over users."""
     known = rows & (seq.next_action >= 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -27,9 +28,18 @@ EXTRA_ACTIONS = {"jdata": ("click",)}
 JDATA_TZ_OFFSET_MIN = 8 * 60  # JD logs Beijing time without saying so
 
 
-def format_actions(fmt: str) -> tuple[str, ...]:
-    """The vocabulary a tenant needs to take a format's events: the default one, and what the format adds."""
-    return DEFAULT_ACTIONS + EXTRA_ACTIONS.get(fmt, ())
+def format_actions(fmt: str, path: str | Path | None = None) -> tuple[str, ...]:
+    """The vocabulary a tenant needs to take a format's events: the default one, what the format adds and, for a
+    ``nudge`` file at ``path``, every other action it holds (a tenant's own names), in order of first appearance."""
+    actions = DEFAULT_ACTIONS + EXTRA_ACTIONS.get(fmt, ())
+    if fmt != "nudge" or path is None:
+        return actions
+    found = _nudge_actions(Path(path))
+    if "purchase" not in found:
+        raise ValueError(f"{path}: no event has the action 'purchase', the conversion that replay and training "
+                         f"predict; the file's actions are {found[:10]}. Export a tenant whose conversions are "
+                         "logged as 'purchase'")
+    return actions + tuple(a for a in found if a not in actions)
 
 
 def load_events(path: str | Path, fmt: str, config: TenantConfig, limit: int | None = None) -> EventBatch:
@@ -59,17 +69,48 @@ def load_events(path: str | Path, fmt: str, config: TenantConfig, limit: int | N
     return batch.take(order[:limit])
 
 
+def _not_taobao(path: Path, problem: str) -> ValueError:
+    """The error for a file that is not Taobao UserBehavior: what one looks like, and how to name another format."""
+    return ValueError(f"{path}: {problem}. A Taobao UserBehavior file (the default format) has rows of "
+                      "user,item,category,behavior,timestamp with no header, behavior one of "
+                      f"{', '.join(TAOBAO_ACTIONS)} and timestamp in Unix seconds; for another kind of file "
+                      f"pick its format with --format ({', '.join(FORMATS)})")
+
+
 def _taobao(path: Path, limit: int | None) -> dict[str, list]:
-    raw = np.loadtxt(path, delimiter=",", dtype=str, max_rows=limit, ndmin=2)
+    if path.is_dir():
+        raise _not_taobao(path, "is a folder, not a file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # an empty file: said below, as an error
+        try:
+            raw = np.loadtxt(path, delimiter=",", dtype=str, max_rows=limit, ndmin=2)
+        except ValueError as exc:  # rows of differing lengths; numpy's advice after the ';' does not apply
+            raise _not_taobao(path, str(exc).split(";")[0]) from None
+    if not raw.size:
+        raise ValueError(f"{path} holds no events")
     if raw.shape[1] != 5:
-        raise ValueError(f"{path}: expected 5 columns user,item,category,behavior,timestamp; got {raw.shape[1]}")
-    unknown = sorted(set(raw[:, 3]) - set(TAOBAO_ACTIONS))
+        raise _not_taobao(path, f"expected 5 columns, got {raw.shape[1]}")
+    unknown = sorted(str(b) for b in set(raw[:, 3]) - set(TAOBAO_ACTIONS))
     if unknown:
-        raise ValueError(f"{path}: unknown behaviors {unknown[:5]}; expected {sorted(TAOBAO_ACTIONS)}")
+        raise _not_taobao(path, f"unknown behaviors {unknown[:5]}")
+    try:
+        ts = raw[:, 4].astype(np.float64)
+    except ValueError as exc:
+        raise _not_taobao(path, _first_non_number(raw[:, 4].tolist()) or str(exc)) from None
     return {
         "user_ids": raw[:, 0].tolist(), "actions": [TAOBAO_ACTIONS[b] for b in raw[:, 3]],
-        "ts": raw[:, 4].astype(np.float64), "item_ids": raw[:, 1].tolist(), "categories": raw[:, 2].tolist(),
+        "ts": ts, "item_ids": raw[:, 1].tolist(), "categories": raw[:, 2].tolist(),
     }
+
+
+def _first_non_number(values: list[str]) -> str | None:
+    """Which timestamp does not parse as a number, and in which row; None if every one does."""
+    for row, value in enumerate(values, start=1):
+        try:
+            float(value)
+        except ValueError:
+            return f"the timestamp {value!r} in row {row} is not a number"
+    return None
 
 
 def _retailrocket(path: Path, limit: int | None) -> dict[str, list]:
@@ -223,6 +264,22 @@ def _json_lines(path: Path, out: dict[str, list], limit: int | None) -> Iterator
                 return
             if text.strip():
                 yield line, text
+
+
+def _nudge_actions(path: Path) -> list[str]:
+    """The action names of a ``nudge`` file, in order of first appearance (one pass over the file)."""
+    seen: dict[str, None] = {}
+    with open(path) as fh:
+        for line, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                action = json.loads(text)["action"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{line}: not a nudge event ({type(exc).__name__}: {exc})") from None
+            if isinstance(action, str):  # anything else is refused, with its line, when the events are read
+                seen.setdefault(action, None)
+    return list(seen)
 
 
 def _nudge(path: Path, limit: int | None) -> dict[str, list]:

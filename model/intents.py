@@ -9,9 +9,11 @@ from .config import DEFAULT_POLICY, DEFAULT_THRESHOLDS, INTENTS, TenantConfig
 _NEXT_ACTION = {"information_seeking": "search", "needs_help": "help_view", "form_intent": "form_start"}
 
 
-def open_cart(actions: np.ndarray, ts: np.ndarray, lengths: np.ndarray, config: TenantConfig) -> np.ndarray:
+def open_cart(actions: np.ndarray, ts: np.ndarray, lengths: np.ndarray, config: TenantConfig,
+              now: float | None = None) -> np.ndarray:
     """Per window (left-aligned, oldest first): an add_to_cart in the latest session with no conversion or
-    removal after it."""
+    removal after it. With ``now``: and abandoned, which is more: no checkout begun after the add, and nothing
+    done for ``cart_idle_s`` (at the moment of the add, a cart is not abandoned)."""
     batch, k = actions.shape
     if "add_to_cart" not in config.actions or not batch:
         return np.zeros(batch, bool)
@@ -30,17 +32,26 @@ def open_cart(actions: np.ndarray, ts: np.ndarray, lengths: np.ndarray, config: 
         return np.where(hit, pos, -1).max(axis=1)
 
     closing = last_of([config.conversion_action, "remove_from_cart"])
-    return last_of(["add_to_cart"]) > closing
+    if now is not None:
+        # A checkout begun after the add means the user is buying: no discount during checkout.
+        closing = np.maximum(closing, last_of(["begin_checkout"]))
+    is_open = last_of(["add_to_cart"]) > closing
+    if now is None:
+        return is_open
+    return is_open & (lengths > 0) & (now - last_ts >= config.cart_idle_s)
 
 
 def intent_scores(
     next_probs: np.ndarray, purchase_5m: np.ndarray, purchase_60m: np.ndarray, cart: np.ndarray, config: TenantConfig
 ) -> np.ndarray:
-    """[B, len(INTENTS)] scores in [0, 1]: P(conversion in 5 min); open cart x P(no conversion in 60 min);
-    P(next action is search / help_view / form_start)."""
+    """[B, len(INTENTS)] scores in [0, 1]: P(conversion in 5 min); abandoned cart x P(no conversion in 60 min)
+    for undecided users only (P(conversion in 60 min) inside ``discount_band``); P(next action is search /
+    help_view / form_start)."""
+    low, high = config.discount_band
+    undecided = (purchase_60m >= low) & (purchase_60m <= high)
     cols = {
         "purchase_likely": purchase_5m,
-        "cart_abandon_risk": cart * (1.0 - purchase_60m),
+        "cart_abandon_risk": cart * undecided * (1.0 - purchase_60m),
     }
     for intent, action in _NEXT_ACTION.items():
         cols[intent] = next_probs[:, config.actions.index(action)] if action in config.actions else np.zeros(len(cart))

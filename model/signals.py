@@ -1,4 +1,5 @@
-"""The signal policy of one tenant: cooldown, daily cap, holdout, and the intervention bandits.
+"""The signal policy of one tenant: cooldown, daily cap, holdout, discount rules, and the intervention bandits
+(sticky variants, a traffic floor, even shares until each variant has outcomes).
 
 Everything here is rebuilt from the durable signal log at start-up (:meth:`SignalPolicy.restore`);
 the policy itself does no I/O.
@@ -81,6 +82,10 @@ class SignalPolicy:
         self.recent: dict[str, list[float]] = defaultdict(list)  # user -> decision times within a day
         self.open: dict[str, _Open] = {}
         self.open_by_user: dict[str, list[str]] = defaultdict(list)
+        # The signal a user was sent last and that is still open: what a score answer shows for them.
+        self.open_signal: dict[str, Decision] = {}
+        # user -> intent -> (variant, until): a user keeps the variant first shown within the signal horizon.
+        self.sticky: dict[str, dict[str, tuple[str, float]]] = defaultdict(dict)
         self.bandits: dict[str, tuple[list[str], ThompsonBandit]] = {}
         for i, intent in enumerate(INTENTS):
             variants = signal_variants(self.signal_type(intent), config)
@@ -93,6 +98,7 @@ class SignalPolicy:
         """
         new = SignalPolicy(config, backend=self.backend)
         new.recent, new.open, new.open_by_user = self.recent, self.open, self.open_by_user
+        new.open_signal, new.sticky = self.open_signal, self.sticky
         for intent, (variants, bandit) in self.bandits.items():
             new_variants, new_bandit = new.bandits[intent]
             for arm, variant in enumerate(variants):
@@ -117,18 +123,20 @@ class SignalPolicy:
 
     def decide(
         self, user_ids: Iterable[str], intents: np.ndarray, scores: np.ndarray, now: float, catalog: ItemCatalog,
-        hints: list[dict[str, str] | None] | None = None,
+        hints: list[dict[str, str] | None] | None = None, no_discount: np.ndarray | None = None,
     ) -> list[Decision | None]:
-        """One entry per user: a decision, or None (no intent, cooling down, capped, or nothing to send)."""
+        """One entry per user: a decision, or None (no intent, cooling down, capped, or nothing to send).
+
+        ``no_discount`` marks users who must not get ``offer_discount`` now (they just converted).
+        """
         user_ids = list(user_ids)
-        eligible = [i for i, uid in enumerate(user_ids) if intents[i] >= 0 and self.allowed(uid, now)]
-        # One batched Thompson draw per intent, not one per user.
-        variant_of: dict[int, str] = {}
-        for intent_index in sorted({int(intents[i]) for i in eligible}):
-            rows = [i for i in eligible if intents[i] == intent_index]
-            variants, bandit = self.bandits[INTENTS[intent_index]]
-            for i, arm in zip(rows, bandit.choose(len(rows))):
-                variant_of[i] = variants[int(arm)]
+        eligible = [
+            i for i, uid in enumerate(user_ids)
+            if intents[i] >= 0 and self.allowed(uid, now)
+            and not (no_discount is not None and no_discount[i]
+                     and self.signal_type(INTENTS[int(intents[i])]) == "offer_discount")
+        ]
+        variant_of = self._variants(user_ids, intents, eligible, now)
         out: list[Decision | None] = [None] * len(user_ids)
         for i in eligible:
             intent, user_id = INTENTS[int(intents[i])], user_ids[i]
@@ -147,10 +155,38 @@ class SignalPolicy:
             out[i] = decision
         return out
 
+    def _variants(self, user_ids: list[str], intents: np.ndarray, eligible: list[int], now: float) -> dict[int, str]:
+        """The variant for each eligible user: the one they were shown within the horizon, else the bandit's."""
+        out: dict[int, str] = {}
+        cfg = self.config
+        for intent_index in sorted({int(intents[i]) for i in eligible}):
+            intent = INTENTS[intent_index]
+            variants, bandit = self.bandits[intent]
+            rows = []
+            for i in (i for i in eligible if intents[i] == intent_index):
+                kept = self.sticky.get(user_ids[i], {}).get(intent)
+                if kept is not None and kept[1] >= now and kept[0] in variants:
+                    out[i] = kept[0]
+                else:
+                    rows.append(i)
+            # One batched draw per intent, not one per user.
+            arms = bandit.choose(len(rows), floor_share=cfg.bandit_floor_share, min_outcomes=cfg.bandit_min_outcomes)
+            for i, arm in zip(rows, arms):
+                out[i] = variants[int(arm)]
+        return out
+
     def _remember(self, d: Decision) -> None:
         self.recent[d.user_id].append(d.created_at)
         self.open[d.signal_id] = _Open(d.user_id, d.intent, d.variant, d.created_at, d.withheld)
         self.open_by_user[d.user_id].append(d.signal_id)
+        self.sticky[d.user_id][d.intent] = (d.variant, d.created_at + self.config.signal_horizon_s)
+        if not d.withheld:
+            self.open_signal[d.user_id] = d
+
+    def shown_signal(self, user_id: str) -> dict[str, Any] | None:
+        """The user's latest signal that is still open (sent at ingest or at a score), as third parties get it."""
+        d = self.open_signal.get(user_id)
+        return d.signal() if d is not None and d.signal_id in self.open else None
 
     # ---- outcomes ------------------------------------------------------------------------------
 
@@ -165,14 +201,19 @@ class SignalPolicy:
         return out
 
     def expire(self, now: float) -> list[Resolution]:
-        """Decisions whose horizon has passed without a conversion."""
+        """Decisions whose horizon has passed without a conversion (and variants no longer sticky)."""
         horizon = self.config.signal_horizon_s
         due = [sid for sid, o in self.open.items() if now > o.created_at + horizon]
+        for user_id in [u for u, kept in self.sticky.items() if all(until < now for _, until in kept.values())]:
+            del self.sticky[user_id]
         return [self.resolve(sid, False, now) for sid in due]
 
     def resolve(self, signal_id: str, converted: bool, at: float) -> Resolution:
         """Close an open decision and reward its variant (holdout decisions teach no bandit)."""
         o = self.open.pop(signal_id)
+        shown = self.open_signal.get(o.user_id)
+        if shown is not None and shown.signal_id == signal_id:
+            del self.open_signal[o.user_id]
         ids = self.open_by_user.get(o.user_id)
         if ids is not None:
             ids.remove(signal_id)
@@ -189,23 +230,29 @@ class SignalPolicy:
 
     def erase(self, user_id: str) -> None:
         self.recent.pop(user_id, None)
+        self.open_signal.pop(user_id, None)
+        self.sticky.pop(user_id, None)
         for signal_id in self.open_by_user.pop(user_id, ()):
             self.open.pop(signal_id, None)
 
     # ---- restart -------------------------------------------------------------------------------
 
-    def restore(self, recent: Iterable[tuple], rewards: Iterable[tuple]) -> None:
+    def restore(self, recent: Iterable[tuple], rewards: Iterable[tuple], open_signals: Iterable[dict] = ()) -> None:
         """Rebuild from the signal log.
 
         ``recent``: (signal_id, user_id, intent, variant, created_at, withheld, resolved) of the last
-        day's and all unresolved decisions; ``rewards``: (intent, variant, successes, failures) of
-        resolved, non-withheld decisions.
+        day's and all unresolved decisions, in log order; ``rewards``: (intent, variant, successes, failures)
+        of resolved, non-withheld decisions; ``open_signals``: the unresolved, sent signals as delivered.
         """
         for signal_id, user_id, intent, variant, created_at, withheld, resolved in recent:
             self.recent[user_id].append(created_at)
+            self.sticky[user_id][intent] = (variant, created_at + self.config.signal_horizon_s)
             if not resolved:
                 self.open[signal_id] = _Open(user_id, intent, variant, created_at, bool(withheld))
                 self.open_by_user[user_id].append(signal_id)
+        for signal in open_signals:
+            if signal["signal_id"] in self.open:
+                self.open_signal[signal["user_id"]] = Decision(**signal, withheld=False)
         for intent, variant, successes, failures in rewards:
             if intent in self.bandits and variant in self.bandits[intent][0]:
                 variants, bandit = self.bandits[intent]
@@ -214,8 +261,11 @@ class SignalPolicy:
                 bandit.beta[arm] += failures
 
     def bandit_report(self) -> dict[str, Any]:
-        """Per intent: its signal type, the variants and their posteriors."""
+        """Per intent: its signal type, the variants, their posteriors, and how traffic is allocated now."""
+        cfg = self.config
         return {
-            intent: {"type": self.signal_type(intent), "variants": variants, **bandit.posterior()}
+            intent: {"type": self.signal_type(intent), "variants": variants, **bandit.posterior(),
+                     "allocation": "even" if bandit.warming_up(cfg.bandit_min_outcomes) else "thompson",
+                     "floor_share": cfg.bandit_floor_share, "min_outcomes": cfg.bandit_min_outcomes}
             for intent, (variants, bandit) in self.bandits.items()
         }

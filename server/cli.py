@@ -20,36 +20,67 @@ from .storage import Store
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    import kernels
+
     from .app import SERVER_KWARGS, create_app
 
     config = ServerConfig.load(
         args.config, data_dir=args.data_dir, host=args.host, port=args.port, backend=args.backend
     )
     configure_logging(config.log_level.upper(), config.log_format)
-    store = Store(config.data_dir)
+    # What can fail is checked before the demo key is shown: a key printed for a server that never runs is lost.
     try:
-        if not store.tenants():
-            _, key = store.create_tenant("demo")
-            print("Created tenant 'demo' in the empty data dir. Its API key (shown once, stored hashed):", flush=True)
-            print(key, flush=True)
+        if config.backend != "auto":  # an automatic choice falls back to numpy, it never fails
+            kernels.resolve_backend(config.backend)
+    except kernels.BackendUnavailable as exc:
+        raise ValueError(f"{exc}; start with --backend numpy (runs anywhere) or --backend auto") from None
+    loop = _event_loop(config.event_loop)
+    demo = _create_demo_tenant(config.data_dir)
+    listening = False
+
+    def _listening(_banner: str) -> None:
+        nonlocal listening
+        listening = True
+
+    try:
+        app = create_app(config)
+        print(f"nudge serving on http://{config.host}:{config.port} (data in {config.data_dir}; "
+              f"event loop {type(loop).__module__.split('.')[0]})", flush=True)
+        web.run_app(
+            app,
+            loop=loop,
+            host=config.host,
+            port=config.port,
+            print=_listening,  # called once every socket is bound
+            access_log=logging.getLogger("nudge.access") if config.access_log else None,
+            access_log_format=ACCESS_LOG_FORMAT,
+            handle_signals=True,
+            **SERVER_KWARGS,
+        )
+    except BaseException:
+        if demo and not listening:
+            # Nobody can have used the key: forget the tenant, so the next start makes one and shows its key.
+            store = Store(config.data_dir)
+            try:
+                store.delete_tenant("demo")
+            finally:
+                store.close()
+        raise
+    return 0
+
+
+def _create_demo_tenant(data_dir: Path) -> bool:
+    """Create the tenant 'demo' and print its key when the data dir has no tenant; whether it did."""
+    store = Store(data_dir)
+    try:
+        if store.tenants():
+            return False
+        _, key = store.create_tenant("demo")
     finally:
         store.close()
-    app = create_app(config)
-    loop = _event_loop(config.event_loop)
-    print(f"nudge serving on http://{config.host}:{config.port} (data in {config.data_dir}; "
-          f"event loop {type(loop).__module__.split('.')[0]})", flush=True)
-    web.run_app(
-        app,
-        loop=loop,
-        host=config.host,
-        port=config.port,
-        print=None,
-        access_log=logging.getLogger("nudge.access") if config.access_log else None,
-        access_log_format=ACCESS_LOG_FORMAT,
-        handle_signals=True,
-        **SERVER_KWARGS,
-    )
-    return 0
+    print("Created tenant 'demo' in the empty data dir. Its API key (shown once, stored hashed):", flush=True)
+    print(key, flush=True)
+    return True
 
 
 def _event_loop(kind: str):
@@ -81,20 +112,22 @@ def _tenant_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _file_config(fmt: str, **settings) -> TenantConfig:
-    """A tenant config that takes a format's events; a file is replayed in time order, so nothing arrives
-    late and the watermark can follow the clock."""
+def _file_config(fmt: str, path: str, **settings) -> TenantConfig:
+    """A tenant config that takes the events of the file at ``path``; a file is replayed in time order, so
+    nothing arrives late and the watermark can follow the clock."""
     from model.event_files import format_actions
 
-    return TenantConfig(actions=format_actions(fmt), allow_backfill=True, allowed_lateness_s=0.0, **settings)
+    return TenantConfig(actions=format_actions(fmt, path), allow_backfill=True, allowed_lateness_s=0.0, **settings)
 
 
 def _replay(args: argparse.Namespace) -> int:
     from model.event_files import load_events
     from model.replay import progress_bar, replay
 
-    config = _file_config(args.format, seed=args.seed)
+    config = _file_config(args.format, args.data, seed=args.seed)
     batch = load_events(args.data, args.format, config, limit=args.limit)
+    if args.policy:
+        return _replay_policy(args, batch, config)
     report = replay(batch, config, replicates=args.replicates, seed=args.seed,
                     progress=None if args.quiet else progress_bar("replay"))
     if args.json:
@@ -106,6 +139,20 @@ def _replay(args: argparse.Namespace) -> int:
         print(report.table())
         print("learned weights (posterior mean, all contexts): "
               + ", ".join(f"{a} {w:.4f}" for a, w in report.weights.items()))
+    return 0
+
+
+def _replay_policy(args: argparse.Namespace, batch, config: TenantConfig) -> int:
+    from model.policy_replay import replay_policy
+    from model.replay import progress_bar
+
+    report = replay_policy(batch, config, progress=None if args.quiet else progress_bar("policy"))
+    if args.json:
+        print(json.dumps(_finite(report.as_dict()), indent=2))
+    else:
+        print(f"the default signal policy over {report.events} events of {report.users} users "
+              f"({report.users_with_cart} put something in a cart)")
+        print(report.table())
     return 0
 
 
@@ -139,6 +186,10 @@ def _tenant_events(data_dir: Path, name: str):
     """A tenant's config and its whole event log as one batch, from the server's database."""
     from model import EventBatch
 
+    from .storage import DB_NAME
+
+    if not (data_dir / DB_NAME).is_file():  # opening a Store would create an empty database there
+        raise ValueError(f"{data_dir} holds no nudge database ({DB_NAME}); pass the --data-dir the server uses")
     store = Store(data_dir)
     try:
         tenant = next((t for t in store.tenants() if t.name == name), None)
@@ -166,7 +217,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         if not args.out:
             raise ValueError("--out is required when training from --data")
-        config = _file_config(args.format, session_gap_s=args.session_gap_s, seed=args.seed)
+        config = _file_config(args.format, args.data, session_gap_s=args.session_gap_s, seed=args.seed)
         batch, cut = _load_split(args, config)
         if cut is not None:
             batch = batch.take(batch.ts < cut)
@@ -237,7 +288,7 @@ def _replay_bandit(args: argparse.Namespace) -> int:
     if not rows:
         raise ValueError(f"{args.data}: no random/<campaign>/<campaign>.csv files found")
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(_finite(rows), indent=2))
         return 0
     print(f"replay method, Thompson sampling (Beta(1,1) priors) averaged over {args.runs} runs")
     print("| campaign | arms | random: impressions, clicks, CTR (95 % CI) | TS: matched, clicks, CTR (95 % CI) | TS / random |")
@@ -249,6 +300,28 @@ def _replay_bandit(args: argparse.Namespace) -> int:
               f"{r['random_ctr']:.4f} ({lo:.4f}–{hi:.4f}) | {r['ts_matched_impressions']:.1f}, {r['ts_clicks']:.2f}, "
               f"{r['ts_ctr']:.4f} ({tlo:.4f}–{thi:.4f}) | {r['ts_over_random']:.2f} |")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a share of the time span, strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,8 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--data", required=True)
     rep.add_argument("--format", choices=FORMATS, default="taobao")
     rep.add_argument("--json", action="store_true")
-    rep.add_argument("--limit", type=int, default=None, help="read only the first N rows")
+    rep.add_argument("--limit", type=_positive_int, default=None, help="read only the first N rows")
     rep.add_argument("--replicates", type=int, default=200, help="bootstrap replicates (resampling users)")
+    rep.add_argument("--policy", action="store_true",
+                     help="replay the signal policy instead: which intents and signals fire for what share of users")
     rep.add_argument("--seed", type=int, default=0)
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(run=_replay)
@@ -287,12 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--tenant", help="with --data-dir: whose events; the model goes to DATA_DIR/models/TENANT.pt")
     tr.add_argument("--format", choices=FORMATS, default="taobao")
     tr.add_argument("--out", default=None, help="where to write the checkpoint (.pt)")
-    tr.add_argument("--until-frac", type=float, default=None, help="train only on this first fraction of the time span")
-    tr.add_argument("--limit", type=int, default=None, help="read only the first N rows")
+    tr.add_argument("--until-frac", type=_fraction, default=None, help="train only on this first fraction of the time span")
+    tr.add_argument("--limit", type=_positive_int, default=None, help="read only the first N rows")
     tr.add_argument("--session-gap-s", type=float, default=1800.0, help="a longer gap ends a session")
-    tr.add_argument("--epochs", type=int, default=30)
-    tr.add_argument("--patience", type=int, default=3, help="stop after this many epochs without improvement")
-    tr.add_argument("--batch-size", type=int, default=256)
+    tr.add_argument("--epochs", type=_positive_int, default=30)
+    tr.add_argument("--patience", type=_positive_int, default=3, help="stop after this many epochs without improvement")
+    tr.add_argument("--batch-size", type=_positive_int, default=256)
     tr.add_argument("--learning-rate", type=float, default=2e-3)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -302,9 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True)
     ev.add_argument("--data", required=True)
     ev.add_argument("--format", choices=FORMATS, default="taobao")
-    ev.add_argument("--from-frac", type=float, default=None,
+    ev.add_argument("--from-frac", type=_fraction, default=None,
                     help="score only events after this fraction of the time span (earlier ones are history)")
-    ev.add_argument("--limit", type=int, default=None)
+    ev.add_argument("--limit", type=_positive_int, default=None)
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--plots", default=None, help="write calibration.png and lift.png (5-minute purchase) here")
     ev.add_argument("--replicates", type=int, default=200, help="bootstrap replicates (resampling users)")
@@ -319,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rb = sub.add_parser("replay-bandit", help="replay the Thompson bandit on Open Bandit Dataset random logs")
     rb.add_argument("--data", required=True, help="a folder holding random/{all,men,women}/*.csv")
-    rb.add_argument("--runs", type=int, default=20, help="replays averaged (each with its own seed)")
+    rb.add_argument("--runs", type=_positive_int, default=20, help="replays averaged (each with its own seed)")
     rb.add_argument("--json", action="store_true")
     rb.set_defaults(run=_replay_bandit)
     return parser

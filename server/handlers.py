@@ -22,8 +22,9 @@ from .codecs import decode, inflate, request_format, respond
 from .delivery import TestDeliveryLimited
 from .errors import ApiError, invalid_field
 from .keys import METRICS, REQUEST_ID, RUNTIME, SPEC, TENANT
+from .merge_patch import merge_patch
 from .metrics import CONTENT_TYPE
-from .models import ModelUnavailable
+from .models import ModelRejected, ModelUnavailable
 from .runtime import NotReady, SubscriptionLimit, TenantUnavailable
 from .storage import ConfigConflict
 from .validation import (
@@ -214,6 +215,10 @@ async def get_stats(request: web.Request) -> web.Response:
     return respond(request, await request.app[RUNTIME].stats(request[TENANT]))
 
 
+async def get_bandits(request: web.Request) -> web.Response:
+    return respond(request, await request.app[RUNTIME].bandits(request[TENANT]))
+
+
 async def post_subscription(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     url, types = parse_subscription(await _body(request))
@@ -325,7 +330,8 @@ async def put_config(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise invalid_field("body", "must be an object of settings")
     try:
-        config = TenantConfig.from_dict({**state.config.to_dict(), **body})
+        # RFC 7396: nested maps merge and a null drops a setting, so TenantConfig's default applies again.
+        config = TenantConfig.from_dict(merge_patch(state.config.to_dict(), body))
     except ConfigError as exc:
         details = [{"field": f, "reason": r} for f, r in exc.problems]
         raise ApiError(400, "invalid_config", str(exc), details) from None
@@ -340,16 +346,46 @@ async def get_model(request: web.Request) -> web.Response:
     return respond(request, request[TENANT].model.describe())
 
 
-_MODEL_STATUS = {"model_not_found": 404, "model_mismatch": 409, "invalid_model": 422}
+_MODEL_STATUS = {"model_not_found": 404, "model_mismatch": 409, "invalid_model": 422, "model_rejected": 409,
+                 "nothing_to_roll_back": 409}
+
+
+def _model_error(exc: ModelUnavailable, state) -> ApiError:
+    details = None
+    if isinstance(exc, ModelRejected):
+        details = [{"field": "checkpoint", "reason": exc.code, "gate": exc.gate}]
+    return ApiError(_MODEL_STATUS[exc.code], exc.code, f"{exc}; still serving {state.model.predictor_name}", details)
+
+
+async def _reload_force(request: web.Request) -> bool:
+    """``force`` of the optional ``{"force": true}`` body."""
+    if not request.can_read_body:
+        return False
+    body = await _body(request)
+    if not isinstance(body, dict) or set(body) - {"force"} or not isinstance(body.get("force", False), bool):
+        raise invalid_field("force", 'send no body, or {"force": true} to promote on the checkpoint\'s own validation')
+    return body.get("force", False)
 
 
 async def reload_model(request: web.Request) -> web.Response:
     state = request[TENANT]
+    force = await _reload_force(request)
     try:
-        return respond(request, await request.app[RUNTIME].reload_model(state))
+        return respond(request, await request.app[RUNTIME].reload_model(state, force=force))
     except ModelUnavailable as exc:
-        message = f"{exc}; still serving {state.model.predictor_name}"
-        raise ApiError(_MODEL_STATUS[exc.code], exc.code, message) from None
+        raise _model_error(exc, state) from None
+
+
+async def rollback_model(request: web.Request) -> web.Response:
+    state = request[TENANT]
+    try:
+        return respond(request, await request.app[RUNTIME].rollback_model(state))
+    except ModelUnavailable as exc:
+        raise _model_error(exc, state) from None
+
+
+async def get_model_history(request: web.Request) -> web.Response:
+    return respond(request, {"history": list(request[TENANT].model.history)})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -394,6 +430,7 @@ ROUTES = [
     ("POST", "/v1/score", post_score),
     ("POST", "/v1/feedback", post_feedback),
     ("GET", "/v1/stats", get_stats),
+    ("GET", "/v1/bandits", get_bandits),
     ("POST", "/v1/subscriptions", post_subscription),
     ("GET", "/v1/subscriptions", list_subscriptions),
     ("DELETE", "/v1/subscriptions/{subscription_id}", delete_subscription),
@@ -408,6 +445,8 @@ ROUTES = [
     ("PUT", "/v1/config", put_config),
     ("GET", "/v1/model", get_model),
     ("POST", "/v1/model/reload", reload_model),
+    ("POST", "/v1/model/rollback", rollback_model),
+    ("GET", "/v1/model/history", get_model_history),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics),

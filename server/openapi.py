@@ -121,17 +121,25 @@ def build_spec() -> dict[str, Any]:
                 )
             },
             "/v1/feedback": {"post": _op(
-                "Report what became of signals (shown, clicked, converted, dismissed); converted rewards the bandit",
+                "Report what became of signals, one report per step (received, handled, shown, clicked, converted, "
+                "dismissed); converted closes the signal and rewards the bandit",
                 {"type": "object", "properties": {"accepted": {"type": "integer"}}},
                 body={"type": "object", "required": ["feedback"], "properties": {"feedback": {"type": "array", "items": {
                     "type": "object", "required": ["signal_id", "outcome"],
                     "properties": {"signal_id": {"type": "string"},
-                                   "outcome": {"type": "string", "enum": ["shown", "clicked", "converted", "dismissed"]},
+                                   "outcome": {"type": "string", "enum": ["received", "handled", "shown", "clicked",
+                                                                        "converted", "dismissed"]},
                                    "ts": {"type": "number"}}}}}},
             )},
             "/v1/stats": {"get": _op(
-                "Signals sent by type and variant; conversion of signalled vs holdout users with the uplift's 95 % "
-                "interval; the intervention bandits' posteriors", _OBJECT)},
+                "Signals sent by type and variant; each group's decisions (open, converted, expired); conversion "
+                "rates and the uplift's 95 % interval over the complete cohort (decisions whose horizon has closed: "
+                "conversion.cohort); the funnel from sent to converted per signal type; the bandits' posteriors",
+                _OBJECT)},
+            "/v1/bandits": {"get": _op(
+                "The intervention bandits: per intent the variants, their posteriors, outcomes learned from and how "
+                "traffic is allocated now (even while warming up, else Thompson sampling with a floor); and the "
+                "signals sent per hour, intent and variant", _OBJECT)},
             "/v1/subscriptions": {
                 "post": _op("Register a webhook for signals; the answer holds the signing secret, shown once",
                             {"type": "object", "properties": {"id": {"type": "string"}, "secret": {"type": "string"},
@@ -168,11 +176,23 @@ def build_spec() -> dict[str, Any]:
                 "put": _op("Change settings (fields not given keep their values)", _OBJECT, body=_OBJECT,
                            errors=(409,)),
             },
-            "/v1/model": {"get": _op("The next-action model served (transformer or markov) and the last load error",
+            "/v1/model": {"get": _op("The next-action model served (transformer or markov), the last load error or "
+                                     "refusal, the last gate decision's figures and what a rollback returns to",
                                      _OBJECT)},
-            "/v1/model/reload": {"post": _op(
-                "Load the tenant's checkpoint now; a refused one leaves the served model in place", _OBJECT,
-                errors=(404, 409, 422))},
+            "/v1/model/reload": {"post": {**_op(
+                "Gate the tenant's checkpoint now and serve it if it passes: validated on enough events, and not worse "
+                "than what serves on the recent log (409 model_rejected otherwise); a refused one leaves the served "
+                "model in place. {\"force\": true} skips the comparison, not the validation rule", _OBJECT,
+                errors=(400, 404, 408, 409, 413, 415, 422)),
+                "requestBody": {"required": False, "content": _content(
+                    {"type": "object", "additionalProperties": False, "properties": {"force": {"type": "boolean"}}})}}},
+            "/v1/model/rollback": {"post": _op(
+                "Serve again the predictor that served before the current one (the Markov chain before the first "
+                "promoted model); 409 nothing_to_roll_back when there is none", _OBJECT, errors=(409,))},
+            "/v1/model/history": {"get": _op(
+                "Promotions, refusals, rollbacks and failed loads of the tenant's model, newest first (the last 100), "
+                "with file stamps and gate figures",
+                {"type": "object", "properties": {"history": {"type": "array", "items": _OBJECT}}})},
             "/healthz": {"get": _op("Liveness", _OBJECT, auth=False)},
             "/readyz": {"get": _op("Readiness: recovery state and backend", _OBJECT, auth=False, errors=(503,))},
             "/metrics": {

@@ -20,16 +20,17 @@ import numpy as np
 import kernels
 from model import Engine, EventBatch, TenantConfig
 from model.contexts import describe_context
+from model.decisions import decide, newly_idle, predict
 from model.signals import SignalPolicy
 
 from .batcher import MicroBatcher, Overloaded
 from .config import ServerConfig
 from .delivery import Deliveries, DeliverySettings
 from .metrics import Metrics
-from .models import ModelSlot, ModelUnavailable, file_stamp, load_predictor, model_path
+from .models import HISTORY_LIMIT, ModelRejected, ModelSlot, ModelUnavailable, file_stamp, load_candidate, model_path
 from .overload import LoopLag
 from .ratelimit import TokenBucket
-from .scoring import decide, predict, result_rows
+from .scoring import result_rows
 from .signal_writer import SignalWriter
 from .snapshots import (
     SnapshotUnreadable,
@@ -325,11 +326,7 @@ class Runtime:
         # Users journalled as erased are still in the file: the next periodic snapshot replaces it.
         state.erased_since_snapshot = bool(read_journal(snapshot_path(self.config.data_dir, tenant.id)))
         self._restore_policy(state)
-        if file_stamp(state.model.path) is not None:
-            try:
-                self._load_model(state)
-            except ModelUnavailable:
-                pass  # recorded in the slot; the Markov chain predicts meanwhile
+        self._restore_model(state)
         log.info("tenant %s recovered: %d users, log applied to seq %d", tenant.name, len(engine.windows), engine.applied_seq)
         return state
 
@@ -337,7 +334,7 @@ class Runtime:
         """A fresh signal policy from the signal log (device thread)."""
         policy = SignalPolicy(state.config, backend=self.backend)
         since = time.time() - max(86400.0, state.config.signal_horizon_s)
-        policy.restore(*self._reader.policy_rows(state.tenant.id, since))
+        policy.restore(*self._reader.policy_rows(state.tenant.id, since), self._reader.open_signals(state.tenant.id))
         # A conversion may have been applied while its resolution still waited to be written: the log knows.
         resolutions = []
         for signal_id, o in list(policy.open.items()):
@@ -541,7 +538,8 @@ class Runtime:
         written = self.signal_writer.submit(
             self._writer_key(state), [d for d in decisions if d is not None], []
         )
-        results = result_rows(engine.config.actions, user_ids, prediction, decisions)
+        shown = [state.policy.shown_signal(uid) for uid in user_ids]
+        results = result_rows(engine.config.actions, user_ids, prediction, decisions, shown)
         if written is not None:
             for result, d in zip(results, decisions):
                 if d is not None:
@@ -672,32 +670,110 @@ class Runtime:
     def _model_device(self) -> str:
         return "cpu" if self.backend == "numpy" else kernels.compute_device()
 
+    def _count_model(self, state: TenantState, outcome: str) -> None:
+        self.metrics.model_loads.labels(self.metrics.tenant_label(state.tenant), outcome).inc()
+
     def _load_model(self, state: TenantState) -> dict[str, Any]:
-        """Load the tenant's checkpoint if there is one; a failure keeps the model served now."""
+        """Serve the tenant's checkpoint without the gate: at start, the one that served before (device thread)."""
         slot = state.model
-        stamp = file_stamp(slot.path)
-        if stamp is None and slot.predictor is None:
-            slot.stamp = None
-            raise ModelUnavailable("model_not_found", f"no checkpoint for tenant {state.tenant.name}; train one with "
-                                   f"nudge train --data-dir DIR --tenant {state.tenant.name}")
-        slot.stamp = stamp
+        stamp = slot.stamp = file_stamp(slot.path)
         try:
-            predictor = load_predictor(slot.path, state.config, self._model_device())
+            checkpoint, predictor = load_candidate(slot.path, state.config, self._model_device())
         except ModelUnavailable as exc:
             slot.fail(exc)
-            self.metrics.model_loads.labels(self.metrics.tenant_label(state.tenant), exc.code).inc()
+            self._count_model(state, exc.code)
             raise
-        # Batches read the slot once each, so a swap lands between batches and fails none.
-        slot.install(predictor, stamp)
-        self.metrics.model_loads.labels(self.metrics.tenant_label(state.tenant), "loaded").inc()
+        slot.install(predictor, stamp, checkpoint)
+        self._count_model(state, "loaded")
         return slot.describe()
 
-    async def reload_model(self, state: TenantState) -> dict[str, Any]:
-        """Load the tenant's checkpoint now (``POST /v1/model/reload``); raises :class:`ModelUnavailable`."""
-        return await asyncio.get_running_loop().run_in_executor(None, self._load_model, state)
+    def _restore_model(self, state: TenantState) -> None:
+        """At start (device thread): the model history, and the checkpoint that served before if its file is
+        unchanged. A file the gate has not seen is left to the watcher, which gates it once recovery is done."""
+        slot = state.model
+        slot.restore_history(self._reader.model_history(state.tenant.id, HISTORY_LIMIT))
+        stamp = file_stamp(slot.path)
+        if stamp is None:
+            return
+        if stamp == slot.promoted_stamp():
+            try:
+                self._load_model(state)
+            except ModelUnavailable:
+                pass  # recorded in the slot; the Markov chain predicts meanwhile
+        elif slot.tried(stamp):
+            slot.stamp = stamp  # refused or rolled back before the restart: tried again once the file changes
+
+    async def reload_model(self, state: TenantState, force: bool = False, changed_only: bool = False) -> dict[str, Any]:
+        """Gate the tenant's checkpoint and serve it if it passes (``POST /v1/model/reload``, the watcher).
+
+        Raises :class:`ModelUnavailable` (:class:`ModelRejected` when the gate refuses it); what serves keeps
+        serving then. ``force`` skips the comparison with what serves, never the check of the checkpoint's own
+        validation; ``changed_only`` does nothing when the file is the one last tried. The file that serves
+        already is not gated again.
+        """
+        slot = state.model
+        async with slot.lock:
+            stamp = file_stamp(slot.path)
+            # Gating the file that serves would only stack a second rollback point to the same model.
+            if (changed_only and stamp == slot.stamp) or (slot.predictor is not None and stamp == slot.served_stamp):
+                return slot.describe()
+            if stamp is None and slot.predictor is None:
+                slot.stamp = None
+                raise ModelUnavailable("model_not_found", f"no checkpoint for tenant {state.tenant.name}; train one "
+                                       f"with nudge train --data-dir DIR --tenant {state.tenant.name}")
+            slot.stamp = stamp
+            config, loop = state.config, asyncio.get_running_loop()
+            try:
+                checkpoint, predictor = await loop.run_in_executor(
+                    None, load_candidate, slot.path, config, self._model_device())
+                from model.deployment import GateRules, judge  # needs torch, which loading the candidate proved
+
+                rules = GateRules()
+                recent = await self.on_storage(self.store.recent_events, state.tenant.id, config, rules.recent_events)
+                # On a worker thread: neither the event loop nor the device thread waits for the shadow evaluation.
+                report = await loop.run_in_executor(None, functools.partial(
+                    judge, checkpoint, recent, config, slot.serving.checkpoint, rules, force))
+                gate = report.as_dict()
+                if state.config is not config:
+                    raise ModelUnavailable("model_mismatch", "the tenant's config changed while the checkpoint was "
+                                           "evaluated; reload it")
+                if not report.promote:
+                    raise ModelRejected(report.reason, gate)
+            except ModelUnavailable as exc:
+                slot.fail(exc)
+                self._count_model(state, exc.code)
+                rejected = isinstance(exc, ModelRejected)
+                await self._record_model(state, "rejected" if rejected else "load_failed", stamp,
+                                         exc.gate if rejected else None, str(exc))
+                raise
+            # Batches read the slot once each, so a swap lands between batches and fails none.
+            slot.promote(predictor, checkpoint, stamp, gate)
+            self._count_model(state, "loaded")
+            await self._record_model(state, "promoted", stamp, gate, report.reason)
+            return slot.describe()
+
+    async def rollback_model(self, state: TenantState) -> dict[str, Any]:
+        """Serve again what served before the current predictor (``POST /v1/model/rollback``); raises
+        :class:`ModelUnavailable` ``nothing_to_roll_back`` when nothing did."""
+        slot = state.model
+        async with slot.lock:
+            replaced = slot.roll_back(state.config)
+            self._count_model(state, "rolled_back")
+            await self._record_model(state, "rolled_back", replaced.stamp,
+                                     message=f"rolled back from {replaced.name} to {slot.predictor_name}")
+            return slot.describe()
+
+    async def _record_model(self, state: TenantState, event: str, stamp: tuple[int, int] | None,
+                            gate: dict[str, Any] | None = None, message: str | None = None) -> None:
+        entry = state.model.record(event, stamp, gate, message)
+        try:
+            await self.on_storage(self.store.append_model_event, state.tenant.id, entry, HISTORY_LIMIT)
+        except Exception:  # the decision stands; only its record after a restart is lost
+            log.exception("the model history of tenant %s could not be written", state.tenant.name)
 
     async def _model_watcher(self) -> None:
-        """Reload a tenant's model when its checkpoint file changes (atomic writes: see ``nudge train``)."""
+        """Gate a tenant's checkpoint when its file changes (atomic writes: see ``nudge train``); a file already
+        decided on (promoted, refused, rolled back) is not tried again until it changes."""
         await self._recovered.wait()
         while True:
             await asyncio.sleep(self.config.model_poll_s)
@@ -706,7 +782,7 @@ class Runtime:
                 if stamp == state.model.stamp or (stamp is None and state.model.predictor is None):
                     continue
                 try:
-                    await self.reload_model(state)
+                    await self.reload_model(state, changed_only=True)
                 except ModelUnavailable:
                     pass  # recorded in the slot and logged; the old model keeps serving
                 except Exception:
@@ -715,16 +791,36 @@ class Runtime:
     # ---- signal outcomes and stats ------------------------------------------------------------
 
     async def _signal_sweeper(self) -> None:
-        """Close decisions whose horizon has passed without a conversion."""
+        """Close decisions whose horizon has passed without a conversion; decide for carts that became idle."""
         await self._recovered.wait()
         purged_at = 0.0
+        swept_to = time.time()
         while True:
             await asyncio.sleep(self.config.signal_sweep_s)
+            now = time.time()
             for state in list(self.tenants.values()):
-                await self.expire_signals(state, time.time())
+                await self.expire_signals(state, now)
+                await self.decide_for_idle_users(state, swept_to, now)
+            swept_to = now
             if time.time() - purged_at > 60.0:
                 purged_at = time.time()
                 await self.on_storage(self.store.purge_signals, purged_at - self.config.signal_retention_s)
+
+    async def decide_for_idle_users(self, state: TenantState, since: float, until: float) -> None:
+        """Signals for users whose last event became ``cart_idle_s`` old in (since, until]: an abandoned cart is
+        seen when its user goes quiet, not when they add to it (nobody sends an event for doing nothing)."""
+
+        def decide_idle():
+            users = newly_idle(state.engine, since, until)
+            if not users:
+                return None
+            prediction = predict(state.engine, state.model.predictor, users, until)
+            decisions = [d for d in decide(state.engine, state.policy, users, prediction, until) if d is not None]
+            return self.signal_writer.submit(self._writer_key(state), decisions, [])
+
+        written = await self.on_device(decide_idle)
+        if written is not None:
+            await asyncio.wrap_future(written)
 
     async def expire_signals(self, state: TenantState, now: float) -> None:
         """Close the tenant's decisions whose horizon ended before ``now`` as not converted."""
@@ -768,12 +864,21 @@ class Runtime:
         await self.on_device(lambda: None)
         await self.signal_writer.flush()
 
-    async def stats(self, state: TenantState) -> dict[str, Any]:
-        """Signals sent by type and variant, conversion of signalled vs holdout users, the bandits' posteriors."""
+    async def stats(self, state: TenantState, now: float | None = None) -> dict[str, Any]:
+        """Signals sent, their funnel, conversion of signalled vs holdout users as of ``now``, the bandits."""
         await self._settle_signals()
-        counts = await self.on_storage(self.store.signal_stats, state.tenant.id)
+        now = time.time() if now is None else now
+        counts = await self.on_storage(self.store.signal_stats, state.tenant.id, now, state.config.signal_horizon_s)
         bandits = await self.on_device(state.policy.bandit_report)
         return signal_stats_report(counts, bandits, state.config)
+
+    async def bandits(self, state: TenantState, period_s: float = 3600.0) -> dict[str, Any]:
+        """The intervention bandits now (posteriors, how traffic is allocated) and how they split it over time."""
+        await self._settle_signals()
+        since = time.time() - self.config.signal_retention_s
+        history = await self.on_storage(self.store.allocation_history, state.tenant.id, since, period_s)
+        report = await self.on_device(state.policy.bandit_report)
+        return {"bandits": report, "period_s": period_s, "allocations": history}
 
     # ---- delivery: subscriptions and pull -----------------------------------------------------
 

@@ -1,78 +1,17 @@
-"""Scoring users on the device thread: engagement score, the served predictor, intents and signals."""
+"""The answer of ``POST /v1/score``, from the predictions and decisions made on the device thread."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from model import Engine
-from model.intents import fired_intents, intent_scores, open_cart
-from model.signals import Decision, SignalPolicy
+from model.decisions import Prediction
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """Per user: engagement score (posterior mean) and its Thompson draw, next-action probabilities ([B, A], or
-    [B, A + 1] with 'session end' where the Transformer answered), P(conversion in 5 / 60 min), which rows the
-    model answered."""
-
-    score: np.ndarray
-    score_draw: np.ndarray
-    next_probs: np.ndarray
-    purchase_5m: np.ndarray
-    purchase_60m: np.ndarray
-    by_model: np.ndarray
-    users: np.ndarray  # dense indexes, -1 for unknown users
-
-
-def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Prediction:
-    """Score with the engine; the Transformer (when loaded) predicts for users with a window."""
-    scores = engine.score(user_ids, now)
-    users = engine.windows.lookup(user_ids, create=False)
-    next_probs, p5, p60 = scores.next_probs, scores.purchase_5m, scores.purchase_60m
-    by_model = np.zeros(len(user_ids), bool)
-    if predictor is not None:
-        tokens, lengths = engine.window_features(users)
-        by_model = lengths > 0
-        if by_model.any():
-            model_next, conv = predictor.predict({k: v[by_model] for k, v in tokens.items()}, lengths[by_model],
-                                                 scores.features[by_model])
-            calibration = predictor.calibration
-            calibration.resolve(engine.clock_s - engine.config.allowed_lateness_s, _converted(engine))
-            calibration.record(users[by_model], now, conv)
-            conv = calibration.apply(conv)
-            next_probs = np.pad(next_probs, ((0, 0), (0, 1)))
-            next_probs[by_model] = model_next
-            p5, p60 = p5.copy(), p60.copy()
-            p5[by_model], p60[by_model] = conv[:, 0], conv[:, 1]
-    return Prediction(scores.score, scores.score_draw, next_probs, p5, p60, by_model, users)
-
-
-def _converted(engine: Engine):
-    """Whether users converted within a horizon after a time, from the engine's record of conversions."""
-    def converted(users: np.ndarray, ts: np.ndarray, horizon_s: float) -> np.ndarray:
-        # A prediction is about what follows it, whatever the action before it was.
-        return engine.attribution.converted_within(users, ts, np.full(len(users), -1), horizon_s,
-                                                   engine.config.conversion_code)
-    return converted
-
-
-def decide(
-    engine: Engine, policy: SignalPolicy, user_ids: list[str], p: Prediction, now: float,
-    hints: list[dict[str, str] | None] | None = None,
-) -> list[Decision | None]:
-    """Intents from the prediction, then the policy's decision per user."""
-    actions, ts, lengths = engine.windows.gather(p.users)
-    cart = open_cart(actions, ts, lengths, engine.config)
-    scores = intent_scores(p.next_probs, p.purchase_5m, p.purchase_60m, cart, engine.config)
-    # Exploration belongs here: whether a signal goes out is decided on a Thompson draw of the score.
-    intents, _ = fired_intents(scores, p.score_draw, engine.config)
-    return policy.decide(user_ids, intents, p.score, now, engine.catalog, hints)
-
-
-def result_rows(actions: tuple[str, ...], user_ids: list[str], p: Prediction, decisions) -> list[dict[str, Any]]:
-    """The ``POST /v1/score`` results; a withheld (holdout) decision shows as no signal."""
+def result_rows(actions: tuple[str, ...], user_ids: list[str], p: Prediction, decisions,
+                shown: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The ``POST /v1/score`` results. ``signal`` is the signal decided now, else the user's latest open one
+    (decided at ingest, or at an earlier score): one truth per user. A withheld (holdout) decision shows as none."""
     names = [*actions, "session_end"]
     probs = np.round(p.next_probs, 6)
     out = []
@@ -90,7 +29,7 @@ def result_rows(actions: tuple[str, ...], user_ids: list[str], p: Prediction, de
                     "purchase_60m": float(p.purchase_60m[i]),
                     "predictor": "transformer" if p.by_model[i] else "markov",
                 },
-                "signal": d.signal() if d is not None and not d.withheld else None,
+                "signal": d.signal() if d is not None and not d.withheld else shown[i],
             }
         )
     return out

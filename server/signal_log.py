@@ -114,6 +114,24 @@ class SignalLog:
         ).fetchall()
         return recent, rewards
 
+    def allocation_history(self, tenant_id: int, since: float, period_s: float) -> list[dict[str, Any]]:
+        """Signals sent per period, intent and variant since ``since``: how the bandits split the traffic."""
+        rows = self.db.execute(
+            "SELECT CAST(created_at / ? AS INTEGER) * ? AS period, intent, variant, COUNT(*) FROM signals "
+            "WHERE tenant_id = ? AND created_at >= ? AND withheld = 0 GROUP BY period, intent, variant "
+            "ORDER BY period, intent, variant",
+            (period_s, period_s, tenant_id, since),
+        ).fetchall()
+        return [{"period_start": float(p), "intent": i, "variant": v, "signals": n} for p, i, v, n in rows]
+
+    def open_signals(self, tenant_id: int) -> list[dict[str, Any]]:
+        """The tenant's unresolved sent signals, oldest first, as delivered."""
+        rows = self.db.execute(
+            "SELECT signal_id, user_id, intent, type, variant, payload, score, created_at FROM signals "
+            "WHERE tenant_id = ? AND outcome IS NULL AND withheld = 0 ORDER BY seq", (tenant_id,)
+        ).fetchall()
+        return [_signal(row) for row in rows]
+
     def first_conversion(self, tenant_id: int, user_id: str, action: str, start: float, end: float) -> float | None:
         """Time of the user's first logged ``action`` in [start, end], if any."""
         row = self.db.execute(
@@ -138,26 +156,52 @@ class SignalLog:
                 [(tenant_id, *row, now) for row in rows],
             )
 
-    def signal_stats(self, tenant_id: int) -> dict:
-        """Counts for ``GET /v1/stats``: sent by type and variant, outcomes of sent and withheld, feedback."""
+    def signal_stats(self, tenant_id: int, now: float, horizon_s: float) -> dict:
+        """Counts for ``GET /v1/stats``: sent by type and variant, outcomes per group, the funnel, feedback.
+
+        The complete cohort is the decisions whose horizon had closed by ``now`` (made before ``now - horizon_s``),
+        whatever their outcome: a conversion closes a decision at once but a non-conversion only at the horizon's
+        end, so closed decisions alone overstate the rate.
+        """
         sent: dict[str, dict[str, int]] = {}
-        for kind, variant, n in self.db.execute(
-            "SELECT type, variant, COUNT(*) FROM signals WHERE tenant_id = ? AND withheld = 0 GROUP BY type, variant",
+        funnel: dict[str, dict[str, int]] = {}
+        for kind, variant, n, converted in self.db.execute(
+            "SELECT type, variant, COUNT(*), SUM(outcome = 'converted') FROM signals "
+            "WHERE tenant_id = ? AND withheld = 0 GROUP BY type, variant",
             (tenant_id,),
         ):
             sent.setdefault(kind, {})[variant] = n
-        groups = {}
-        for withheld, total, converted, open_ in self.db.execute(
-            "SELECT withheld, COUNT(*), SUM(outcome = 'converted'), SUM(outcome IS NULL) FROM signals "
-            "WHERE tenant_id = ? GROUP BY withheld",
+            steps = funnel.setdefault(kind, {"sent": 0, "converted": 0})
+            steps["sent"] += n
+            steps["converted"] += converted or 0
+        # Distinct signals per reported step; a reported conversion counts once beside an attributed one.
+        for kind, outcome, n, unattributed in self.db.execute(
+            "SELECT s.type, f.outcome, COUNT(DISTINCT f.signal_id), "
+            "COUNT(DISTINCT CASE WHEN s.outcome IS NOT 'converted' THEN f.signal_id END) "
+            "FROM feedback f JOIN signals s ON s.signal_id = f.signal_id "
+            "WHERE f.tenant_id = ? AND s.withheld = 0 GROUP BY s.type, f.outcome",
             (tenant_id,),
         ):
+            steps = funnel.setdefault(kind, {"sent": 0, "converted": 0})
+            steps[outcome] = steps.get(outcome, 0) + (unattributed if outcome == "converted" else n)
+        decided_before = now - horizon_s
+        groups = {}
+        for withheld, *counts in self.db.execute(
+            "SELECT withheld, COUNT(*), SUM(outcome IS NULL), SUM(outcome = 'converted'), "
+            "SUM(outcome = 'no_conversion'), SUM(created_at < ?), SUM(created_at < ? AND outcome = 'converted') "
+            "FROM signals WHERE tenant_id = ? GROUP BY withheld",
+            (decided_before, decided_before, tenant_id),
+        ):
+            total, open_, converted, expired, cohort, cohort_converted = (n or 0 for n in counts)
             groups["holdout" if withheld else "signalled"] = {
-                "decisions": total, "converted": converted or 0, "open": open_ or 0}
+                "decisions": total, "open": open_, "converted": converted, "expired": expired,
+                "withheld": total if withheld else 0,
+                "cohort": {"decisions": cohort, "converted": cohort_converted}}
         feedback = dict(self.db.execute(
             "SELECT outcome, COUNT(*) FROM feedback WHERE tenant_id = ? GROUP BY outcome", (tenant_id,)
         ).fetchall())
-        return {"sent": sent, "groups": groups, "feedback": feedback}
+        return {"sent": sent, "groups": groups, "decided_before": decided_before, "funnel": funnel,
+                "feedback": feedback}
 
     def read_signals(
         self, tenant_id: int, after_seq: int, limit: int, types: list[str] | None = None, until_seq: int | None = None

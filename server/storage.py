@@ -49,6 +49,14 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (tenant_id, event_id) WHERE event_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_user ON events (tenant_id, user_id);
+CREATE TABLE IF NOT EXISTS model_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id INTEGER NOT NULL,
+    at REAL NOT NULL,
+    event TEXT NOT NULL,
+    record TEXT NOT NULL  -- the whole entry as JSON: stamps, gate figures, message
+);
+CREATE INDEX IF NOT EXISTS model_history_tenant ON model_history (tenant_id, id);
 """
 _INSERT = (
     "INSERT INTO events (tenant_id, event_id, user_id, action, ts, device, segment, tz_offset_min, item_id, "
@@ -121,6 +129,25 @@ class Store(SignalLog, SubscriptionStore):
         except sqlite3.IntegrityError:
             raise ValueError(f"a tenant named {name!r} exists already") from None
         return Tenant(cur.lastrowid, name, config), key
+
+    def delete_tenant(self, name: str) -> None:
+        """Delete a tenant that has recorded nothing yet (a key handed out for a server that never started)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute("SELECT id FROM tenants WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise ValueError(f"no tenant {name!r}")
+            # Refused rather than cascaded: its events are the source of truth, and a reused id must inherit nothing.
+            for table in ("events", "signals", "feedback", "subscriptions"):
+                if self.db.execute(f"SELECT 1 FROM {table} WHERE tenant_id = ? LIMIT 1", row).fetchone():
+                    raise ValueError(f"tenant {name!r} has {table}; only a tenant with nothing recorded can be deleted")
+            # A tenant that never ran has no model history either; the delete makes sure of it for a reused id.
+            self.db.execute("DELETE FROM model_history WHERE tenant_id = ?", row)
+            self.db.execute("DELETE FROM tenants WHERE id = ?", row)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def tenants(self) -> list[Tenant]:
         rows = self.db.execute("SELECT id, name, config FROM tenants ORDER BY id").fetchall()
@@ -262,6 +289,36 @@ class Store(SignalLog, SubscriptionStore):
             seqs = np.asarray(cols[0], dtype=np.int64)
             last = int(seqs[-1])
             yield batch, seqs
+
+    def recent_events(self, tenant_id: int, config: TenantConfig, n: int) -> EventBatch:
+        """The tenant's last ``n`` logged events (all of them if fewer), in log order."""
+        row = self.db.execute(
+            "SELECT seq FROM events WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?", (tenant_id, n)
+        ).fetchone()
+        chunks = [batch for batch, _ in self.read_events(tenant_id, config, after_seq=row[0] if row else 0)]
+        return EventBatch.concat(chunks) if chunks else EventBatch.build([], [], [])
+
+    # ---- the model history --------------------------------------------------------------------
+
+    def append_model_event(self, tenant_id: int, entry: dict, keep: int) -> None:
+        """Record a model event (an entry of ``ModelSlot.history``); only the tenant's last ``keep`` are kept."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("INSERT INTO model_history (tenant_id, at, event, record) VALUES (?, ?, ?, ?)",
+                            (tenant_id, entry["at"], entry["event"], json.dumps(entry)))
+            self.db.execute(
+                "DELETE FROM model_history WHERE tenant_id = ? AND id <= (SELECT id FROM model_history "
+                "WHERE tenant_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)", (tenant_id, tenant_id, keep))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def model_history(self, tenant_id: int, limit: int) -> list[dict]:
+        """The tenant's last ``limit`` model events, newest first."""
+        rows = self.db.execute("SELECT record FROM model_history WHERE tenant_id = ? ORDER BY id DESC LIMIT ?",
+                               (tenant_id, limit)).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def count_events(self, tenant_id: int, user_id: str | None = None) -> int:
         if user_id is None:

@@ -394,11 +394,13 @@ def parse_score_request(body: Any, max_items: int) -> tuple[list[str], bool, lis
     return ids, explain, hints
 
 
-FEEDBACK_OUTCOMES = ("shown", "clicked", "converted", "dismissed")
+# In funnel order, from delivery to the outcome: the third party's system got the signal (received), acted on it
+# (handled: showed the discount, opened the chat), the user saw it, clicked, converted; or dismissed it.
+FEEDBACK_OUTCOMES = ("received", "handled", "shown", "clicked", "converted", "dismissed")
 
 
 def parse_feedback(body: Any, max_items: int, now_s: float) -> list[tuple[str, str, float]]:
-    """Validate a feedback body into (signal_id, outcome, ts) reports."""
+    """Validate a feedback body into (signal_id, outcome, ts) reports; a signal's steps may come in several."""
     if not isinstance(body, dict) or set(body) != {"feedback"}:
         raise invalid_field("body", "must be an object with only 'feedback'")
     items = body["feedback"]

@@ -4,6 +4,7 @@ import time
 import numpy as np
 import pytest
 
+from model import DEFAULT_ACTIONS
 from server.storage import Store
 
 from .conftest import JSON, MSGPACK
@@ -133,6 +134,7 @@ async def test_state_after_restart_equals_state_before(start):
 
 
 async def test_config_validation_rebuild_and_conflict(start):
+    CLEARED = {a: None for a in DEFAULT_ACTIONS}  # null removes a key in a merge patch
     s = await start()
     r = await s.acme.call("GET", "/v1/config")
     assert r.body["conversion_action"] == "purchase" and "view" in r.body["actions"]
@@ -140,13 +142,13 @@ async def test_config_validation_rebuild_and_conflict(start):
     assert r.status == 400 and r.body["error"]["code"] == "invalid_config"
     assert {d["field"] for d in r.body["error"]["details"]} == {"window_size", "colour"}
     r = await s.acme.call("PUT", "/v1/config", {"prior_means": {"view": 0.6}})
-    assert r.status == 200 and r.body["prior_means"] == {"view": 0.6}
+    assert r.status == 200 and r.body["prior_means"]["view"] == 0.6  # a merge patch: the other priors stay
     weights = (await s.acme.call("GET", "/v1/weights")).body
     assert next(a for a in weights["actions"] if a["action"] == "view")["prior_mean"] == pytest.approx(0.6)
     await s.acme.events([view("x")])
-    r = await s.acme.call("PUT", "/v1/config", {"actions": ["search", "purchase"], "prior_means": {}})
+    r = await s.acme.call("PUT", "/v1/config", {"actions": ["search", "purchase"], "prior_means": CLEARED})
     assert r.status == 409 and r.body["error"]["code"] == "config_conflict"
-    r = await s.acme.call("PUT", "/v1/config", {"actions": ["view", "purchase", "watch_video"], "prior_means": {}})
+    r = await s.acme.call("PUT", "/v1/config", {"actions": ["view", "purchase", "watch_video"], "prior_means": CLEARED})
     assert r.status == 200
     assert (await s.acme.events([view("x", "watch_video")])).status == 200
     assert [a["action"] for a in (await s.acme.call("GET", "/v1/users/x")).body["recent_actions"]] == ["view", "watch_video"]
@@ -365,3 +367,21 @@ async def test_the_score_is_stable_between_calls_when_nothing_changed(start):
     # No draw in it: it moves only as the events age (smoothly, by the recency decay), never by chance.
     assert max(scores) - min(scores) < 1e-4 and 0.0 < scores[0] < 1.0
     assert scores == sorted(scores, reverse=True)
+
+
+async def test_put_config_is_a_json_merge_patch(start):
+    s = await start()
+    defaults = (await s.acme.call("GET", "/v1/config")).body
+    r = await s.acme.call("PUT", "/v1/config", {"thresholds": {"needs_help": 0.2},
+                                                "content_map": {"shoes": ["size-guide"], "default": ["faq"]}})
+    assert r.status == 200
+    assert r.body["thresholds"] == {**defaults["thresholds"], "needs_help": 0.2}  # the other intents keep theirs
+    r = await s.acme.call("PUT", "/v1/config", {"content_map": {"shoes": None}, "discount_tiers_pct": [7, 12],
+                                                "horizon_s": 60.0})
+    assert r.status == 200
+    assert r.body["content_map"] == {"default": ["faq"]}  # null deletes the key
+    assert r.body["discount_tiers_pct"] == [7.0, 12.0]  # a list replaces, it does not merge
+    assert r.body["thresholds"]["needs_help"] == 0.2 and r.body["horizon_s"] == 60.0
+    r = await s.acme.call("PUT", "/v1/config", {"horizon_s": None})
+    assert r.status == 200 and r.body["horizon_s"] == defaults["horizon_s"]  # null on a setting: its default
+    assert (await s.acme.call("GET", "/v1/config")).body == r.body

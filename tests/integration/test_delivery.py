@@ -24,7 +24,8 @@ LOCAL = {"webhooks_allow_http": 1, "webhooks_allow_private": 1, "webhook_backoff
          "webhook_backoff_max_s": 0.2}
 SIGNALLING = {"policy": {"cart_abandon_risk": "offer_discount", "purchase_likely": "none", "information_seeking": "none",
                          "needs_help": "none", "form_intent": "none"},
-              "thresholds": {"cart_abandon_risk": 0.4}, "holdout_share": 0.0, "cooldown_s": 0.0, "daily_cap": 1000}
+              "thresholds": {"cart_abandon_risk": 0.4}, "holdout_share": 0.0, "cooldown_s": 0.0, "daily_cap": 1000,
+              "cart_idle_s": 5.0}  # the carts below were filled 10 s ago: abandoned already
 
 
 async def make_signals(api, users):

@@ -1,4 +1,5 @@
 """Intents, signals, cooldown, cap, holdout, feedback, attribution and stats through the real app."""
+import asyncio
 import time
 
 from model import TenantConfig
@@ -14,7 +15,9 @@ def only(intent, threshold, **extra):
     return {
         "policy": {i: (TenantConfig().policy[i] if i == intent else "none") for i in INTENTS},
         "thresholds": {intent: threshold},
-        "holdout_share": 0.0, "cooldown_s": 0.0, "daily_cap": 1000, **extra,
+        "holdout_share": 0.0, "cooldown_s": 0.0, "daily_cap": 1000,
+        "cart_idle_s": 5.0,  # the carts of these tests were filled seconds ago: abandoned already
+        **extra,
     }
 
 
@@ -99,11 +102,15 @@ async def test_signal_purchase_likely_recommends_co_visited_items(start):
 async def test_signal_cooldown_and_daily_cap_hold_across_score_calls(start):
     server = await start()
     await server.acme.call("PUT", "/v1/config", only("cart_abandon_risk", 0.4, cooldown_s=3600.0))
-    first = await signal_for(server.acme, "x", ["view", "add_to_cart"])  # the ingest already decided once
-    assert first is None
+    # The ingest already decided; the score answer shows that signal (one truth per user), not a new one.
+    first = await signal_for(server.acme, "x", ["view", "add_to_cart"])
+    assert first is not None
+    again = (await server.acme.score("x")).body["results"][0]["signal"]
+    assert again["signal_id"] == first["signal_id"]  # cooling down: no second signal
     await server.acme.call("PUT", "/v1/config", {"cooldown_s": 0.0, "daily_cap": 2})
-    replies = [(await server.acme.score("x")).body["results"][0]["signal"] for _ in range(3)]
-    assert [r is not None for r in replies] == [True, False, False]  # ingest + 1 = the cap of 2
+    replies = [(await server.acme.score("x")).body["results"][0]["signal"]["signal_id"] for _ in range(3)]
+    # One more decision (the cap is 2 a day, the ingest made one); then the answer keeps showing it.
+    assert replies[0] != first["signal_id"] and replies[1] == replies[2] == replies[0]
 
 
 async def test_signal_holdout_users_are_withheld_and_counted(start):
@@ -175,8 +182,9 @@ async def test_stats_report_the_uplift_with_an_interval(start):
     buyers = [u for u in users if not in_holdout(u, TenantConfig(holdout_share=0.5))][:20]
     await server.acme.events([{"user_id": u, "action": "purchase"} for u in buyers])
     state = await server.runtime.authenticate(server.acme.key)
-    await server.runtime.expire_signals(state, time.time() + 61)  # as the sweeper does once the hour has passed
-    stats = (await server.acme.call("GET", "/v1/stats")).body["conversion"]
+    later = time.time() + 61  # as the sweeper does, and stats see, once the horizon has passed
+    await server.runtime.expire_signals(state, later)
+    stats = (await server.runtime.stats(state, now=later))["conversion"]
     assert stats["signalled"]["converted"] == 20 and stats["holdout"]["converted"] == 0
     assert stats["signalled"]["open"] == stats["holdout"]["open"] == 0
     lo, hi = stats["difference_ci95"]
@@ -193,7 +201,10 @@ async def test_signals_and_cooldowns_survive_a_restart(start, tmp_path):
     again = await start(data_dir)
     after = (await again.acme.call("GET", "/v1/stats")).body
     assert after["signals"] == before["signals"] and after["signals"]["sent"] == 1
-    assert (await again.acme.score("x")).body["results"][0]["signal"] is None  # still cooling down
+    # Still cooling down: no new signal, and the open one is what the answer shows, as before the restart.
+    shown = (await again.acme.score("x")).body["results"][0]["signal"]
+    assert shown is not None and after["signals"]["sent"] == 1
+    assert (await again.acme.call("GET", "/v1/stats")).body["signals"]["sent"] == 1
 
 
 async def test_erasing_a_user_removes_their_signals(start):
@@ -220,3 +231,101 @@ async def test_a_resolution_lost_in_a_crash_is_recovered_from_the_event_log(star
     again = await start(data_dir)
     stats = (await again.acme.call("GET", "/v1/stats")).body["conversion"]["signalled"]
     assert stats["converted"] == 1 and stats["open"] == 0
+
+
+async def test_stats_rates_cover_complete_cohorts_only_while_conversions_come_early(start):
+    server = await start()
+    await server.acme.call("PUT", "/v1/config", {**only("needs_help", 0.3, cooldown_s=3600.0), "holdout_share": 0.5,
+                                                 "signal_horizon_s": 60.0})
+    await crowd(server.acme, ["view", "help_view", "help_view", "help_view"])
+    config = TenantConfig(holdout_share=0.5)
+
+    async def wave(name, n, buyers_signalled, buyers_held):
+        """n users decided on at once, some of whom convert right after; (signalled, held) user counts."""
+        users = [f"{name}{i}" for i in range(n)]
+        assert (await server.acme.events(
+            [e for u in users for e in session(u, ["view", "help_view"], time.time() - 20)])).status == 200
+        signalled = [u for u in users if not in_holdout(u, config)]
+        held = [u for u in users if in_holdout(u, config)]
+        buyers = signalled[:buyers_signalled] + held[:buyers_held]
+        assert (await server.acme.events([{"user_id": u, "action": "purchase"} for u in buyers])).status == 200
+        return len(signalled), len(held)
+
+    n1, h1 = await wave("early", 40, 6, 2)
+    assert n1 > 6 and h1 > 2
+    # Right after: the conversions are closed, the misses still open. No horizon has closed: no rate yet, not 1.0.
+    stats = (await server.acme.call("GET", "/v1/stats")).body["conversion"]
+    assert stats["signalled"]["decisions"] == n1 and stats["holdout"]["decisions"] == h1
+    assert stats["signalled"]["converted"] == 6 and stats["signalled"]["open"] == n1 - 6
+    assert stats["signalled"]["conversion_rate"] is None and stats["holdout"]["conversion_rate"] is None
+    assert stats["difference"] is None and stats["cohort"]["decisions"] == 0
+    boundary = time.time()
+    n2, h2 = await wave("late", 20, 20, 0)  # every signalled user of the second wave converts at once
+    later = boundary + 60.0  # the first wave's horizons have closed, the second's have not
+    state = await server.runtime.authenticate(server.acme.key)
+    await server.runtime.expire_signals(state, later)
+    stats = (await server.runtime.stats(state, now=later))["conversion"]
+    signalled, holdout = stats["signalled"], stats["holdout"]
+    assert stats["cohort"] == {"decided_before": later - 60.0, "decisions": n1 + h1}
+    assert signalled["cohort"] == {"decisions": n1, "converted": 6}
+    assert signalled["conversion_rate"] == 6 / n1  # over closed decisions it would be (6 + n2) / (n1 + n2)
+    assert holdout["conversion_rate"] == 2 / h1 and holdout["withheld"] == h1 + h2
+    assert signalled["converted"] == 6 + n2 and signalled["expired"] == n1 - 6 and signalled["open"] == 0
+    assert holdout["open"] == h2
+    assert stats["difference"] == 6 / n1 - 2 / h1
+    lo, hi = stats["difference_ci95"]
+    assert -1.0 <= lo < stats["difference"] < hi <= 1.0
+
+
+async def test_stats_funnel_counts_received_and_handled_feedback_per_signal_type(start):
+    server = await start()
+    await server.acme.call("PUT", "/v1/config", only("needs_help", 0.3))
+    await crowd(server.acme, ["view", "help_view", "help_view", "help_view"])
+    a = (await signal_for(server.acme, "a", ["view", "help_view"]))["signal_id"]
+    b = (await signal_for(server.acme, "b", ["view", "help_view"]))["signal_id"]
+    await server.acme.call("PUT", "/v1/config", {"cooldown_s": 3600.0})  # no more decisions for a and b
+    # One report per step, as the third party's systems learn them; a retried report counts once.
+    for reports in ([(a, "received"), (b, "received")], [(a, "received"), (a, "handled")], [(a, "shown")],
+                    [(b, "handled"), (b, "clicked")], [(b, "converted")], [(b, "dismissed")]):
+        reply = await server.acme.call("POST", "/v1/feedback", {"feedback": [
+            {"signal_id": sid, "outcome": outcome} for sid, outcome in reports]})
+        assert reply.status == 200 and reply.body == {"accepted": len(reports)}
+    # a's purchase is attributed to both of a's signals (ingest and score each decided once); b's by report.
+    assert (await server.acme.events([{"user_id": "a", "action": "purchase"}])).status == 200
+    stats = (await server.acme.call("GET", "/v1/stats")).body
+    steps = {"sent": 4, "received": 2, "handled": 2, "shown": 1, "clicked": 1, "converted": 3, "dismissed": 1}
+    assert stats["funnel"] == {**steps, "by_type": {"proactive_support": steps}}
+    assert stats["feedback"] == {"received": 3, "handled": 2, "shown": 1, "clicked": 1, "converted": 1,
+                                 "dismissed": 1}
+
+
+async def test_an_abandoned_cart_gets_its_discount_when_the_user_goes_quiet_not_at_the_add(start):
+    server = await start(signal_sweep_s=0.2)
+    await server.acme.call("PUT", "/v1/config", only("cart_abandon_risk", 0.4, cart_idle_s=1.0, cooldown_s=3600.0))
+    now = time.time()
+    assert (await server.acme.events([{"user_id": "q", "action": "view", "ts": now - 0.5},
+                                      {"user_id": "q", "action": "add_to_cart", "ts": now}])).status == 200
+    assert (await server.acme.call("GET", "/v1/signals")).body["signals"] == []  # not at the moment of the add
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        signals = (await server.acme.call("GET", "/v1/signals")).body["signals"]
+        if signals:
+            break
+        await asyncio.sleep(0.2)
+    assert [(s["user_id"], s["type"]) for s in signals] == [("q", "offer_discount")]
+    shown = (await server.acme.score("q")).body["results"][0]["signal"]
+    assert shown["signal_id"] == signals[0]["signal_id"]  # the score answer shows the signal the sweep sent
+
+
+async def test_bandits_route_shows_allocation_and_its_history(start):
+    server = await start()
+    await server.acme.call("PUT", "/v1/config", only("cart_abandon_risk", 0.4, discount_tiers_pct=[5, 10],
+                                                     bandit_min_outcomes=10))
+    users = [f"b{i}" for i in range(12)]
+    events = [e for u in users for e in session(u, ["view", "add_to_cart"], time.time() - 20)]
+    assert (await server.acme.events(events)).status == 200
+    body = (await server.acme.call("GET", "/v1/bandits")).body
+    cart = body["bandits"]["cart_abandon_risk"]
+    assert cart["variants"] == ["5", "10"] and cart["allocation"] == "even" and cart["min_outcomes"] == 10
+    sent = {a["variant"]: a["signals"] for a in body["allocations"] if a["intent"] == "cart_abandon_risk"}
+    assert sum(sent.values()) == 12 and set(sent) <= {"5", "10"} and body["period_s"] == 3600.0

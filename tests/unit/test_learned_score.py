@@ -4,7 +4,7 @@ import numpy as np
 from model import Engine, EventBatch, TenantConfig
 from model.replay import auc
 from model.signals import SignalPolicy
-from server.scoring import decide, predict
+from model.decisions import decide, predict
 
 CFG = TenantConfig(allow_backfill=True, allowed_lateness_s=0.0)
 A = {name: i for i, name in enumerate(CFG.actions)}

@@ -1,0 +1,90 @@
+"""From an engine's predictions to signal decisions, with no I/O: what serving and offline replay both run."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .engine import Engine
+from .intents import fired_intents, intent_scores, open_cart
+from .signals import Decision, SignalPolicy
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per user: engagement score (posterior mean) and its Thompson draw, next-action probabilities ([B, A], or
+    [B, A + 1] with 'session end' where the Transformer answered), P(conversion in 5 / 60 min), which rows the
+    model answered."""
+
+    score: np.ndarray
+    score_draw: np.ndarray
+    next_probs: np.ndarray
+    purchase_5m: np.ndarray
+    purchase_60m: np.ndarray
+    by_model: np.ndarray
+    users: np.ndarray  # dense indexes, -1 for unknown users
+
+
+def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Prediction:
+    """Score with the engine; the Transformer (when loaded) predicts for users with a window, calibrated online
+    to the tenant (its predictions are recorded to learn from once their horizon has passed)."""
+    scores = engine.score(user_ids, now)
+    users = engine.windows.lookup(user_ids, create=False)
+    next_probs, p5, p60 = scores.next_probs, scores.purchase_5m, scores.purchase_60m
+    by_model = np.zeros(len(user_ids), bool)
+    if predictor is not None:
+        tokens, lengths = engine.window_features(users)
+        by_model = lengths > 0
+        if by_model.any():
+            model_next, conv = predictor.predict({k: v[by_model] for k, v in tokens.items()}, lengths[by_model],
+                                                 scores.features[by_model])
+            calibration = predictor.calibration
+            calibration.resolve(engine.clock_s - engine.config.allowed_lateness_s, _converted(engine))
+            calibration.record(users[by_model], now, conv)
+            conv = calibration.apply(conv)
+            next_probs = np.pad(next_probs, ((0, 0), (0, 1)))
+            next_probs[by_model] = model_next
+            p5, p60 = p5.copy(), p60.copy()
+            p5[by_model], p60[by_model] = conv[:, 0], conv[:, 1]
+    return Prediction(scores.score, scores.score_draw, next_probs, p5, p60, by_model, users)
+
+
+def _converted(engine: Engine):
+    """Whether users converted within a horizon after a time, from the engine's record of conversions."""
+    def converted(users: np.ndarray, ts: np.ndarray, horizon_s: float) -> np.ndarray:
+        # A prediction is about what follows it, whatever the action before it was.
+        return engine.attribution.converted_within(users, ts, np.full(len(users), -1), horizon_s,
+                                                   engine.config.conversion_code)
+    return converted
+
+
+def decide(
+    engine: Engine, policy: SignalPolicy, user_ids: list[str], p: Prediction, now: float,
+    hints: list[dict[str, str] | None] | None = None,
+) -> list[Decision | None]:
+    """Intents from the prediction, then the policy's decision per user."""
+    config = engine.config
+    actions, ts, lengths = engine.windows.gather(p.users)
+    abandoned = open_cart(actions, ts, lengths, config, now)
+    scores = intent_scores(p.next_probs, p.purchase_5m, p.purchase_60m, abandoned, config)
+    # Exploration belongs here: whether a signal goes out is decided on a Thompson draw of the score.
+    intents, _ = fired_intents(scores, p.score_draw, config)
+    return policy.decide(user_ids, intents, p.score, now, engine.catalog, hints,
+                         no_discount=converted_recently(engine, p.users, now))
+
+
+def converted_recently(engine: Engine, users: np.ndarray, now: float) -> np.ndarray:
+    """Users who converted within the tenant's ``quiet_after_conversion_s``: no discount for them."""
+    last = np.full(len(users), -np.inf)
+    known = (users >= 0) & (users < len(engine.user_state.last_conversion))
+    last[known] = engine.user_state.last_conversion[users[known]]
+    return now - last <= engine.config.quiet_after_conversion_s
+
+
+def newly_idle(engine: Engine, since: float, until: float) -> list[str]:
+    """Users whose last event became ``cart_idle_s`` old in (since, until]: each idle spell is looked at once."""
+    last = engine.user_state.last_ts[: len(engine.windows.ids)]
+    idle = engine.config.cart_idle_s
+    rows = np.flatnonzero((last > since - idle) & (last <= until - idle))
+    ids = engine.windows.ids
+    return [ids[i] for i in rows if ids[i]]
