@@ -299,6 +299,7 @@ def test_every_json_output_is_strict_json_without_nan(tmp_path):
         "replay": nudge("replay", "--data", str(events), "--json", "--replicates", "5", "--quiet"),
         "train": nudge("train", "--data", str(events), "--out", str(model), "--epochs", "1", "--quiet"),
         "replay-bandit": nudge("replay-bandit", "--data", str(tmp_path / "obd"), "--runs", "2", "--json"),
+        "replay --policy": nudge("replay", "--data", str(events), "--policy", "--json", "--quiet"),
     }
     outputs["evaluate"] = nudge("evaluate", "--model", str(model), "--data", str(events), "--json", "--replicates", "5",
                                 "--quiet")
@@ -308,6 +309,9 @@ def test_every_json_output_is_strict_json_without_nan(tmp_path):
         parsed[command] = strict_json(out.stdout)
     assert parsed["replay-bandit"][0]["ts_over_random"] is None  # no click: the ratio is undefined
     assert parsed["evaluate"]["markov"]["purchase_5m_auc"] is None
+    policy = parsed["replay --policy"]
+    assert (policy["users"], policy["users_with_cart"]) == (120, 120) and len(policy["rows"]) == 5
+    assert next(r for r in policy["rows"] if r["intent"] == "purchase_likely")["share_of_carts"] is None
 
 
 def test_an_export_of_a_tenant_with_its_own_actions_replays_from_the_file(tmp_path):

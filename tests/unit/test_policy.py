@@ -103,3 +103,31 @@ def test_bandit_shares_traffic_evenly_until_every_arm_has_outcomes_then_keeps_a_
     late = np.bincount(bandit.choose(5000, floor_share=0.05, min_outcomes=30), minlength=3) / 5000
     assert late[0] > 0.8 and late[1] > 0.03 and late[2] > 0.03  # the floor: 5 % each, drawn uniformly
     assert bandit.outcomes().tolist() == [30.0, 30.0, 30.0]
+
+
+def test_policy_replay_counts_the_users_and_carts_each_intent_fires_for():
+    from model.policy_replay import replay_policy
+
+    users, actions, ts = [], [], []
+
+    def session(user, start, names):
+        for k, name in enumerate(names):
+            users.append(user), actions.append(A[name]), ts.append(T0 + start + 30 * k)
+
+    for i in range(30):  # carts left behind: each user goes quiet after adding
+        session(f"leaves{i}", 60 * i, ["view", "view", "add_to_cart"])
+    for i in range(30):  # carts that are checked out and bought
+        session(f"buys{i}", 7200 + 60 * i, ["view", "add_to_cart", "begin_checkout", "purchase"])
+    session("late", 5 * 3600, ["view"])  # time goes on, so the last carts go idle too
+    order = np.argsort(ts, kind="stable")
+    batch = EventBatch.build(np.array(users)[order].tolist(), np.array(actions)[order], np.array(ts)[order])
+
+    report = replay_policy(batch, CFG)
+    rows = {r["intent"]: r for r in report.rows}
+    assert (report.events, report.users, report.users_with_cart) == (len(batch), 61, 60)
+    discount = rows["cart_abandon_risk"]
+    assert discount["type"] == "offer_discount"
+    assert discount["users"] == 30 and discount["carts"] == 30 and discount["share_of_carts"] == 0.5, discount
+    assert discount["share_of_users"] == 30 / 61
+    assert all(r["carts"] is None for name, r in rows.items() if name != "cart_abandon_risk")
+    assert "| cart_abandon_risk | offer_discount | 30 | 30 | 49.18% | 30 | 50.00% |" in report.table()
