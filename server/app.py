@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from . import dashboard
 from .config import ServerConfig
 from .handlers import ROUTES, auth_middleware, error_middleware
 from .keys import METRICS, RUNTIME, SPEC
@@ -23,7 +24,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app[METRICS] = metrics
     app[RUNTIME] = Runtime(config, metrics)
     app[SPEC] = build_spec()
-    for method, path, handler in ROUTES:
+    for method, path, handler in ROUTES + dashboard.ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_runtime_ctx)
     return app

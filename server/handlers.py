@@ -32,6 +32,7 @@ from .validation import (
     encode_cursor,
     parse_events,
     parse_feedback,
+    parse_histogram_query,
     parse_pull_query,
     parse_score_request,
     parse_subscription,
@@ -170,6 +171,7 @@ async def _body(request: web.Request):
 
 
 async def post_events(request: web.Request) -> web.Response:
+    started = time.perf_counter()
     state = request[TENANT]
     runtime = request.app[RUNTIME]
     try:
@@ -183,6 +185,7 @@ async def post_events(request: web.Request) -> web.Response:
         raise _overloaded(exc) from None
     except ConfigChanged as exc:
         raise ApiError(409, "config_changed", f"{exc}; validate against GET /v1/config and resend") from None
+    state.activity.record_ingest(accepted, time.perf_counter() - started)
     return respond(request, {"accepted": accepted, "duplicates": duplicates})
 
 
@@ -191,12 +194,14 @@ def _overloaded(exc: Overloaded) -> ApiError:
 
 
 async def post_score(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+    started = time.perf_counter()
+    runtime, state = request.app[RUNTIME], request[TENANT]
     user_ids, explain, hints = parse_score_request(await _body(request), runtime.config.max_items_per_request)
     try:
-        results = await runtime.score(request[TENANT], user_ids, explain, hints)
+        results = await runtime.score(state, user_ids, explain, hints)
     except Overloaded as exc:
         raise _overloaded(exc) from None
+    state.activity.record_score(len(user_ids), time.perf_counter() - started)
     return respond(request, {"results": results})
 
 
@@ -217,6 +222,15 @@ async def get_stats(request: web.Request) -> web.Response:
 
 async def get_bandits(request: web.Request) -> web.Response:
     return respond(request, await request.app[RUNTIME].bandits(request[TENANT]))
+
+
+async def get_activity(request: web.Request) -> web.Response:
+    return respond(request, request[TENANT].activity.report())
+
+
+async def get_score_histogram(request: web.Request) -> web.Response:
+    bins = parse_histogram_query(request.query)
+    return respond(request, await request.app[RUNTIME].score_histogram(request[TENANT], bins))
 
 
 async def post_subscription(request: web.Request) -> web.Response:
@@ -431,6 +445,8 @@ ROUTES = [
     ("POST", "/v1/feedback", post_feedback),
     ("GET", "/v1/stats", get_stats),
     ("GET", "/v1/bandits", get_bandits),
+    ("GET", "/v1/activity", get_activity),
+    ("GET", "/v1/scores/histogram", get_score_histogram),
     ("POST", "/v1/subscriptions", post_subscription),
     ("GET", "/v1/subscriptions", list_subscriptions),
     ("DELETE", "/v1/subscriptions/{subscription_id}", delete_subscription),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from model.contexts import describe_context
 from model.decisions import decide, newly_idle, predict
 from model.signals import SignalPolicy
 
+from .activity import Activity
 from .batcher import MicroBatcher, Overloaded
 from .config import ServerConfig
 from .delivery import Deliveries, DeliverySettings
@@ -64,6 +66,11 @@ class TenantUnavailable(Exception):
 
 # A tenant whose recovery failed is tried again on a request at most this often.
 _RECOVERY_RETRY_S = 30.0
+# GET /v1/scores/histogram scores at most this many of the tenant's users (a systematic sample beyond), in
+# device-thread turns of at most _HISTOGRAM_CHUNK users, so scoring batches wait for one turn at most
+# (a few ms on NumPy) and not for the whole histogram.
+HISTOGRAM_MAX_USERS = 10_000
+_HISTOGRAM_CHUNK = 2_500
 
 
 @dataclass
@@ -79,6 +86,7 @@ class TenantState:
     # the order their states were captured, and none captured before an erasure lands after it.
     snapshot_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     erased_since_snapshot: bool = False
+    activity: Activity = field(default_factory=Activity)
 
     @property
     def config(self) -> TenantConfig:
@@ -576,6 +584,34 @@ class Runtime:
                 }
             )
         return out
+
+    async def score_histogram(self, state: TenantState, bins: int) -> dict[str, Any]:
+        """How the tenant's known users' scores (posterior means, as ``GET /v1/users/{id}`` gives them) spread
+        over ``bins`` equal bins of [0, 1], now."""
+
+        def sample() -> tuple[list[str], int]:
+            index = state.engine.windows.index
+            step = max(1, -(-len(index) // HISTOGRAM_MAX_USERS))
+            return list(itertools.islice(index, 0, None, step)), len(index)
+
+        user_ids, known = await self.on_device(sample)
+        now = time.time()
+        scores = [np.zeros(0)]
+        for start in range(0, len(user_ids), _HISTOGRAM_CHUNK):
+            chunk = user_ids[start:start + _HISTOGRAM_CHUNK]
+            scores.append(await self.on_device(lambda c=chunk: state.engine.score(c, now, draw=False).score))
+        values = np.concatenate(scores)
+        counts, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+        return {
+            "bins": bins,
+            "edges": edges.round(6).tolist(),
+            "counts": counts.tolist(),
+            "users": known,
+            "scored": len(values),
+            "mean": float(values.mean()) if len(values) else None,
+            "median": float(np.median(values)) if len(values) else None,
+            "score_kind": "posterior_mean",
+        }
 
     # ---- users --------------------------------------------------------------------------------
 

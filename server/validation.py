@@ -498,3 +498,14 @@ def parse_pull_query(query: Any, max_limit: int = 1000) -> tuple[Cursor, int, fl
     if not (math.isfinite(wait_s) and wait_s >= 0):
         raise invalid_field("wait_s", "must be a number of seconds >= 0")
     return after, limit, wait_s
+
+
+def parse_histogram_query(query: Any, max_bins: int = 100) -> int:
+    """``bins`` of ``GET /v1/scores/histogram`` (default 20)."""
+    extra = [k for k in query if k != "bins"]
+    if extra:
+        raise invalid_field(str(extra[0])[:64], "unknown query parameter")
+    raw = query.get("bins", "20")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= max_bins):
+        raise invalid_field("bins", f"must be a whole number in [1, {max_bins}]")
+    return int(raw)
