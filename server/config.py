@@ -45,6 +45,12 @@ class ServerConfig:
         bodies are read (0 disables).
     max_apply_delay_ms : new ingest requests are shed with 503 while the acknowledged events not yet applied to the
         engine would take longer than this to apply (0 disables); scores wait behind them.
+    max_users_per_tenant : the most users one tenant's engine holds in memory (about 4 KiB each, measured by
+        ``python -m loadtests.bench_user_memory``); a batch that would add users beyond it is refused whole with
+        409 ``user_limit_reached`` (erase users to make room).
+    tenant_share : while other tenants are active, the most of the two ingest backlogs above (events waiting for
+        their commit, acknowledged events waiting to be applied) one tenant may hold; its ingest beyond that gets
+        429 ``tenant_over_share`` (1 disables; a tenant alone may always use all of it).
     event_loop : ``auto`` (uvloop where installed), ``uvloop`` or ``asyncio``.
     log_level : Python logging level name.
     log_format : ``text`` or ``json`` (one object per line).
@@ -85,6 +91,8 @@ class ServerConfig:
     max_poll_wait_s: float = 30.0
     max_loop_lag_ms: float = 100.0
     max_apply_delay_ms: float = 1000.0
+    tenant_share: float = 0.5
+    max_users_per_tenant: int = 1_000_000
     event_loop: str = "auto"
     log_level: str = "INFO"
     log_format: str = "text"
@@ -110,12 +118,14 @@ class ServerConfig:
             "snapshot_interval_s", "max_commit_events", "max_pending_events", "model_poll_s", "signal_sweep_s",
             "webhook_timeout_s", "webhook_retry_period_s", "webhook_backoff_base_s", "webhook_backoff_max_s",
             "webhook_batch_size", "max_subscriptions", "signal_retention_s", "body_read_timeout_s",
-            "webhook_test_interval_s",
+            "webhook_test_interval_s", "max_users_per_tenant",
         )
         problems += [f"{n} must be > 0, got {getattr(self, n)}" for n in positive if not getattr(self, n) > 0]
         non_negative = ("max_wait_ms", "rate_limit_per_s", "rate_limit_burst", "max_loop_lag_ms", "max_queue_delay_ms",
                         "max_apply_delay_ms")
         problems += [f"{n} must be >= 0, got {getattr(self, n)}" for n in non_negative if getattr(self, n) < 0]
+        if not 0 < self.tenant_share <= 1:
+            problems.append(f"tenant_share must lie in (0, 1], got {self.tenant_share}")
         if problems:
             raise ValueError("invalid server config: " + "; ".join(problems))
 

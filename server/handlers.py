@@ -26,6 +26,7 @@ from .merge_patch import merge_patch
 from .metrics import CONTENT_TYPE
 from .models import ModelRejected, ModelUnavailable
 from .runtime import NotReady, SubscriptionLimit, TenantUnavailable
+from .shares import OverShare
 from .storage import ConfigConflict
 from .validation import (
     ConfigChanged,
@@ -175,10 +176,18 @@ async def post_events(request: web.Request) -> web.Response:
     state = request[TENANT]
     runtime = request.app[RUNTIME]
     try:
-        runtime.check_ingest_backlog()  # before the body is read and validated: a refusal stays cheap
+        runtime.check_ingest_backlog(state)  # before the body is read and validated: a refusal stays cheap
     except Overloaded as exc:
         raise _overloaded(exc) from None
     batch = parse_events(await _body(request), state.config, time.time(), runtime.config.max_items_per_request)
+    beyond = await runtime.new_users_beyond_limit(state, batch)
+    if beyond is not None:
+        known, new = beyond
+        raise ApiError(409, "user_limit_reached",
+                       f"this tenant holds {known} users and the batch adds {new}, past the server's limit of "
+                       f"{runtime.config.max_users_per_tenant} (max_users_per_tenant); nothing was accepted. Erase "
+                       "users (DELETE /v1/users/{user_id}) or have the operator raise the limit",
+                       [{"field": "user_id", "reason": "a new user past the tenant's user limit"}])
     try:
         accepted, duplicates = await runtime.ingest(state, batch)
     except Overloaded as exc:
@@ -190,6 +199,9 @@ async def post_events(request: web.Request) -> web.Response:
 
 
 def _overloaded(exc: Overloaded) -> ApiError:
+    if isinstance(exc, OverShare):
+        return ApiError(429, "tenant_over_share", f"{exc} for this tenant; the other tenants active keep their "
+                        "share of the server: retry later or send more slowly", headers={"Retry-After": str(int(exc.retry_after_s))})
     return ApiError(503, "overloaded", f"{exc}; retry later", headers={"Retry-After": str(int(exc.retry_after_s))})
 
 

@@ -26,6 +26,7 @@ from model.signals import SignalPolicy
 
 from .activity import Activity
 from .batcher import MicroBatcher, Overloaded
+from .shares import Shares
 from .config import ServerConfig
 from .delivery import Deliveries, DeliverySettings
 from .metrics import Metrics
@@ -71,6 +72,9 @@ _RECOVERY_RETRY_S = 30.0
 # (a few ms on NumPy) and not for the whole histogram.
 HISTOGRAM_MAX_USERS = 10_000
 _HISTOGRAM_CHUNK = 2_500
+# A rebuilt engine is swapped in (on the device thread, which replays what is left) once a catch-up round on the
+# rebuild thread found at most this many new events: a swap costs the device thread milliseconds.
+_REBUILD_SWAP_EVENTS = 2_000
 
 
 @dataclass
@@ -87,6 +91,10 @@ class TenantState:
     snapshot_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     erased_since_snapshot: bool = False
     activity: Activity = field(default_factory=Activity)
+    # One engine rebuild at a time per tenant; while one runs, the users erased meanwhile (the replay may have
+    # read their events before the erasure deleted them), to forget again in the new engine before it serves.
+    rebuild_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    erased_while_rebuilding: set[str] | None = None
 
     @property
     def config(self) -> TenantConfig:
@@ -142,8 +150,12 @@ class Runtime:
         metrics.backend.labels(self.backend).set(1)
         self._storage_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-storage")
         self._device_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-device")
+        # Config changes rebuild a tenant's engine from its log here, beside the live engine, so the device
+        # thread (every tenant's scores and updates) never waits for a replay.
+        self._rebuild_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-rebuild")
         self.store: Store | None = None
         self._reader: Store | None = None  # used only on the device thread, for replays
+        self._rebuild_reader: Store | None = None  # used only on the rebuild thread
         self.tenants: dict[int, TenantState] = {}
         self._key_to_tenant: dict[str, int] = {}
         self._unavailable: dict[int, _Unavailable] = {}
@@ -152,6 +164,7 @@ class Runtime:
         self._commits: asyncio.Queue[_Pending | _Reconfigure] | None = None
         self.pending_events = 0
         self.unapplied_events = 0  # acknowledged, not yet applied to the engine
+        self.shares = Shares(config.tenant_share)  # each tenant's part of those two
         self.apply_events_per_s: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
@@ -178,6 +191,7 @@ class Runtime:
         data_dir = self.config.data_dir
         self.store = await self.on_storage(Store, data_dir)
         self._reader = await self.on_device(Store, data_dir)
+        self._rebuild_reader = await asyncio.get_running_loop().run_in_executor(self._rebuild_thread, Store, data_dir)
         cfg = self.config
         self.deliveries = Deliveries(self.on_storage, self.store, DeliverySettings(
             timeout_s=cfg.webhook_timeout_s, retry_period_s=cfg.webhook_retry_period_s,
@@ -220,8 +234,11 @@ class Runtime:
             await self.on_storage(self.store.close)
         if self._reader is not None:
             await self.on_device(self._reader.close)
+        if self._rebuild_reader is not None:
+            await asyncio.get_running_loop().run_in_executor(self._rebuild_thread, self._rebuild_reader.close)
         self._storage_thread.shutdown(wait=True)
         self._device_thread.shutdown(wait=True)
+        self._rebuild_thread.shutdown(wait=True)
 
     def _new_state(self, tenant: Tenant, engine: Engine | None = None) -> TenantState:
         cfg = self.config
@@ -353,9 +370,12 @@ class Runtime:
         self.signal_writer.submit(self._writer_key(state), [], resolutions)
         state.policy = policy
 
-    def _replay_into(self, engine: Engine, tenant: Tenant) -> int:
+    def _replay_into(self, engine: Engine, tenant: Tenant, reader: Store | None = None) -> int:
+        """The tenant's log after what ``engine`` has applied (device thread, or the rebuild thread with its
+        own reader)."""
         replayed = 0
-        for batch, seqs in self._reader.read_events(tenant.id, engine.config, after_seq=engine.applied_seq):
+        reader = reader or self._reader
+        for batch, seqs in reader.read_events(tenant.id, engine.config, after_seq=engine.applied_seq):
             replayed += engine.apply(batch, seqs)
         self.metrics.replayed_events.inc(replayed)
         return replayed
@@ -389,24 +409,48 @@ class Runtime:
 
     # ---- ingest -------------------------------------------------------------------------------
 
-    def check_ingest_backlog(self) -> None:
-        """Raise :class:`Overloaded` while the engine is too far behind (cheap: call it before reading a body).
+    def check_ingest_backlog(self, state: TenantState) -> None:
+        """Raise :class:`Overloaded` while the engines are too far behind, or :class:`OverShare` while this tenant
+        holds more than its share of that backlog (cheap: call it before reading a body).
 
         Acknowledged events are applied later, on the device thread, ahead of any score asked after them:
         a backlog there is latency for every scoring request, so it is bounded in time.
         """
+        self.shares.seen(state.tenant.id)
         if self.unapplied_events and self.apply_events_per_s and self.config.max_apply_delay_ms:
             backlog_ms = 1000.0 * self.unapplied_events / self.apply_events_per_s
             if backlog_ms > self.config.max_apply_delay_ms:
                 raise Overloaded(self.unapplied_events, retry_after_s=1.0)
+        self.shares.check_unapplied(state.tenant.id, self.apply_events_per_s, self.config.max_apply_delay_ms)
+
+    async def new_users_beyond_limit(self, state: TenantState, batch: EventBatch) -> tuple[int, int] | None:
+        """(users known, users the batch adds) where the batch would take the tenant past
+        ``max_users_per_tenant``; None where it fits.
+
+        Near the limit, counted on the device thread after the updates acknowledged before it: only batches in
+        flight at the same moment can pass the limit, by their own new users.
+        """
+        limit = self.config.max_users_per_tenant
+        unapplied = self.shares.unapplied.get(state.tenant.id, 0)  # each could be a new user
+        if len(state.engine.windows.index) + unapplied + len(batch) <= limit:
+            return None  # the common case, without a look at the ids
+
+        def count() -> tuple[int, int] | None:
+            index = state.engine.windows.index
+            new = sum(1 for user_id in set(batch.user_ids.tolist()) if user_id not in index)
+            return (len(index), new) if new and len(index) + new > limit else None
+
+        return await self.on_device(count)
 
     async def ingest(self, state: TenantState, batch: EventBatch) -> tuple[int, int]:
         """(accepted, duplicates) once the batch is durable in the log; Overloaded when too much waits."""
         if self.pending_events and self.pending_events + len(batch) > self.config.max_pending_events:
             raise Overloaded(self.pending_events, retry_after_s=1.0)
-        self.check_ingest_backlog()
+        self.shares.check_pending(state.tenant.id, len(batch), self.config.max_pending_events)
+        self.check_ingest_backlog(state)
         fut = asyncio.get_running_loop().create_future()
         self.pending_events += len(batch)
+        self.shares.add(self.shares.pending, state.tenant.id, len(batch))
         self._commits.put_nowait(_Pending(state, batch, state.config, fut))
         return await fut
 
@@ -431,6 +475,8 @@ class Runtime:
                 await self._commit_group(group)
             finally:
                 self.pending_events -= size
+                for p in group:
+                    self.shares.add(self.shares.pending, p.state.tenant.id, -len(p.batch))
 
     async def _commit_group(self, group: list[_Pending]) -> None:
         ready = []
@@ -488,17 +534,26 @@ class Runtime:
 
         def apply() -> float:
             started = time.perf_counter()
-            if state.engine.config != config:
-                # The config changed between validation and commit: the log has the truth.
-                self._replay_into(state.engine, state.tenant)
+            engine = state.engine
+            if engine.config != config:
+                # Committed under a config the live engine does not have yet (its successor is being rebuilt
+                # from the log, which holds these events too): applied in the live engine's codes where they
+                # mean something there, so scores keep seeing acknowledged events meanwhile.
+                try:
+                    applied = recode_events(batch, config, engine.config)
+                except ConfigChanged:
+                    return time.perf_counter() - started  # actions the live engine lacks: the rebuild has them
+                engine.apply(applied, seqs)
+                self._signals_after_apply(state, applied)
             else:
-                state.engine.apply(batch, seqs)
+                engine.apply(batch, seqs)
                 self._signals_after_apply(state, batch)
             return time.perf_counter() - started
 
         self.unapplied_events += n
+        self.shares.add(self.shares.unapplied, state.tenant.id, n)
         fut = self._device_thread.submit(apply)
-        fut.add_done_callback(lambda done: self._on_loop(self._applied, n, done))
+        fut.add_done_callback(lambda done: self._on_loop(self._applied, state.tenant.id, n, done))
 
     def _on_loop(self, fn: Callable, *args: Any) -> None:
         try:
@@ -506,9 +561,10 @@ class Runtime:
         except RuntimeError:
             pass  # the loop has closed: the server is gone, and so is what this would count
 
-    def _applied(self, n: int, fut: concurrent.futures.Future) -> None:
+    def _applied(self, tenant_id: int, n: int, fut: concurrent.futures.Future) -> None:
         """On the event loop, once an engine update has run: the backlog and the measured apply rate."""
         self.unapplied_events -= n
+        self.shares.add(self.shares.unapplied, tenant_id, -n)
         exc = fut.exception()
         if exc is not None:
             self.metrics.apply_errors.inc()
@@ -558,6 +614,7 @@ class Runtime:
         self, state: TenantState, user_ids: list[str], explain: bool, hints: list[dict | None] | None = None
     ) -> list[dict[str, Any]]:
         """Results in request order; a signal in them is durable in the signal log before this returns."""
+        self.shares.seen(state.tenant.id)
         self.metrics.score_queue_users.set(state.batcher.queued_items + len(user_ids))
         results = await state.batcher.submit(list(zip(user_ids, hints or [None] * len(user_ids))))
         writes = {id(w): w for w in (r.pop("_written", None) for r in results) if w is not None}
@@ -644,6 +701,8 @@ class Runtime:
 
             def forget() -> bool:
                 state.policy.erase(user_id)
+                if state.erased_while_rebuilding is not None:
+                    state.erased_while_rebuilding.add(user_id)
                 return state.engine.erase_user(user_id)
 
             known = await self.on_device(forget)
@@ -656,13 +715,14 @@ class Runtime:
         """Apply a new config whole, or refuse it with :class:`ConfigConflict` and change nothing.
 
         The change takes its place in the commit queue: batches queued before it commit under the old
-        config, batches queued after it are checked against the new one. Once stored, the tenant's engine
-        is rebuilt from its log on the device thread, ahead of any engine update committed after it.
+        config, batches queued after it are checked against the new one. Once stored, the tenant's engine is
+        rebuilt from its log beside the live one, which serves meanwhile, and swapped in once it has caught up;
+        this returns after the swap.
         """
         fut = asyncio.get_running_loop().create_future()
         self._commits.put_nowait(_Reconfigure(state, config, fut))
-        rebuilt = await fut
-        old_config = await asyncio.wrap_future(rebuilt)
+        old_config = await fut
+        await self._bring_engine_up_to_date(state)
         await self.snapshot(state)
         vocabulary_changed = (old_config.actions, old_config.conversion_action) != (
             config.actions, config.conversion_action)
@@ -674,7 +734,7 @@ class Runtime:
                 pass  # recorded in the slot; the Markov chain predicts
 
     async def _reconfigure(self, change: _Reconfigure) -> None:
-        """Store a config change (committer task) and queue the engine rebuild before any later update."""
+        """Store a config change (committer task); the batches committed after it are validated against it."""
         state, config = change.state, change.config
         old = state.tenant
         try:
@@ -684,22 +744,50 @@ class Runtime:
                 change.future.set_exception(exc)
             return
         state.tenant = Tenant(old.id, old.name, config)
-        rebuilt = self._device_thread.submit(self._rebuild, state, old.config, config)
         if not change.future.done():
-            change.future.set_result(rebuilt)
+            change.future.set_result(old.config)
 
-    def _rebuild(self, state: TenantState, old: TenantConfig, config: TenantConfig) -> TenantConfig:
-        """The engine and signal policy under ``config`` (device thread); returns the config replaced."""
-        if config.engine_dict() == state.engine.config.engine_dict():
-            state.engine.config = config  # only the signal policy changed: the state still holds
-        else:
+    async def _bring_engine_up_to_date(self, state: TenantState) -> None:
+        """The engine and signal policy under the tenant's stored config, whatever it is by the time this runs.
+
+        Changes that keep the engine's settings touch only the policy. Others build a new engine on the rebuild
+        thread from the log (the snapshot was made under other settings), catch it up with what was committed
+        meanwhile, then swap it in on the device thread after a last catch-up there: other tenants' scores and
+        updates wait for that last step only. Ten quick changes make one or two rebuilds, not ten.
+        """
+        loop = asyncio.get_running_loop()
+        async with state.rebuild_lock:
+            config = state.tenant.config
+            if config.engine_dict() == state.engine.config.engine_dict():
+                await self.on_device(self._reconfigure_policy, state, config)
+                return
             engine = Engine(config, backend=self.backend)
-            self._replay_into(engine, state.tenant)
-            engine.draws = state.engine.draws
-            state.engine = engine
+            state.erased_while_rebuilding = set()
+            try:
+                caught_up = await loop.run_in_executor(
+                    self._rebuild_thread, self._replay_into, engine, state.tenant, self._rebuild_reader)
+                # What was committed during the replay; each round is shorter than the one before it.
+                while caught_up > _REBUILD_SWAP_EVENTS:
+                    caught_up = await loop.run_in_executor(
+                        self._rebuild_thread, self._replay_into, engine, state.tenant, self._rebuild_reader)
+                await self.on_device(self._swap_engine, state, engine, config)
+            finally:
+                state.erased_while_rebuilding = None
+
+    def _reconfigure_policy(self, state: TenantState, config: TenantConfig) -> None:
+        """Only the signal policy's settings changed (device thread): the engine's state still holds."""
+        state.engine.config = config
         # Carried over in memory: decisions still on their way to the signal log stay known.
         state.policy = state.policy.reconfigured(config)
-        return old
+
+    def _swap_engine(self, state: TenantState, engine: Engine, config: TenantConfig) -> None:
+        """The rebuilt engine serves from now on (device thread), with the log's last events and erasures."""
+        self._replay_into(engine, state.tenant)
+        for user_id in state.erased_while_rebuilding or ():
+            engine.erase_user(user_id)
+        engine.draws = state.engine.draws
+        state.engine = engine
+        self._reconfigure_policy(state, config)
 
     # ---- next-action models -------------------------------------------------------------------
 

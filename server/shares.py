@@ -1,0 +1,63 @@
+"""Each tenant's share of the ingest backlogs, so that one tenant's flood cannot take the others' room.
+
+The server bounds two backlogs for everyone (503 ``overloaded`` beyond them): events waiting for their commit
+(``max_pending_events``) and acknowledged events waiting to be applied to their engines
+(``max_apply_delay_ms``, in time at the measured apply rate; scores wait behind them). While any other tenant
+has sent a request in the last :data:`ACTIVE_WINDOW_S` seconds, one tenant may hold at most ``tenant_share`` of
+either, and its ingest beyond that is refused with 429 ``tenant_over_share`` and a ``Retry-After``: the others
+keep the rest. A tenant alone on the server may use all of it (the share is work-conserving).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from .batcher import Overloaded
+
+ACTIVE_WINDOW_S = 5.0
+
+
+class OverShare(Overloaded):
+    """The tenant holds more than its share of an ingest backlog while other tenants are active."""
+
+
+class Shares:
+    """Per-tenant backlog counters and who has been active lately (event loop only: no locks)."""
+
+    def __init__(self, share: float, clock: Callable[[], float] = time.monotonic):
+        self.share = share
+        self.clock = clock
+        self.pending: dict[int, int] = {}
+        self.unapplied: dict[int, int] = {}
+        self._last_seen: dict[int, float] = {}
+
+    def seen(self, tenant_id: int) -> None:
+        self._last_seen[tenant_id] = self.clock()
+
+    def others_active(self, tenant_id: int) -> bool:
+        cutoff = self.clock() - ACTIVE_WINDOW_S
+        for other, at in list(self._last_seen.items()):
+            if at < cutoff:
+                del self._last_seen[other]  # the dict holds only recently active tenants
+            elif other != tenant_id:
+                return True
+        return False
+
+    def add(self, counter: dict[int, int], tenant_id: int, n: int) -> None:
+        left = counter.get(tenant_id, 0) + n
+        if left:
+            counter[tenant_id] = left
+        else:
+            counter.pop(tenant_id, None)
+
+    def check_pending(self, tenant_id: int, adding: int, max_pending: int) -> None:
+        held = self.pending.get(tenant_id, 0)
+        if held and held + adding > self.share * max_pending and self.others_active(tenant_id):
+            raise OverShare(held, retry_after_s=1.0)
+
+    def check_unapplied(self, tenant_id: int, events_per_s: float | None, max_delay_ms: float) -> None:
+        held = self.unapplied.get(tenant_id, 0)
+        if not (held and events_per_s and max_delay_ms):
+            return
+        if 1000.0 * held / events_per_s > self.share * max_delay_ms and self.others_active(tenant_id):
+            raise OverShare(held, retry_after_s=1.0)

@@ -1,0 +1,100 @@
+"""A config change rebuilds the tenant's engine beside the live one: while the rebuild runs, every tenant (the
+changing one included) is scored and ingests, and the new engine serves with all of it once swapped in.
+
+The rebuild is held open by the test (its replay waits on an event), so these hold whatever the machine's speed.
+"""
+import asyncio
+import threading
+import time
+
+
+HELD_S = 30
+
+
+def view(uid, action="view", ago=30.0):
+    return {"user_id": uid, "action": action, "ts": time.time() - ago}
+
+
+class HeldRebuild:
+    """Makes the replays on the rebuild thread wait until released; counts the engines swapped in."""
+
+    def __init__(self, runtime, monkeypatch):
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.swaps = []
+        replay, swap = runtime._replay_into, runtime._swap_engine
+
+        def held_replay(engine, tenant, reader=None):
+            if threading.current_thread().name.startswith("nudge-rebuild"):
+                self.entered.set()
+                assert self.release.wait(HELD_S), "the test never released the rebuild"
+            return replay(engine, tenant, reader)
+
+        def counted_swap(state, engine, config):
+            self.swaps.append(config)
+            return swap(state, engine, config)
+
+        monkeypatch.setattr(runtime, "_replay_into", held_replay)
+        monkeypatch.setattr(runtime, "_swap_engine", counted_swap)
+
+    async def wait_entered(self):
+        for _ in range(HELD_S * 20):
+            if self.entered.is_set():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("no rebuild started")
+
+
+async def test_while_a_tenant_rebuilds_every_tenant_is_served_and_the_new_engine_gets_it_all(start, monkeypatch):
+    s = await start()
+    acme, globex = s.acme, s.globex
+    assert (await acme.events([view(f"a{i}", ["view", "add_to_cart"][i % 2]) for i in range(300)])).status == 200
+    assert (await globex.events([view(f"g{i}") for i in range(50)])).status == 200
+    held = HeldRebuild(s.runtime, monkeypatch)
+    state = s.runtime.tenants[next(t for t, st in s.runtime.tenants.items() if st.tenant.name == "acme")]
+    live = state.engine
+
+    change = asyncio.ensure_future(acme.call("PUT", "/v1/config", {"window_size": 16, "horizon_s": 1800}))
+    await held.wait_entered()
+
+    # The rebuild is under way. Another tenant is scored and ingests...
+    assert (await globex.score("g1", "g2")).status == 200
+    assert (await globex.events([view("g-late")])).status == 200
+    # ... and so is the tenant being rebuilt, by its live engine, with its new events seen at once.
+    assert (await acme.events([view("a-late", "add_to_cart", ago=5)])).status == 200
+    late = await acme.call("GET", "/v1/users/a-late")
+    assert late.status == 200 and [a["action"] for a in late.body["recent_actions"]] == ["add_to_cart"]
+    assert (await acme.score("a1", "a-late")).status == 200
+    # An erasure during the rebuild, after the replay may have read the user's events.
+    assert (await acme.call("DELETE", "/v1/users/a3")).body["erased"] is True
+    assert not change.done() and state.engine is live
+
+    held.release.set()
+    answer = await asyncio.wait_for(change, HELD_S)
+    assert answer.status == 200, answer.body
+    assert state.engine is not live and len(held.swaps) == 1
+    assert state.engine.config.window_size == 16 and state.engine.config.horizon_s == 1800
+    # The new engine has the events committed during the rebuild, and not the user erased during it.
+    late = await acme.call("GET", "/v1/users/a-late")
+    assert late.status == 200 and [a["action"] for a in late.body["recent_actions"]] == ["add_to_cart"]
+    assert (await acme.call("GET", "/v1/users/a3")).status == 404
+    assert (await acme.call("GET", "/v1/users/a5")).status == 200
+    assert state.engine.applied_seq == live.applied_seq
+
+
+async def test_quick_config_changes_make_at_most_two_rebuilds_and_the_last_one_serves(start, monkeypatch):
+    s = await start()
+    assert (await s.acme.events([view(f"a{i}") for i in range(100)])).status == 200
+    held = HeldRebuild(s.runtime, monkeypatch)
+    first = asyncio.ensure_future(s.acme.call("PUT", "/v1/config", {"window_size": 8}))
+    await held.wait_entered()
+    rest = [asyncio.ensure_future(s.acme.call("PUT", "/v1/config", {"window_size": 8 + i})) for i in range(1, 10)]
+    for _ in range(200):  # every change stored while the first rebuild is held
+        if (await s.acme.call("GET", "/v1/config")).body["window_size"] == 17:
+            break
+        await asyncio.sleep(0.02)
+    held.release.set()
+    answers = await asyncio.wait_for(asyncio.gather(first, *rest), HELD_S)
+    assert [a.status for a in answers] == [200] * 10
+    assert [c.window_size for c in held.swaps] == [8, 17]
+    state = next(st for st in s.runtime.tenants.values() if st.tenant.name == "acme")
+    assert state.engine.config.window_size == 17
