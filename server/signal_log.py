@@ -8,51 +8,6 @@ from typing import Any
 
 from ._sql import select_in
 
-SIGNAL_SCHEMA = """
-CREATE TABLE IF NOT EXISTS signals (
-    -- seq orders delivery; AUTOINCREMENT so an erased row's number is never handed out again.
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant_id INTEGER NOT NULL,
-    -- The tenant's own position (pull cursors): seq is shared by all tenants and would reveal their volume.
-    tenant_seq INTEGER,
-    signal_id TEXT NOT NULL UNIQUE,
-    user_id TEXT NOT NULL,
-    intent TEXT NOT NULL,
-    type TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    score REAL NOT NULL,
-    created_at REAL NOT NULL,
-    withheld INTEGER NOT NULL,
-    outcome TEXT,  -- NULL while open, then 'converted' or 'no_conversion'
-    resolved_at REAL
-);
-CREATE INDEX IF NOT EXISTS signals_tenant ON signals (tenant_id, seq);
-CREATE TABLE IF NOT EXISTS signal_sequences (
-    tenant_id INTEGER PRIMARY KEY,
-    last INTEGER NOT NULL  -- never goes back, even when old signals are purged
-);
-CREATE INDEX IF NOT EXISTS signals_user ON signals (tenant_id, user_id);
-CREATE TABLE IF NOT EXISTS feedback (
-    id INTEGER PRIMARY KEY,
-    tenant_id INTEGER NOT NULL,
-    signal_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    ts REAL NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS feedback_user ON feedback (tenant_id, user_id);
--- The bandits' evidence outlives the signals it came from (those are purged after the retention period).
-CREATE TABLE IF NOT EXISTS bandit_rewards (
-    tenant_id INTEGER NOT NULL,
-    intent TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    successes REAL NOT NULL,
-    failures REAL NOT NULL,
-    PRIMARY KEY (tenant_id, intent, variant)
-);
-"""
 _REWARD = (
     "INSERT INTO bandit_rewards (tenant_id, intent, variant, successes, failures) "
     "SELECT tenant_id, intent, variant, ?, ? FROM signals WHERE tenant_id = ? AND signal_id = ? AND withheld = 0 "
@@ -254,14 +209,3 @@ def _signal(row: tuple) -> dict[str, Any]:
     sid, uid, intent, kind, variant, payload, score, created = row
     return {"signal_id": sid, "user_id": uid, "type": kind, "payload": json.loads(payload), "score": score,
             "intent": intent, "created_at": created, "variant": variant}
-
-
-def migrate_signals(db: sqlite3.Connection) -> None:
-    """Bring a signal log written by an older nudge up to date (run once per connection, before use)."""
-    if "tenant_seq" not in {row[1] for row in db.execute("PRAGMA table_info(signals)")}:
-        db.execute("ALTER TABLE signals ADD COLUMN tenant_seq INTEGER")
-        db.execute("UPDATE signals SET tenant_seq = (SELECT COUNT(*) FROM signals s "
-                   "WHERE s.tenant_id = signals.tenant_id AND s.seq <= signals.seq)")
-        db.execute("INSERT OR REPLACE INTO signal_sequences (tenant_id, last) "
-                   "SELECT tenant_id, MAX(tenant_seq) FROM signals GROUP BY tenant_id")
-    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS signals_tenant_seq ON signals (tenant_id, tenant_seq)")

@@ -20,44 +20,11 @@ import numpy as np
 from model import DEVICES, EventBatch, TenantConfig
 
 from ._sql import select_in
-from .signal_log import SIGNAL_SCHEMA, SignalLog, migrate_signals
-from .subscription_store import SUBSCRIPTION_SCHEMA, SubscriptionStore
+from .migrations import migrate
+from .signal_log import SignalLog
+from .subscription_store import SubscriptionStore
 
 DB_NAME = "nudge.sqlite3"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tenants (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    key_hash TEXT NOT NULL UNIQUE,
-    config TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    -- AUTOINCREMENT: erasure deletes rows, and a reused sequence number would be skipped on replay.
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant_id INTEGER NOT NULL,
-    event_id TEXT,
-    user_id TEXT NOT NULL,
-    action TEXT NOT NULL,
-    ts REAL NOT NULL,
-    device TEXT NOT NULL,
-    segment TEXT,
-    tz_offset_min INTEGER NOT NULL,
-    item_id TEXT,
-    category TEXT,
-    query TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (tenant_id, event_id) WHERE event_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_user ON events (tenant_id, user_id);
-CREATE TABLE IF NOT EXISTS model_history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant_id INTEGER NOT NULL,
-    at REAL NOT NULL,
-    event TEXT NOT NULL,
-    record TEXT NOT NULL  -- the whole entry as JSON: stamps, gate figures, message
-);
-CREATE INDEX IF NOT EXISTS model_history_tenant ON model_history (tenant_id, id);
-"""
 _INSERT = (
     "INSERT INTO events (tenant_id, event_id, user_id, action, ts, device, segment, tz_offset_min, item_id, "
     "category, query) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -105,10 +72,7 @@ class Store(SignalLog, SubscriptionStore):
         self.db.execute("PRAGMA busy_timeout=10000")
         # Erased users' rows are overwritten with zeros, not left readable in free pages.
         self.db.execute("PRAGMA secure_delete=ON")
-        self.db.executescript(_SCHEMA + SIGNAL_SCHEMA + SUBSCRIPTION_SCHEMA)
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            migrate_signals(self.db)
+        migrate(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -9,39 +9,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-SUBSCRIPTION_SCHEMA = """
-CREATE TABLE IF NOT EXISTS subscriptions (
-    id TEXT PRIMARY KEY,
-    tenant_id INTEGER NOT NULL,
-    url TEXT NOT NULL,
-    types TEXT,  -- JSON list, NULL for every type
-    secret TEXT NOT NULL,  -- kept in clear: signing needs it
-    created_at REAL NOT NULL,
-    cursor INTEGER NOT NULL,  -- the last signal seq delivered or dead-lettered
-    -- The batch being delivered: (cursor, inflight_until], fixed at its first attempt so that a
-    -- retry, even after a restart, sends the same signals under the same webhook-id.
-    inflight_until INTEGER,
-    inflight_since REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    delivered INTEGER NOT NULL DEFAULT 0,
-    dead_lettered INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    last_error_at REAL,
-    last_success_at REAL
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    subscription_id TEXT NOT NULL,
-    after_seq INTEGER NOT NULL,
-    until_seq INTEGER NOT NULL,
-    signals INTEGER NOT NULL,
-    attempts INTEGER NOT NULL,
-    last_error TEXT,
-    dead_at REAL NOT NULL,
-    state TEXT NOT NULL  -- 'dead', 'redeliver' (queued again) or 'delivered'
-);
-CREATE INDEX IF NOT EXISTS dead_letters_subscription ON dead_letters (subscription_id, state);
-"""
 
 
 @dataclass(frozen=True)
