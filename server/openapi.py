@@ -7,6 +7,7 @@ from typing import Any
 from kernels.backend import KNOWN_BACKENDS
 from model.config import INTENTS, SIGNAL_TYPES
 from model.contexts import DAYPARTS, DEVICES
+from model.schema import event_json_schema
 
 from .validation import FEEDBACK_OUTCOMES
 
@@ -41,29 +42,7 @@ def _op(summary: str, ok: dict[str, Any], *, body: dict[str, Any] | None = None,
     return op
 
 
-_EVENT = {
-    "type": "object",
-    "required": ["user_id", "action"],
-    "additionalProperties": False,
-    "properties": {
-        "user_id": {"type": "string", "maxLength": 128, "description": "Your pseudonymous id (no e-mail or phone)"},
-        "action": {"type": "string", "description": "One of the tenant's actions"},
-        "ts": {"type": "number", "description": "Seconds since the epoch; defaults to now"},
-        "event_id": {"type": "string", "maxLength": 128, "description": "Makes retries idempotent"},
-        "item_id": {"type": "string"},
-        "category": {"type": "string"},
-        "query": {"type": "string", "maxLength": 512},
-        "context": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "device": {"type": "string", "enum": ["desktop", "mobile", "tablet", "other"]},
-                "segment": {"type": "string"},
-                "tz_offset_min": {"type": "integer", "minimum": -840, "maximum": 840},
-            },
-        },
-    },
-}
+_EVENT = event_json_schema()
 _SUB_PARAM = [{"name": "subscription_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 _USER_PARAM = [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 # Untyped: what a route documented without its shape would answer. The response schemas below are typed, and a

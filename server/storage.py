@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from model import DEVICES, EventBatch, TenantConfig
+from model.schema import EVENT_FIELDS, LOG_COLUMNS
 
 from ._sql import select_in
 from .migrations import migrate
@@ -25,10 +26,9 @@ from .signal_log import SignalLog
 from .subscription_store import SubscriptionStore
 
 DB_NAME = "nudge.sqlite3"
-_INSERT = (
-    "INSERT INTO events (tenant_id, event_id, user_id, action, ts, device, segment, tz_offset_min, item_id, "
-    "category, query) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_INSERT = (f"INSERT INTO events (tenant_id, {', '.join(LOG_COLUMNS)}) "
+           f"VALUES (?, {', '.join('?' * len(LOG_COLUMNS))})")
+_SELECT = f"SELECT seq, {', '.join(LOG_COLUMNS)} FROM events WHERE tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 
 
 class ConfigConflict(ValueError):
@@ -195,23 +195,15 @@ class Store(SignalLog, SubscriptionStore):
         rows = np.flatnonzero(accepted)
         if not len(rows):
             return Appended(accepted, np.zeros(0, np.int64))
-        actions = np.asarray(config.actions, dtype=object)[batch.actions[rows]]
-        segments = np.asarray((None, *config.segments), dtype=object)[batch.segment[rows]]
-        devices = np.asarray(DEVICES, dtype=object)[batch.device[rows]]
-        records = zip(
-            [tenant_id] * len(rows),
-            batch.event_ids[rows].tolist(),
-            batch.user_ids[rows].tolist(),
-            actions.tolist(),
-            batch.ts[rows].tolist(),
-            devices.tolist(),
-            segments.tolist(),
-            batch.tz_offset_min[rows].tolist(),
-            batch.item_ids[rows].tolist(),
-            batch.categories[rows].tolist(),
-            batch.queries[rows].tolist(),
-        )
-        self.db.executemany(_INSERT, records)
+        # Coded columns are logged by name, so the log reads back under any later vocabulary.
+        names = {"actions": config.actions, "segment": (None, *config.segments), "device": DEVICES}
+        columns = []
+        for f in EVENT_FIELDS:
+            values = getattr(batch, f.batch)[rows]
+            if f.batch in names:
+                values = np.asarray(names[f.batch], dtype=object)[values]
+            columns.append(values.tolist())
+        self.db.executemany(_INSERT, zip([tenant_id] * len(rows), *columns))
         # This connection holds the write lock, so the rows just inserted got consecutive sequence numbers.
         last = self.db.execute("SELECT last_insert_rowid()").fetchone()[0]
         seqs = np.arange(last - len(rows) + 1, last + 1, dtype=np.int64)
@@ -222,34 +214,22 @@ class Store(SignalLog, SubscriptionStore):
     ) -> Iterator[tuple[EventBatch, np.ndarray]]:
         """The tenant's log after ``after_seq`` in order, as (batch, seqs) chunks."""
         vocab = {a: i for i, a in enumerate(config.actions)}
-        segments = {s: i + 1 for i, s in enumerate(config.segments)}
-        devices = {d: i for i, d in enumerate(DEVICES)}
+        codes = {"segment": {s: i + 1 for i, s in enumerate(config.segments)},
+                 "device": {d: i for i, d in enumerate(DEVICES)}}
         last = after_seq
         while True:
-            rows = self.db.execute(
-                "SELECT seq, event_id, user_id, action, ts, device, segment, tz_offset_min, item_id, category, query "
-                "FROM events WHERE tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (tenant_id, last, chunk),
-            ).fetchall()
+            rows = self.db.execute(_SELECT, (tenant_id, last, chunk)).fetchall()
             if not rows:
                 return
             cols = list(zip(*rows))
+            values = {f.batch: cols[i + 1] for i, f in enumerate(EVENT_FIELDS)}
             try:
-                actions = [vocab[a] for a in cols[3]]
+                values["actions"] = [vocab[a] for a in values["actions"]]
             except KeyError as exc:
                 raise ValueError(f"the event log holds action {exc.args[0]!r}, which the config lacks") from None
-            batch = EventBatch.build(
-                user_ids=cols[2],
-                actions=actions,
-                ts=cols[4],
-                device=[devices[d] for d in cols[5]],
-                segment=[segments.get(s, 0) for s in cols[6]],
-                tz_offset_min=cols[7],
-                event_ids=cols[1],
-                item_ids=cols[8],
-                categories=cols[9],
-                queries=cols[10],
-            )
+            values["segment"] = [codes["segment"].get(s, 0) for s in values["segment"]]
+            values["device"] = [codes["device"][d] for d in values["device"]]
+            batch = EventBatch.build(**values)
             seqs = np.asarray(cols[0], dtype=np.int64)
             last = int(seqs[-1])
             yield batch, seqs

@@ -9,14 +9,12 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from model import DEVICES, EventBatch, TenantConfig
+from model import DEVICES, EventBatch, TenantConfig, schema
 from model.config import SIGNAL_TYPES
+from model.schema import MAX_ID_CHARS, MAX_QUERY_CHARS, MAX_TZ_OFFSET_MIN
 
 from .errors import ApiError, invalid_field
 
-MAX_ID_CHARS = 128
-MAX_QUERY_CHARS = 512
-MAX_TZ_OFFSET_MIN = 14 * 60
 PAST_WINDOW_S = 7 * 86400.0
 FUTURE_SKEW_S = 300.0
 
@@ -27,13 +25,13 @@ _PHONE_INTL = re.compile(r"^(\+|00)[\d\s().-]{7,22}$")
 _PHONE_SEPARATED = re.compile(r"^\(?\d{2,5}\)?([\s.-]\(?\d{2,5}\)?){2,5}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Ids made only of these characters can be neither e-mail addresses nor phone numbers.
-_PLAIN_ID = re.compile(r"(?!00)[A-Za-z0-9_:]{1,128}")
+_PLAIN_ID = re.compile(rf"(?!00)[A-Za-z0-9_:]{{1,{MAX_ID_CHARS}}}")
 
-ROW_FIELDS = ("user_id", "action", "ts", "event_id", "item_id", "category", "query", "context")
-CONTEXT_FIELDS = ("device", "segment", "tz_offset_min")
-COLUMN_FIELDS = ROW_FIELDS[:-1] + CONTEXT_FIELDS
+ROW_FIELDS = (*schema.TOP_LEVEL, "context")
+CONTEXT_FIELDS = schema.CONTEXT
+COLUMN_FIELDS = schema.TOP_LEVEL + schema.CONTEXT
 STATE_FIELDS = ("category", "query", "page")
-REQUIRED = ("user_id", "action")
+REQUIRED = schema.REQUIRED
 
 Problem = tuple[int, str, str]
 
@@ -187,7 +185,7 @@ def _columns(raw: Any) -> tuple[dict[str, list], int]:
     unknown = [k for k in raw if k not in COLUMN_FIELDS]
     if unknown:
         raise invalid_field(f"columns.{str(unknown[0])[:64]}", f"unknown column; known: {', '.join(COLUMN_FIELDS)}")
-    for required in ("user_id", "action"):
+    for required in REQUIRED:
         if required not in raw:
             raise invalid_field(f"columns.{required}", "is required")
     lengths = set()
