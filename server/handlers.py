@@ -321,7 +321,7 @@ async def get_signals(request: web.Request) -> web.Response:
 
 async def get_weights(request: web.Request) -> web.Response:
     state = request[TENANT]
-    report = await request.app[RUNTIME].on_device(lambda: weights_report(state.engine))
+    report = await request.app[RUNTIME].on_device(lambda: weights_report(state.engine), lane=state.tenant.id)
     return respond(request, report)
 
 

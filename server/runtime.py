@@ -26,6 +26,7 @@ from model.signals import SignalPolicy
 
 from .activity import Activity
 from .batcher import MicroBatcher, Overloaded
+from .fair_thread import FairThread
 from .shares import Shares
 from .config import ServerConfig
 from .delivery import Deliveries, DeliverySettings
@@ -72,6 +73,10 @@ _RECOVERY_RETRY_S = 30.0
 # (a few ms on NumPy) and not for the whole histogram.
 HISTOGRAM_MAX_USERS = 10_000
 _HISTOGRAM_CHUNK = 2_500
+_SHARED_LANE = "shared"  # the device thread's lane for calls that belong to no tenant
+# Acknowledged events are applied in calls of at most this many events, so that another tenant's score waits for
+# one of them (tens of ms), not for a whole group commit (up to max_commit_events).
+_APPLY_CHUNK = 2_000
 # A rebuilt engine is swapped in (on the device thread, which replays what is left) once a catch-up round on the
 # rebuild thread found at most this many new events: a swap costs the device thread milliseconds.
 _REBUILD_SWAP_EVENTS = 2_000
@@ -149,7 +154,8 @@ class Runtime:
         self.backend = kernels.resolve_backend(config.backend)
         metrics.backend.labels(self.backend).set(1)
         self._storage_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-storage")
-        self._device_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-device")
+        # Every engine runs here (one thread drives the device), each tenant in a lane of its own: see FairThread.
+        self._device = FairThread("nudge-device")
         # Config changes rebuild a tenant's engine from its log here, beside the live engine, so the device
         # thread (every tenant's scores and updates) never waits for a replay.
         self._rebuild_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-rebuild")
@@ -182,8 +188,13 @@ class Runtime:
     async def on_storage(self, fn: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._storage_thread, fn, *args)
 
-    async def on_device(self, fn: Callable, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._device_thread, fn, *args)
+    async def on_device(self, fn: Callable, *args: Any, lane: int | None = None) -> Any:
+        """``fn(*args)`` on the device thread: in ``lane`` (a tenant id) after that tenant's calls queued before it,
+        or, without a lane, after every call queued before it."""
+        if lane is None:
+            await asyncio.wrap_future(self._device.barrier())
+            lane = _SHARED_LANE
+        return await asyncio.wrap_future(self._device.submit(lane, fn, *args))
 
     # ---- life cycle ---------------------------------------------------------------------------
 
@@ -237,14 +248,14 @@ class Runtime:
         if self._rebuild_reader is not None:
             await asyncio.get_running_loop().run_in_executor(self._rebuild_thread, self._rebuild_reader.close)
         self._storage_thread.shutdown(wait=True)
-        self._device_thread.shutdown(wait=True)
+        self._device.shutdown(wait=True)
         self._rebuild_thread.shutdown(wait=True)
 
     def _new_state(self, tenant: Tenant, engine: Engine | None = None) -> TenantState:
         cfg = self.config
         batcher = MicroBatcher(
             functools.partial(self._score_batch, tenant.id),
-            self._device_thread,
+            self._device.executor(tenant.id),
             max_batch_size=cfg.max_batch_size,
             max_wait_ms=cfg.max_wait_ms,
             max_queue_items=cfg.max_queue_users,
@@ -298,7 +309,7 @@ class Runtime:
 
     async def _restore_or_record(self, tenant: Tenant) -> TenantState:
         try:
-            state = await self.on_device(self._restore, tenant)
+            state = await self.on_device(self._restore, tenant, lane=tenant.id)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.exception("recovering tenant %s failed; it answers 503 until this is fixed", tenant.name)
@@ -440,7 +451,7 @@ class Runtime:
             new = sum(1 for user_id in set(batch.user_ids.tolist()) if user_id not in index)
             return (len(index), new) if new and len(index) + new > limit else None
 
-        return await self.on_device(count)
+        return await self.on_device(count, lane=state.tenant.id)
 
     async def ingest(self, state: TenantState, batch: EventBatch) -> tuple[int, int]:
         """(accepted, duplicates) once the batch is durable in the log; Overloaded when too much waits."""
@@ -530,6 +541,12 @@ class Runtime:
                 future.set_result(answer)
 
     def _apply_later(self, state: TenantState, batch: EventBatch, seqs: np.ndarray, config: TenantConfig) -> None:
+        """Queue the engine update of committed events in the tenant's lane, in calls of at most _APPLY_CHUNK."""
+        for start in range(0, len(batch), _APPLY_CHUNK):
+            part = slice(start, start + _APPLY_CHUNK)
+            self._apply_part(state, batch.take(part), seqs[part], config)
+
+    def _apply_part(self, state: TenantState, batch: EventBatch, seqs: np.ndarray, config: TenantConfig) -> None:
         n = len(batch)
 
         def apply() -> float:
@@ -552,7 +569,7 @@ class Runtime:
 
         self.unapplied_events += n
         self.shares.add(self.shares.unapplied, state.tenant.id, n)
-        fut = self._device_thread.submit(apply)
+        fut = self._device.submit(state.tenant.id, apply)
         fut.add_done_callback(lambda done: self._on_loop(self._applied, state.tenant.id, n, done))
 
     def _on_loop(self, fn: Callable, *args: Any) -> None:
@@ -621,7 +638,7 @@ class Runtime:
         for written in writes.values():
             await asyncio.wrap_future(written)
         if explain:
-            details = await self.on_device(self._explain, state, user_ids)
+            details = await self.on_device(self._explain, state, user_ids, lane=state.tenant.id)
             for result, detail in zip(results, details):
                 result["explain"] = detail
         return results
@@ -651,12 +668,13 @@ class Runtime:
             step = max(1, -(-len(index) // HISTOGRAM_MAX_USERS))
             return list(itertools.islice(index, 0, None, step)), len(index)
 
-        user_ids, known = await self.on_device(sample)
+        user_ids, known = await self.on_device(sample, lane=state.tenant.id)
         now = time.time()
         scores = [np.zeros(0)]
         for start in range(0, len(user_ids), _HISTOGRAM_CHUNK):
             chunk = user_ids[start:start + _HISTOGRAM_CHUNK]
-            scores.append(await self.on_device(lambda c=chunk: state.engine.score(c, now, draw=False).score))
+            scores.append(await self.on_device(lambda c=chunk: state.engine.score(c, now, draw=False).score,
+                                               lane=state.tenant.id))
         values = np.concatenate(scores)
         counts, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
         return {
@@ -686,7 +704,7 @@ class Runtime:
                 "score_kind": "posterior_mean",
             }
 
-        return await self.on_device(view)
+        return await self.on_device(view, lane=state.tenant.id)
 
     async def erase_user(self, state: TenantState, user_id: str) -> dict[str, Any]:
         """Remove a user from the log, the engine and the snapshot (through its erasure journal).
@@ -705,7 +723,7 @@ class Runtime:
                     state.erased_while_rebuilding.add(user_id)
                 return state.engine.erase_user(user_id)
 
-            known = await self.on_device(forget)
+            known = await self.on_device(forget, lane=state.tenant.id)
             state.erased_since_snapshot = True
         return {"user_id": user_id, "erased": bool(deleted or known), "events_deleted": deleted}
 
@@ -759,7 +777,7 @@ class Runtime:
         async with state.rebuild_lock:
             config = state.tenant.config
             if config.engine_dict() == state.engine.config.engine_dict():
-                await self.on_device(self._reconfigure_policy, state, config)
+                await self.on_device(self._reconfigure_policy, state, config, lane=state.tenant.id)
                 return
             engine = Engine(config, backend=self.backend)
             state.erased_while_rebuilding = set()
@@ -770,7 +788,7 @@ class Runtime:
                 while caught_up > _REBUILD_SWAP_EVENTS:
                     caught_up = await loop.run_in_executor(
                         self._rebuild_thread, self._replay_into, engine, state.tenant, self._rebuild_reader)
-                await self.on_device(self._swap_engine, state, engine, config)
+                await self.on_device(self._swap_engine, state, engine, config, lane=state.tenant.id)
             finally:
                 state.erased_while_rebuilding = None
 
@@ -942,7 +960,7 @@ class Runtime:
             decisions = [d for d in decide(state.engine, state.policy, users, prediction, until) if d is not None]
             return self.signal_writer.submit(self._writer_key(state), decisions, [])
 
-        written = await self.on_device(decide_idle)
+        written = await self.on_device(decide_idle, lane=state.tenant.id)
         if written is not None:
             await asyncio.wrap_future(written)
 
@@ -953,7 +971,7 @@ class Runtime:
             resolutions = state.policy.expire(now)
             return self.signal_writer.submit(self._writer_key(state), [], resolutions)
 
-        written = await self.on_device(expire)
+        written = await self.on_device(expire, lane=state.tenant.id)
         if written is not None:
             await asyncio.wrap_future(written)
 
@@ -976,32 +994,33 @@ class Runtime:
             ]
             return self.signal_writer.submit(self._writer_key(state), [], resolutions)
 
-        written = await self.on_device(resolve)
+        written = await self.on_device(resolve, lane=state.tenant.id)
         if written is not None:
             await asyncio.wrap_future(written)
         return []
 
-    async def _settle_signals(self) -> None:
-        """Read-your-writes for signals: what acknowledged events decided is in the signal log after this."""
-        # Engine updates of acknowledged events run in order on the device thread: once this no-op has
-        # run, their signals and resolutions are queued, and the flush makes them durable and visible.
-        await self.on_device(lambda: None)
+    async def _settle_signals(self, state: TenantState) -> None:
+        """Read-your-writes for signals: what the tenant's acknowledged events decided is in the signal log after
+        this."""
+        # Engine updates of acknowledged events run in order in the tenant's lane: once this no-op has run,
+        # their signals and resolutions are queued, and the flush makes them durable and visible.
+        await self.on_device(lambda: None, lane=state.tenant.id)
         await self.signal_writer.flush()
 
     async def stats(self, state: TenantState, now: float | None = None) -> dict[str, Any]:
         """Signals sent, their funnel, conversion of signalled vs holdout users as of ``now``, the bandits."""
-        await self._settle_signals()
+        await self._settle_signals(state)
         now = time.time() if now is None else now
         counts = await self.on_storage(self.store.signal_stats, state.tenant.id, now, state.config.signal_horizon_s)
-        bandits = await self.on_device(state.policy.bandit_report)
+        bandits = await self.on_device(state.policy.bandit_report, lane=state.tenant.id)
         return signal_stats_report(counts, bandits, state.config)
 
     async def bandits(self, state: TenantState, period_s: float = 3600.0) -> dict[str, Any]:
         """The intervention bandits now (posteriors, how traffic is allocated) and how they split it over time."""
-        await self._settle_signals()
+        await self._settle_signals(state)
         since = time.time() - self.config.signal_retention_s
         history = await self.on_storage(self.store.allocation_history, state.tenant.id, since, period_s)
-        report = await self.on_device(state.policy.bandit_report)
+        report = await self.on_device(state.policy.bandit_report, lane=state.tenant.id)
         return {"bandits": report, "period_s": period_s, "allocations": history}
 
     # ---- delivery: subscriptions and pull -----------------------------------------------------
@@ -1032,7 +1051,7 @@ class Runtime:
     async def pull_signals(self, state: TenantState, cursor: Cursor, limit: int, wait_s: float) -> tuple[list, int]:
         """Signals after ``cursor``, waiting up to ``wait_s`` for the first; and the tenant's next position."""
         deadline = time.monotonic() + min(wait_s, self.config.max_poll_wait_s)
-        await self._settle_signals()
+        await self._settle_signals(state)
         after = cursor.position
         if cursor.shared:
             after = await self.on_storage(self.store.tenant_position, state.tenant.id, after)
@@ -1057,7 +1076,8 @@ class Runtime:
 
         async with state.snapshot_lock:
             engine_state, seq, cfg = await self.on_device(
-                lambda: (state.engine.state_dict(), state.engine.applied_seq, state.engine.config.engine_dict())
+                lambda: (state.engine.state_dict(), state.engine.applied_seq, state.engine.config.engine_dict()),
+                lane=state.tenant.id,
             )
             await asyncio.get_running_loop().run_in_executor(None, write, engine_state, cfg)
             state.snapshot_seq = seq
@@ -1065,8 +1085,8 @@ class Runtime:
         self.metrics.snapshots.inc()
 
     async def snapshot_all(self) -> None:
-        # The device thread runs engine updates in order: once this no-op has run, every update
-        # queued before it (acknowledged events) has been applied and can be in the snapshot.
+        # Once this no-op has run, every engine update queued before it (acknowledged events) has been applied
+        # and can be in the snapshot.
         await self.on_device(lambda: None)
         for state in list(self.tenants.values()):
             if state.engine.applied_seq > state.snapshot_seq or state.erased_since_snapshot:

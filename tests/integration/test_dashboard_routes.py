@@ -83,9 +83,9 @@ async def test_score_histogram_samples_beyond_its_cap_in_small_device_turns(star
     turns = []
     on_device = s.runtime.on_device
 
-    async def counted(fn, *args):
+    async def counted(fn, *args, **kw):
         turns.append(fn)
-        return await on_device(fn, *args)
+        return await on_device(fn, *args, **kw)
 
     monkeypatch.setattr(s.runtime, "on_device", counted)
     h = (await s.acme.call("GET", "/v1/scores/histogram?bins=5")).body

@@ -59,3 +59,40 @@ async def test_a_tenant_alone_may_fill_the_whole_backlog(start, monkeypatch):
     release.set()
     answers = await asyncio.wait_for(asyncio.gather(first, *queued), HELD_S)
     assert [a.status for a in answers] == [200] * 4  # 900 of 1000 pending at most: nobody else was active
+
+
+async def test_another_tenants_score_waits_for_one_engine_update_of_a_busy_tenant_not_all(start, monkeypatch):
+    """The device thread gives each tenant a lane: five queued updates of acme's do not all run before globex's
+    score, and acme's own score still sees every event it had acknowledged (its lane keeps its order)."""
+    s = await start(tenant_share=1.0)
+    assert (await s.globex.events(views("g", 5))).status == 200
+    assert (await s.acme.events(views("a", 5))).status == 200
+    await s.runtime.on_device(lambda: None)  # those applied
+    acme = next(st for st in s.runtime.tenants.values() if st.tenant.name == "acme")
+    ran = []
+    apply = acme.engine.apply
+
+    def slow_apply(batch, seqs):
+        time.sleep(0.2)
+        ran.append("acme update")
+        return apply(batch, seqs)
+
+    def recorded(state):
+        run_batch = state.batcher._run_batch
+
+        def run(items):
+            ran.append(f"score {state.tenant.name}")
+            return run_batch(items)
+        return run
+
+    monkeypatch.setattr(acme.engine, "apply", slow_apply)
+    for state in s.runtime.tenants.values():
+        monkeypatch.setattr(state.batcher, "_run_batch", recorded(state))
+    for _ in range(5):  # acknowledged at once; their updates queue in acme's lane
+        assert (await s.acme.events(views("a", 10))).status == 200
+    scored = await asyncio.gather(s.globex.score("g1"), s.acme.score("a1"))
+    assert [r.status for r in scored] == [200, 200]
+    # Globex waited for the update running when its score came (the acknowledgements take a few commits, so
+    # one or two had run by then), not for the ones queued behind it.
+    assert ran[ran.index("score globex"):].count("acme update") >= 3, ran
+    assert ran[-1] == "score acme" and ran.count("acme update") == 5, ran  # after all five of acme's own
