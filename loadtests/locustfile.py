@@ -9,20 +9,24 @@ Profiles (pick one or more by class name; without one, locust runs all three, we
 - ``MixedUser``: small ingests, scores, feedback on the signals it received, and signal pulls.
 
 One locust worker tops out near 5k requests/s on a small machine: add ``--processes N`` when the load
-generator must not be the bottleneck.
+generator must not be the bottleneck. The bodies come from ``loadtests/bodies.py``, which ``loadtests.bench``
+shares without needing locust.
 """
 from __future__ import annotations
 
 import os
 import random
-import time
+import sys
+from pathlib import Path
 
 import msgpack
 from locust import FastHttpUser, between, events, task
 
-ACTIONS = ["view"] * 6 + ["search", "favorite", "add_to_cart", "remove_from_cart", "purchase", "help_view"]
-DEVICES = ["desktop", "mobile", "tablet"]
-USERS = 50_000
+# locust loads this file by its path: the repo root makes the shared body builders importable from any directory.
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+from loadtests.bodies import events_body, score_body
+
 MSGPACK = "application/msgpack"
 ALL_STATUSES = frozenset(range(100, 600))
 
@@ -30,29 +34,6 @@ ALL_STATUSES = frozenset(range(100, 600))
 @events.init_command_line_parser.add_listener
 def _arguments(parser):
     parser.add_argument("--api-key", default=os.environ.get("NUDGE_API_KEY", ""), help="a tenant's API key")
-
-
-def _event(rng: random.Random, now: float) -> dict:
-    return {
-        "user_id": f"u{rng.randrange(USERS)}", "action": rng.choice(ACTIONS), "ts": now - rng.uniform(0, 30),
-        "item_id": f"i{rng.randrange(5000)}", "category": f"c{rng.randrange(50)}",
-        "context": {"device": rng.choice(DEVICES)},
-    }
-
-
-def events_body(rng: random.Random, n: int, columns: bool) -> bytes:
-    """``n`` events, as rows or as columns."""
-    now = time.time()
-    rows = [_event(rng, now) for _ in range(n)]
-    if not columns:
-        return msgpack.packb({"events": rows})
-    cols = {k: [r[k] for r in rows] for k in ("user_id", "action", "ts", "item_id", "category")}
-    cols["device"] = [r["context"]["device"] for r in rows]
-    return msgpack.packb({"columns": cols})
-
-
-def score_body(rng: random.Random, n: int) -> bytes:
-    return msgpack.packb({"users": [{"user_id": f"u{rng.randrange(USERS)}"} for _ in range(n)]})
 
 
 def _error_code(body: bytes) -> str:

@@ -1,0 +1,54 @@
+"""The benchmark's yardstick serves one port from as many processes as it is told to."""
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from loadtests.bench import NUDGE_PROCESSES, Bare
+
+pytestmark = pytest.mark.slow
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has exited too
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_bare_server_runs_the_processes_asked_and_stops_them(processes: int):
+    bare = Bare(processes=processes)
+    try:
+        children = _children(bare.proc.pid)
+        assert len(children) == processes - 1
+        for _ in range(8):  # new connections: the kernel spreads them over the listening processes
+            request = urllib.request.Request(bare.base + "/v1/score", data=msgpack.packb({"users": []}), method="POST")
+            with urllib.request.urlopen(request, timeout=10) as r:
+                assert r.status == 200 and msgpack.unpackb(r.read()) == {"accepted": 1, "duplicates": 0}
+    finally:
+        bare.stop()
+    deadline = time.monotonic() + 10
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(c) for c in children)
+
+
+def test_the_bare_server_follows_nudge_process_count():
+    assert Bare.__init__.__defaults__ == (NUDGE_PROCESSES,)
