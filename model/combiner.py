@@ -39,7 +39,9 @@ class OnlineLogit:
         self.precision = self.prior_precision.copy()
         self.clock_s = -np.inf
         self.outcomes = 0.0  # weighted outcomes learned from, for reports
-        self._lower: np.ndarray | None = None  # Cholesky factor of the precision, while it holds
+        # L^-T for the Cholesky factor L of the precision, while the precision holds: a draw is then one
+        # matrix product (a triangular solve per scoring batch cost more in call overhead than in arithmetic).
+        self._draw_factor: np.ndarray | None = None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Posterior-mean probability per row of ``x``."""
@@ -51,12 +53,12 @@ class OnlineLogit:
     def draw(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Probability per row under its own draw of the weights (Thompson sampling)."""
         x = np.asarray(x, np.float64)
-        if self._lower is None:
-            self._lower = np.linalg.cholesky(self.precision)
-        lower = self._lower
+        if self._draw_factor is None:
+            lower = np.linalg.cholesky(self.precision)
+            self._draw_factor = solve_triangular(lower, np.eye(len(lower)), lower=True).T
         z = rng.standard_normal((len(self.mean), len(x)))
         # w = mean + L^-T z has covariance (L L^T)^-1 = precision^-1.
-        weights = self.mean[:, None] + solve_triangular(lower.T, z, lower=False)
+        weights = self.mean[:, None] + self._draw_factor @ z
         return sigmoid(np.einsum("bd,db->b", x, weights))
 
     def update(self, x: np.ndarray, y: np.ndarray, weight: np.ndarray, now_s: float) -> None:
@@ -98,14 +100,14 @@ class OnlineLogit:
         p = sigmoid(x @ mean)
         self.mean = mean
         self.precision = prior_precision + (x * (w * p * (1.0 - p))[:, None]).T @ x
-        self._lower = None
+        self._draw_factor = None
         self.outcomes += float(w.sum())
 
     def _forget(self, now_s: float) -> None:
         if np.isfinite(self.clock_s) and now_s > self.clock_s:
             factor = float(np.exp2(-(now_s - self.clock_s) / self.forget_half_life_s))
             self.precision = self.prior_precision + factor * (self.precision - self.prior_precision)
-            self._lower = None
+            self._draw_factor = None
         self.clock_s = max(self.clock_s, now_s)
 
     def state_dict(self, prefix: str) -> dict[str, np.ndarray]:
@@ -115,7 +117,7 @@ class OnlineLogit:
     def load_state(self, state: dict[str, np.ndarray], prefix: str) -> None:
         self.mean = state[f"{prefix}.mean"].copy()
         self.precision = state[f"{prefix}.precision"].copy()
-        self._lower = None
+        self._draw_factor = None
         self.clock_s, self.outcomes = (float(v) for v in state[f"{prefix}.scalars"])
 
 

@@ -29,7 +29,8 @@ class MicroBatcher:
     run_batch : called in ``executor`` with the concatenated items; returns one result per item.
     executor : where batches run (one thread: the device worker).
     max_batch_size : a batch closes once it holds this many items (one larger request runs alone).
-    max_wait_ms : a batch closes this long after its first request arrived.
+    max_wait_ms : a batch closes this long after its first request arrived; a request that finds the batcher idle
+        waits for company only while requests have recently come less than this far apart.
     max_queue_items : submissions beyond this many waiting items raise :class:`Overloaded`.
     max_queue_delay_ms : submissions raise :class:`Overloaded` while the items already waiting would take
         longer than this to process at the recently measured rate (0 disables): the queue is bounded in time,
@@ -61,6 +62,8 @@ class MicroBatcher:
         self.queued_items = 0
         self._task: asyncio.Task | None = None
         self._carry: tuple[list[Any], asyncio.Future] | None = None
+        self._last_arrival: float | None = None
+        self._gap_s: float | None = None  # the recent time between two requests, smoothed
 
     def start(self) -> None:
         if self._task is None:
@@ -90,7 +93,13 @@ class MicroBatcher:
             expected_ms = 1000.0 * self.queued_items / self.items_per_s
             if expected_ms > self.max_queue_delay_ms:
                 raise Overloaded(self.queued_items, retry_after_s=1.0)
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            self._gap_s = gap if self._gap_s is None else 0.8 * self._gap_s + 0.2 * gap
+        self._last_arrival = now
+        fut: asyncio.Future = loop.create_future()
         self.queued_items += len(items)
         self._queue.put_nowait((items, fut))
         self.start()
@@ -101,7 +110,13 @@ class MicroBatcher:
         self._carry = None
         batch, size = [first], len(first[0])
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_ms / 1000.0
+        # Requests that queued while the previous batch ran go at once, with whatever else is queued: waiting
+        # for more would only add latency, since more keep coming while this batch runs. A request that finds
+        # the batcher idle waits up to max_wait_ms for company, but only while requests come often enough for
+        # company to be likely within it: at a trickle, waiting is latency that buys nothing.
+        wait_s = self.max_wait_ms / 1000.0
+        company_likely = self._gap_s is not None and self._gap_s < wait_s
+        deadline = loop.time() + (wait_s if self._queue.empty() and company_likely else 0.0)
         while size < self.max_batch_size:
             if self._queue.empty():
                 remaining = deadline - loop.time()

@@ -102,3 +102,20 @@ def test_loop_lag_sheds_after_two_late_ticks_and_until_the_lag_has_fallen():
         lag._update(0.0)
     assert not lag.overloaded
     assert not LoopLag(max_lag_ms=0.0).overloaded
+
+
+async def test_a_request_at_a_trickle_goes_alone_and_a_busy_stream_is_batched(executor):
+    batcher, sizes = make(executor, lambda items: items, max_batch_size=1000, max_wait_ms=300.0)
+    # Requests 400 ms apart: each goes at once, as waiting up to 300 ms for company would buy nothing; so the
+    # last one, which comes only 100 ms after the one before, finds it gone (waiting would have joined them).
+    trickle = []
+    for pause in (0.4, 0.4, 0.1, 0.0):
+        trickle.append(asyncio.ensure_future(batcher.submit([len(trickle)])))
+        await asyncio.sleep(pause)
+    assert [r[0] for r in await asyncio.gather(*trickle)] == [0, 1, 2, 3]
+    assert sizes == [1, 1, 1, 1]
+    # Now requests come much closer than the wait: they are batched together.
+    burst = [asyncio.ensure_future(batcher.submit([i])) for i in range(20)]
+    assert [r[0] for r in await asyncio.gather(*burst)] == list(range(20))
+    assert sum(sizes[4:]) == 20 and len(sizes[4:]) < 20
+    await batcher.stop()

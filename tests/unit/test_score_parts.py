@@ -139,3 +139,18 @@ def test_prequential_logistic_only_uses_outcomes_known_before_it_predicts():
     again = prequential_logistic(counts, ts, changed, np.ones(n, bool), 300.0)
     early = ts < ts.min() + 30_000
     np.testing.assert_allclose(again[early], out[early])
+
+
+def test_online_logit_draws_weights_with_the_posterior_covariance():
+    model = OnlineLogit(np.array([0.5, -1.0, 0.2]), 1.0, forget_half_life_s=1e12)
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(3, 3))
+    model.precision = a @ a.T + 3 * np.eye(3)  # a posterior with correlated weights
+    x = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 1.5]])
+    logits = np.log(1 / np.stack([model.draw(x, np.random.default_rng(i)) for i in range(4000)]) - 1) * -1
+    variance = np.diag(x @ np.linalg.inv(model.precision) @ x.T)
+    # Each row (user) gets a draw of its own: its logit's variance is the posterior's, and rows are independent.
+    observed = np.cov(logits.T)
+    np.testing.assert_allclose(np.diag(observed), variance, rtol=0.1)
+    assert abs(observed[0, 1]) < 0.05
+    np.testing.assert_allclose(logits.mean(axis=0), x @ model.mean, atol=0.03)
