@@ -129,15 +129,22 @@ async def auth_middleware(request: web.Request, handler):
     if state is None:
         raise _unauthorized("the API key is not valid")
     runtime = request.app[RUNTIME]
-    if request.method == "POST" and runtime.loop_lag.overloaded and request.path in _SHEDDABLE:
-        runtime.metrics.shed.labels(request.path).inc()
-        raise ApiError(503, "overloaded", f"the server is saturated (event loop {runtime.loop_lag.lag_ms:.0f} ms "
-                       "behind); retry later", headers={"Retry-After": "1"})
-    wait = state.bucket.take()
-    if wait is not None:
-        raise ApiError(429, "rate_limited", "too many requests for this tenant", headers={"Retry-After": str(int(wait))})
-    request[TENANT] = state
-    return await handler(request)
+    shares = runtime.shares
+    shares.enter(state.tenant.id)  # this request counts among its tenant's, refused or not
+    try:
+        if (request.method == "POST" and runtime.loop_lag.overloaded and request.path in _SHEDDABLE
+                and shares.sheds(state.tenant.id)):
+            runtime.metrics.shed.labels(request.path).inc()
+            raise ApiError(503, "overloaded", f"the server is saturated (event loop {runtime.loop_lag.lag_ms:.0f} ms "
+                           "behind); retry later", headers={"Retry-After": "1"})
+        wait = state.bucket.take()
+        if wait is not None:
+            raise ApiError(429, "rate_limited", "too many requests for this tenant",
+                           headers={"Retry-After": str(int(wait))})
+        request[TENANT] = state
+        return await handler(request)
+    finally:
+        shares.leave(state.tenant.id)
 
 
 # Scoring is what waits behind a late loop. Ingest is not shed here: parsing its bodies is what makes the loop

@@ -6,6 +6,9 @@ The server bounds two backlogs for everyone (503 ``overloaded`` beyond them): ev
 has sent a request in the last :data:`ACTIVE_WINDOW_S` seconds, one tenant may hold at most ``tenant_share`` of
 either, and its ingest beyond that is refused with 429 ``tenant_over_share`` and a ``Retry-After``: the others
 keep the rest. A tenant alone on the server may use all of it (the share is work-conserving).
+
+When the event loop runs late and scoring is shed, the tenants sending more than an even part of the requests are
+shed first, so a tenant sending a few requests keeps being answered beside one that floods.
 """
 from __future__ import annotations
 
@@ -29,7 +32,37 @@ class Shares:
         self.clock = clock
         self.pending: dict[int, int] = {}
         self.unapplied: dict[int, int] = {}
+        self.in_flight: dict[int, int] = {}  # requests being handled, per tenant
+        self._second = -1
+        self._arrivals: dict[int, int] = {}  # per tenant, requests that arrived in the current second
+        self._last_second: dict[int, int] = {}  # and in the second before it
         self._last_seen: dict[int, float] = {}
+
+    def enter(self, tenant_id: int) -> None:
+        """A request of the tenant arrived; it is being handled until :meth:`leave`."""
+        self.add(self.in_flight, tenant_id, 1)
+        second = int(self.clock())
+        if second != self._second:
+            # Keep the last whole second's counts: the rates shedding compares.
+            self._last_second = self._arrivals if second == self._second + 1 else {}
+            self._arrivals, self._second = {}, second
+        self._arrivals[tenant_id] = self._arrivals.get(tenant_id, 0) + 1
+
+    def leave(self, tenant_id: int) -> None:
+        self.add(self.in_flight, tenant_id, -1)
+
+    def sheds(self, tenant_id: int) -> bool:
+        """Whether this tenant's request goes while the server sheds load: the tenants sending more than an even
+        part of the requests (over the last whole second and this one) shed first; a tenant alone sheds as the
+        server does. Rates, not requests in flight: a tenant the overload slows down holds more in flight
+        without asking for more."""
+        rates: dict[int, int] = {}
+        for counts in (self._last_second, self._arrivals):
+            for tenant, n in counts.items():
+                rates[tenant] = rates.get(tenant, 0) + n
+        if len(rates) <= 1:
+            return True
+        return rates.get(tenant_id, 0) > sum(rates.values()) / len(rates)
 
     def seen(self, tenant_id: int) -> None:
         self._last_seen[tenant_id] = self.clock()

@@ -96,3 +96,28 @@ async def test_another_tenants_score_waits_for_one_engine_update_of_a_busy_tenan
     # one or two had run by then), not for the ones queued behind it.
     assert ran[ran.index("score globex"):].count("acme update") >= 3, ran
     assert ran[-1] == "score acme" and ran.count("acme update") == 5, ran  # after all five of acme's own
+
+
+async def test_when_the_loop_runs_late_the_tenant_with_most_requests_in_flight_is_shed_first(start, monkeypatch):
+    s = await start()
+    assert (await s.acme.events(views("a", 10))).status == 200
+    assert (await s.globex.events(views("g", 10))).status == 200
+    release = asyncio.Event()
+    score = s.runtime.score
+
+    async def held(state, *args):
+        if state.tenant.name == "acme":  # acme's requests stay in flight (in the handler) until released
+            await asyncio.wait_for(release.wait(), HELD_S)
+        return await score(state, *args)
+
+    monkeypatch.setattr(s.runtime, "score", held)
+    waiting = [asyncio.ensure_future(s.acme.score(f"a{i}")) for i in range(6)]  # acme: 6 requests in flight
+    await asyncio.sleep(0.2)
+    monkeypatch.setattr(type(s.runtime.loop_lag), "overloaded", property(lambda self: True))  # the loop is late
+    try:
+        assert (await s.globex.score("g1")).status == 200  # one request in flight: under an even part
+        shed = await s.acme.score("a1")
+        assert shed.status == 503 and shed.body["error"]["code"] == "overloaded"
+    finally:
+        release.set()
+    assert [r.status for r in await asyncio.wait_for(asyncio.gather(*waiting), HELD_S)] == [200] * 6

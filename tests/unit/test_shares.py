@@ -55,3 +55,28 @@ def test_counters_go_back_to_nothing_and_an_empty_backlog_is_never_refused():
     shares.add(shares.pending, 1, -5)
     assert shares.pending == {}
     shares.check_unapplied(1, events_per_s=None, max_delay_ms=1000.0)  # no rate measured yet
+
+
+def test_under_load_the_tenants_sending_more_than_an_even_part_of_the_requests_shed_first():
+    clock = Clock()
+    shares = Shares(0.5, clock)
+    shares.enter(1)
+    assert shares.sheds(1)  # alone: it sheds as the server does
+    for _ in range(9):
+        shares.enter(1)
+    shares.enter(2)  # the request being judged counts: the middleware enters it first
+    assert shares.sheds(1) and not shares.sheds(2)  # 10 and 1 requests: the even part is 5.5
+    # A slowed-down tenant holds more requests in flight without sending more: it is the rate that counts.
+    for _ in range(10):
+        shares.leave(1)
+    for _ in range(20):
+        shares.enter(2)
+        shares.leave(2)
+    clock.now += 1.0
+    for _ in range(30):
+        shares.enter(1)
+    assert shares.sheds(1) and not shares.sheds(2)  # 40 and 21 over this second and the last
+    clock.now += 5.0
+    shares.enter(2)
+    assert shares.sheds(2)  # seconds later, alone again
+    assert shares.in_flight == {1: 30, 2: 2}
