@@ -48,6 +48,7 @@ from .snapshots import (
     snapshot_path,
 )
 from .stats import signal_stats_report
+from .ports import EventLog, Storage
 from .storage import Store, Tenant, hash_key
 from .validation import ConfigChanged, Cursor, recode_events
 
@@ -159,9 +160,10 @@ class Runtime:
         # Config changes rebuild a tenant's engine from its log here, beside the live engine, so the device
         # thread (every tenant's scores and updates) never waits for a replay.
         self._rebuild_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-rebuild")
-        self.store: Store | None = None
-        self._reader: Store | None = None  # used only on the device thread, for replays
-        self._rebuild_reader: Store | None = None  # used only on the rebuild thread
+        # Storage is reached through its port; Store (SQLite) is the adapter opened in start().
+        self.store: Storage | None = None
+        self._reader: Storage | None = None  # used only on the device thread, for replays
+        self._rebuild_reader: EventLog | None = None  # used only on the rebuild thread
         self.tenants: dict[int, TenantState] = {}
         self._key_to_tenant: dict[str, int] = {}
         self._unavailable: dict[int, _Unavailable] = {}
@@ -381,7 +383,7 @@ class Runtime:
         self.signal_writer.submit(self._writer_key(state), [], resolutions)
         state.policy = policy
 
-    def _replay_into(self, engine: Engine, tenant: Tenant, reader: Store | None = None) -> int:
+    def _replay_into(self, engine: Engine, tenant: Tenant, reader: EventLog | None = None) -> int:
         """The tenant's log after what ``engine`` has applied (device thread, or the rebuild thread with its
         own reader)."""
         replayed = 0
