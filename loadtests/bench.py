@@ -28,6 +28,8 @@ error code) in both phases and the p99 ratio, A's answers by status, and how lon
 The per-tenant rate limit is off, as in every part: what holds A back is the server's overload shedding and
 its fair share of the ingest backlogs (429 ``tenant_over_share``).
 
+``--server-log PATH`` appends nudge's own log, at INFO, to PATH.
+
 ``--json PATH`` also writes every part's figures (latency summaries, not the samples) to PATH.
 """
 from __future__ import annotations
@@ -59,6 +61,7 @@ import numpy as np
 from .bodies import events_body, score_body
 
 ROOT = Path(__file__).resolve().parents[1]
+SERVER_LOG: str | None = None  # --server-log: nudge's own log (INFO) goes here, appended
 
 # How many processes ``nudge serve`` runs: one today (one event loop, one device thread). The bare server and the
 # LitServe peer get this many processes or workers, so that every comparison is process for process; when nudge
@@ -105,13 +108,16 @@ class Nudge:
         }
         self.key = self.keys[tenants[0]]
         port = _free_port()
-        env = {**os.environ, "NUDGE_RATE_LIMIT_PER_S": "0", "NUDGE_LOG_LEVEL": "WARNING",
+        env = {**os.environ, "NUDGE_RATE_LIMIT_PER_S": "0", "NUDGE_LOG_LEVEL": "INFO" if SERVER_LOG else "WARNING",
                **{f"NUDGE_{k.upper()}": str(v) for k, v in settings.items()}}
+        log = open(SERVER_LOG, "ab") if SERVER_LOG else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(self.data_dir), "--port", str(port),
              "--backend", backend],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=ROOT, env=env, stdout=log, stderr=log,
         )
+        if SERVER_LOG:
+            log.close()  # the child holds its own descriptor
         self.base = f"http://127.0.0.1:{port}"
         _wait_http(self.base + "/readyz", self.proc)
 
@@ -672,10 +678,13 @@ def main() -> None:
                         help="neighbours: requests in flight per load shape while measuring A's capacity")
     parser.add_argument("--config-changes", type=int, default=3,
                         help="neighbours: tenant A's engine config changes during the flood (0: the flood alone)")
+    parser.add_argument("--server-log", default=None, help="append nudge's own log (at INFO) to this file")
     parser.add_argument("--neighbour-max-seconds", type=float, default=120.0,
                         help="neighbours: the longest the noisy phase runs on waiting for A's config changes")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
+    global SERVER_LOG
+    SERVER_LOG = args.server_log
     parts = set(args.parts.split(","))
     unknown = parts - {"workloads", "batching", "overload", "neighbours"}
     if unknown:

@@ -25,6 +25,7 @@ from model.decisions import decide, newly_idle, predict
 from model.signals import SignalPolicy
 
 from .activity import Activity
+from . import rebuild
 from .batcher import MicroBatcher, Overloaded
 from .fair_thread import FairThread
 from .shares import Shares
@@ -163,7 +164,8 @@ class Runtime:
         # Storage is reached through its port; Store (SQLite) is the adapter opened in start().
         self.store: Storage | None = None
         self._reader: Storage | None = None  # used only on the device thread, for replays
-        self._rebuild_reader: EventLog | None = None  # used only on the rebuild thread
+        self._rebuild_reader: Storage | None = None  # used only on the rebuild thread
+        self._rebuild_child: concurrent.futures.ProcessPoolExecutor | None = None  # started on the first large rebuild
         self.tenants: dict[int, TenantState] = {}
         self._key_to_tenant: dict[str, int] = {}
         self._unavailable: dict[int, _Unavailable] = {}
@@ -252,6 +254,8 @@ class Runtime:
         self._storage_thread.shutdown(wait=True)
         self._device.shutdown(wait=True)
         self._rebuild_thread.shutdown(wait=True)
+        if self._rebuild_child is not None:
+            self._rebuild_child.shutdown(wait=True, cancel_futures=True)
 
     def _new_state(self, tenant: Tenant, engine: Engine | None = None) -> TenantState:
         cfg = self.config
@@ -739,11 +743,16 @@ class Runtime:
         rebuilt from its log beside the live one, which serves meanwhile, and swapped in once it has caught up;
         this returns after the swap.
         """
+        started = time.monotonic()
         fut = asyncio.get_running_loop().create_future()
         self._commits.put_nowait(_Reconfigure(state, config, fut))
         old_config = await fut
+        stored = time.monotonic()
         await self._bring_engine_up_to_date(state)
+        rebuilt = time.monotonic()
         await self.snapshot(state)
+        log.info("tenant %s: config stored after %.2f s in the commit queue, engine up to date %.2f s later, "
+                 "snapshot %.2f s", state.tenant.name, stored - started, rebuilt - stored, time.monotonic() - rebuilt)
         vocabulary_changed = (old_config.actions, old_config.conversion_action) != (
             config.actions, config.conversion_action)
         if vocabulary_changed and state.model.predictor is not None:
@@ -770,10 +779,11 @@ class Runtime:
     async def _bring_engine_up_to_date(self, state: TenantState) -> None:
         """The engine and signal policy under the tenant's stored config, whatever it is by the time this runs.
 
-        Changes that keep the engine's settings touch only the policy. Others build a new engine on the rebuild
-        thread from the log (the snapshot was made under other settings), catch it up with what was committed
-        meanwhile, then swap it in on the device thread after a last catch-up there: other tenants' scores and
-        updates wait for that last step only. Ten quick changes make one or two rebuilds, not ten.
+        Changes that keep the engine's settings touch only the policy. Others build a new engine from the log (the
+        snapshot was made under other settings): a large log in the rebuild child process, so the replay holds
+        no GIL of the server's; then the rebuild thread catches it up with what was committed meanwhile, and it
+        is swapped in on the device thread after a last catch-up there: other tenants' scores and updates wait
+        for that last step only. Ten quick changes make one or two rebuilds, not ten.
         """
         loop = asyncio.get_running_loop()
         async with state.rebuild_lock:
@@ -781,18 +791,41 @@ class Runtime:
             if config.engine_dict() == state.engine.config.engine_dict():
                 await self.on_device(self._reconfigure_policy, state, config, lane=state.tenant.id)
                 return
-            engine = Engine(config, backend=self.backend)
             state.erased_while_rebuilding = set()
             try:
-                caught_up = await loop.run_in_executor(
-                    self._rebuild_thread, self._replay_into, engine, state.tenant, self._rebuild_reader)
+                started = time.monotonic()
+                engine, caught_up = await self._engine_from_log(state.tenant, config)
+                replayed, rounds = time.monotonic(), 0
                 # What was committed during the replay; each round is shorter than the one before it.
                 while caught_up > _REBUILD_SWAP_EVENTS:
+                    rounds += 1
                     caught_up = await loop.run_in_executor(
                         self._rebuild_thread, self._replay_into, engine, state.tenant, self._rebuild_reader)
+                caught = time.monotonic()
                 await self.on_device(self._swap_engine, state, engine, config, lane=state.tenant.id)
+                log.info("tenant %s: engine rebuilt from its log in %.2f s, caught up in %d more rounds in %.2f s, "
+                         "swapped in after %.3f s", state.tenant.name, replayed - started, rounds, caught - replayed,
+                         time.monotonic() - caught)
             finally:
                 state.erased_while_rebuilding = None
+
+    async def _engine_from_log(self, tenant: Tenant, config: TenantConfig) -> tuple[Engine, int]:
+        """A new engine under ``config`` with the tenant's log applied, and how many events that was: a large
+        log replays in the rebuild child process, a small one on the rebuild thread."""
+        loop = asyncio.get_running_loop()
+        engine = Engine(config, backend=self.backend)
+        logged = await loop.run_in_executor(self._rebuild_thread, self._rebuild_reader.count_events, tenant.id)
+        if logged >= rebuild.CHILD_PROCESS_EVENTS:
+            if self._rebuild_child is None:
+                self._rebuild_child = rebuild.child_pool()
+            engine_state = await loop.run_in_executor(
+                self._rebuild_child, rebuild.replay_state, str(self.config.data_dir), tenant.id, config.to_dict(),
+                _REBUILD_SWAP_EVENTS)
+            await loop.run_in_executor(self._rebuild_thread, engine.load_state, engine_state)
+            logged = 0  # the child read to where the log was: the catch-up rounds take the rest
+        replayed = await loop.run_in_executor(
+            self._rebuild_thread, self._replay_into, engine, tenant, self._rebuild_reader)
+        return engine, logged + replayed
 
     def _reconfigure_policy(self, state: TenantState, config: TenantConfig) -> None:
         """Only the signal policy's settings changed (device thread): the engine's state still holds."""

@@ -1,0 +1,43 @@
+"""A tenant's engine rebuilt from its log in a process of its own, for a config change.
+
+Replaying a large log is seconds of Python and NumPy. Run in the serving process, it would hold the GIL that the
+event loop and every tenant's scoring share, however low its thread's priority. In a child process it takes its
+own core; the server only loads the finished state (NumPy arrays) and catches up what came meanwhile.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model import Engine, TenantConfig
+
+from .storage import Store
+
+# Logs shorter than this replay in the serving process (milliseconds): a child's start costs more.
+CHILD_PROCESS_EVENTS = 50_000
+
+
+def replay_state(data_dir: str, tenant_id: int, config: dict[str, Any], settle_events: int) -> dict[str, np.ndarray]:
+    """The state of an engine under ``config`` that has applied the tenant's whole log (in the child), read again
+    until a pass finds fewer than ``settle_events`` new events: the events the tenant sends meanwhile are caught
+    up here too, on the child's core, leaving the server a short remainder."""
+    store = Store(Path(data_dir))
+    try:
+        engine = Engine(TenantConfig.from_dict(config), backend="numpy")
+        while True:
+            applied = 0
+            for batch, seqs in store.read_events(tenant_id, engine.config, after_seq=engine.applied_seq):
+                applied += engine.apply(batch, seqs)
+            if applied < settle_events:
+                return engine.state_dict()
+    finally:
+        store.close()
+
+
+def child_pool() -> concurrent.futures.ProcessPoolExecutor:
+    """One child, started fresh (spawn: nothing of the server's threads or sockets is inherited)."""
+    return concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
