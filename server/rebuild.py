@@ -15,10 +15,19 @@ import numpy as np
 
 from model import Engine, TenantConfig
 
+from .ports import EventLog
 from .storage import Store
 
 # Logs shorter than this replay in the serving process (milliseconds): a child's start costs more.
 CHILD_PROCESS_EVENTS = 50_000
+
+
+def replay(engine: Engine, log: EventLog, tenant_id: int) -> int:
+    """Apply the tenant's log after what ``engine`` has applied; returns how many events that was."""
+    replayed = 0
+    for batch, seqs in log.read_events(tenant_id, engine.config, after_seq=engine.applied_seq):
+        replayed += engine.apply(batch, seqs)
+    return replayed
 
 
 def replay_state(data_dir: str, tenant_id: int, config: dict[str, Any], settle_events: int) -> dict[str, np.ndarray]:
@@ -28,12 +37,9 @@ def replay_state(data_dir: str, tenant_id: int, config: dict[str, Any], settle_e
     store = Store(Path(data_dir))
     try:
         engine = Engine(TenantConfig.from_dict(config), backend="numpy")
-        while True:
-            applied = 0
-            for batch, seqs in store.read_events(tenant_id, engine.config, after_seq=engine.applied_seq):
-                applied += engine.apply(batch, seqs)
-            if applied < settle_events:
-                return engine.state_dict()
+        while replay(engine, store, tenant_id) >= settle_events:
+            pass
+        return engine.state_dict()
     finally:
         store.close()
 

@@ -390,10 +390,7 @@ class Runtime:
     def _replay_into(self, engine: Engine, tenant: Tenant, reader: EventLog | None = None) -> int:
         """The tenant's log after what ``engine`` has applied (device thread, or the rebuild thread with its
         own reader)."""
-        replayed = 0
-        reader = reader or self._reader
-        for batch, seqs in reader.read_events(tenant.id, engine.config, after_seq=engine.applied_seq):
-            replayed += engine.apply(batch, seqs)
+        replayed = rebuild.replay(engine, reader or self._reader, tenant.id)
         self.metrics.replayed_events.inc(replayed)
         return replayed
 

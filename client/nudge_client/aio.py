@@ -12,19 +12,19 @@ from typing import Any, AsyncIterator, Iterable, Mapping
 
 import httpx
 
-from .batching import Batch, Pipeline
+from .base import ClientBase
+from .batching import WAIT, Batch
 from .delivery import Delivery, ErrorHandler, report
-from .errors import ClientClosed, NudgeError, Unreachable
-from .retry import RetryPolicy, call_retryable
-from .spool import Spool
+from .errors import ClientClosed
+from .retry import RetryPolicy
 from .types import Context, FeedbackReport, FeedbackResult, Outcome, ScoreResult, SignalPage, Stats, UserView
-from .wire import (BODY_HEADERS, HEADERS, answer, api_error, make_event, pack, score_body, signals_params,
-                   user_path)
+from .wire import (BODY_HEADERS, HEADERS, call_answered, call_unreachable, make_event, pack, score_body,
+                   signals_params, user_path)
 
 log = logging.getLogger("nudge_client")
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """See :class:`~nudge_client.Client` for the parameters; ``transport`` is an ``httpx.AsyncBaseTransport``.
     The sender task starts with the first ``track``, ``flush`` or ``async with`` (or at once when made inside a
     running event loop)."""
@@ -33,19 +33,10 @@ class AsyncClient:
                  max_queue: int = 10_000, on_overflow: str = "drop_oldest", spool_dir: str | PathLike | None = None,
                  retry: RetryPolicy | None = None, timeout_s: float = 10.0, on_error: ErrorHandler | None = None,
                  transport: httpx.AsyncBaseTransport | None = None):
-        self._pipeline = Pipeline(batch_size, flush_interval_s, max_queue, on_overflow)
-        self._retry = retry or RetryPolicy(max_retries=None if spool_dir is not None else 10)
-        self._timeout_s = timeout_s
-        self._on_error = on_error
-        self.last_error: NudgeError | None = None
-        self._spool = Spool(spool_dir) if spool_dir is not None else None
-        if self._spool is not None:
-            self._pipeline.restore(self._spool.pending())
+        super().__init__(batch_size=batch_size, flush_interval_s=flush_interval_s, max_queue=max_queue,
+                         on_overflow=on_overflow, spool_dir=spool_dir, retry=retry, timeout_s=timeout_s,
+                         on_error=on_error)
         self._cond = asyncio.Condition()
-        self._closed = False
-        self._abort = False
-        self._sender_done = False
-        self._close_called = False
         self._http = httpx.AsyncClient(base_url=url, headers={**HEADERS, "Authorization": f"Bearer {key}"},
                                        timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
                                        transport=transport)
@@ -159,15 +150,12 @@ class AsyncClient:
                 r = await self._http.request(method, path, content=content, params=params, timeout=timeout,
                                              headers=BODY_HEADERS if content is not None else None)
             except httpx.RequestError as exc:
-                # Safe to retry when the request never reached the server, or when it only reads (GET).
-                if not (method == "GET" or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))):
-                    raise Unreachable(f"no answer from nudge: {exc!r}") from exc
-                error: NudgeError = Unreachable(f"could not reach nudge: {exc!r}")
-                error.__cause__ = exc
+                error = call_unreachable(method, exc)
             else:
-                if r.is_success or not call_retryable(r.status_code):
-                    return answer(r.status_code, r.headers, r.content)
-                error = api_error(r.status_code, r.headers, r.content)
+                done, result = call_answered(r)
+                if done:
+                    return result
+                error = result
             if attempt >= self._retry.max_call_retries:
                 raise error
             await asyncio.sleep(self._retry.delay(attempt, getattr(error, "retry_after_s", None)))
@@ -196,18 +184,10 @@ class AsyncClient:
     async def _next_batch(self) -> Batch | None:
         pipeline = self._pipeline
         async with self._cond:
-            while True:
-                if self._abort:
-                    return None
-                if pipeline.cut:
-                    batch = pipeline.cut[0]
-                    break
-                if pipeline.due():
-                    batch = pipeline.take()
-                    break
-                if pipeline.closing:
-                    return None
+            while (batch := pipeline.next_batch(self._abort)) is WAIT:
                 await self._wait(pipeline.seconds_until_due())
+        if batch is None:
+            return None
         if batch.path is None:
             await self._spool_batch(batch)
         return batch

@@ -22,6 +22,10 @@ log = logging.getLogger("nudge_client")
 OVERFLOW_POLICIES = ("block", "drop_oldest", "drop_newest", "raise")
 
 
+class WAIT:
+    """:meth:`Pipeline.next_batch`: nothing to send yet."""
+
+
 @dataclass
 class Batch:
     """Events cut from the queue (or found in the spool), sent together. ``first`` is the sequence number of its
@@ -100,6 +104,17 @@ class Pipeline:
         seq, since, _ = self.queue[0]
         return (len(self.queue) >= self.batch_size or self.closing or seq <= self._flush_upto
                 or self.clock() - since >= self.flush_interval_s)
+
+    def next_batch(self, abort: bool) -> Batch | None | type[WAIT]:
+        """What the sender does next: deliver this batch (the head of ``cut``, or one cut now), stop (None), or
+        :data:`WAIT` until ``seconds_until_due``."""
+        if abort:
+            return None
+        if self.cut:
+            return self.cut[0]
+        if self.due():
+            return self.take()
+        return None if self.closing else WAIT
 
     def seconds_until_due(self) -> float | None:
         """How long until the oldest queued event makes a batch due; None with nothing queued."""

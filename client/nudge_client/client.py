@@ -17,18 +17,18 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import httpx
 
-from .batching import Batch, Pipeline
+from .base import ClientBase
+from .batching import WAIT, Batch
 from .delivery import Delivery, ErrorHandler, report
-from .errors import ClientClosed, NudgeError, Unreachable
-from .retry import RetryPolicy, call_retryable
-from .spool import Spool
+from .errors import ClientClosed
+from .retry import RetryPolicy
 from .types import Context, FeedbackReport, FeedbackResult, Outcome, ScoreResult, SignalPage, Stats, UserView
-from .wire import (BODY_HEADERS, HEADERS, answer, api_error, make_event, pack, score_body, signals_params,
-                   user_path)
+from .wire import (BODY_HEADERS, HEADERS, call_answered, call_unreachable, make_event, pack, score_body,
+                   signals_params, user_path)
 
 log = logging.getLogger("nudge_client")
 
-class Client:
+class Client(ClientBase):
     """Sends events to nudge in batches, in the background, and answers typed calls.
 
     Parameters
@@ -54,19 +54,10 @@ class Client:
                  max_queue: int = 10_000, on_overflow: str = "drop_oldest", spool_dir: str | PathLike | None = None,
                  retry: RetryPolicy | None = None, timeout_s: float = 10.0, on_error: ErrorHandler | None = None,
                  transport: httpx.BaseTransport | None = None):
-        self._pipeline = Pipeline(batch_size, flush_interval_s, max_queue, on_overflow)
-        self._retry = retry or RetryPolicy(max_retries=None if spool_dir is not None else 10)
-        self._timeout_s = timeout_s
-        self._on_error = on_error
-        self.last_error: NudgeError | None = None
-        self._spool = Spool(spool_dir) if spool_dir is not None else None
-        if self._spool is not None:
-            self._pipeline.restore(self._spool.pending())
+        super().__init__(batch_size=batch_size, flush_interval_s=flush_interval_s, max_queue=max_queue,
+                         on_overflow=on_overflow, spool_dir=spool_dir, retry=retry, timeout_s=timeout_s,
+                         on_error=on_error)
         self._cond = threading.Condition()
-        self._closed = False  # track() refuses events
-        self._abort = False  # the sender stops at its next step
-        self._sender_done = False
-        self._close_called = False
         # The sender has its own connection pool, so the caller's calls and the background sends never wait on
         # each other's connections (a long poll holds one for up to 30 s).
         self._http = self._new_http(url, key, transport)
@@ -180,15 +171,12 @@ class Client:
                 r = self._http.request(method, path, content=content, params=params, timeout=timeout,
                                        headers=BODY_HEADERS if content is not None else None)
             except httpx.RequestError as exc:
-                # Safe to retry when the request never reached the server, or when it only reads (GET).
-                if not (method == "GET" or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))):
-                    raise Unreachable(f"no answer from nudge: {exc!r}") from exc
-                error: NudgeError = Unreachable(f"could not reach nudge: {exc!r}")
-                error.__cause__ = exc
+                error = call_unreachable(method, exc)
             else:
-                if r.is_success or not call_retryable(r.status_code):
-                    return answer(r.status_code, r.headers, r.content)
-                error = api_error(r.status_code, r.headers, r.content)
+                done, result = call_answered(r)
+                if done:
+                    return result
+                error = result
             if attempt >= self._retry.max_call_retries:
                 raise error
             time.sleep(self._retry.delay(attempt, getattr(error, "retry_after_s", None)))
@@ -212,18 +200,10 @@ class Client:
         """The oldest batch not yet delivered, once one is due; None when the client closes."""
         pipeline = self._pipeline
         with self._cond:
-            while True:
-                if self._abort:
-                    return None
-                if pipeline.cut:
-                    batch = pipeline.cut[0]
-                    break
-                if pipeline.due():
-                    batch = pipeline.take()
-                    break
-                if pipeline.closing:
-                    return None
+            while (batch := pipeline.next_batch(self._abort)) is WAIT:
                 self._cond.wait(pipeline.seconds_until_due())
+        if batch is None:
+            return None
         if batch.path is None:
             self._spool_batch(batch)
         return batch

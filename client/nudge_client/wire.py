@@ -9,10 +9,12 @@ import uuid
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
+import httpx
 import msgpack
 
 from . import __version__
-from .errors import ApiError
+from .errors import ApiError, NudgeError, Unreachable
+from .retry import call_retryable
 from .retry import parse_retry_after
 from .types import Context
 
@@ -147,3 +149,20 @@ def signals_params(after: str | None, limit: int, wait_s: float) -> dict[str, An
 
 def user_path(user_id: str | int) -> str:
     return "/v1/users/" + quote(str(user_id), safe="")
+
+
+def call_unreachable(method: str, exc: Exception) -> NudgeError:
+    """The error to retry after a typed call got no answer; raises :class:`Unreachable` where a retry is unsafe:
+    only a request that never reached the server, or one that only reads (GET), may go again."""
+    if not (method == "GET" or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))):
+        raise Unreachable(f"no answer from nudge: {exc!r}") from exc
+    error = Unreachable(f"could not reach nudge: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
+def call_answered(r: httpx.Response) -> tuple[bool, Any]:
+    """(True, the decoded answer) when a typed call is done, or (False, the error to retry after)."""
+    if r.is_success or not call_retryable(r.status_code):
+        return True, answer(r.status_code, r.headers, r.content)
+    return False, api_error(r.status_code, r.headers, r.content)

@@ -12,9 +12,8 @@ def views(prefix, n):
     return [{"user_id": f"{prefix}{i % 20}", "action": "view", "ts": time.time() - 10} for i in range(n)]
 
 
-async def test_a_flooding_tenant_is_refused_beyond_its_share_and_the_other_is_served(start, monkeypatch):
-    s = await start(max_pending_events=1000, tenant_share=0.5)
-    assert (await s.globex.events(views("g", 10))).status == 200  # globex is active
+def hold_commits(s, monkeypatch) -> threading.Event:
+    """Makes the group commit wait (on the storage thread) until the returned event is set."""
     release = threading.Event()
     append = s.runtime.store.append
 
@@ -23,6 +22,13 @@ async def test_a_flooding_tenant_is_refused_beyond_its_share_and_the_other_is_se
         return append(*args)
 
     monkeypatch.setattr(s.runtime.store, "append", held_append)
+    return release
+
+
+async def test_a_flooding_tenant_is_refused_beyond_its_share_and_the_other_is_served(start, monkeypatch):
+    s = await start(max_pending_events=1000, tenant_share=0.5)
+    assert (await s.globex.events(views("g", 10))).status == 200  # globex is active
+    release = hold_commits(s, monkeypatch)
     # The first batch is taken by the committer (held in its commit); the next ones wait in the queue.
     first = asyncio.ensure_future(s.acme.events(views("a", 300)))
     await asyncio.sleep(0.2)
@@ -44,14 +50,7 @@ async def test_a_flooding_tenant_is_refused_beyond_its_share_and_the_other_is_se
 
 async def test_a_tenant_alone_may_fill_the_whole_backlog(start, monkeypatch):
     s = await start(max_pending_events=1000, tenant_share=0.5)
-    release = threading.Event()
-    append = s.runtime.store.append
-
-    def held_append(*args):
-        assert release.wait(HELD_S)
-        return append(*args)
-
-    monkeypatch.setattr(s.runtime.store, "append", held_append)
+    release = hold_commits(s, monkeypatch)
     first = asyncio.ensure_future(s.acme.events(views("a", 300)))
     await asyncio.sleep(0.2)
     queued = [asyncio.ensure_future(s.acme.events(views("a", 200))) for _ in range(3)]
