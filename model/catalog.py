@@ -31,37 +31,50 @@ class ItemCatalog:
         self.users: dict[str, dict] = {}  # user -> {"items": [[item, ts], ...], "category", "query", "ts"}
 
     def observe(self, batch: EventBatch) -> None:
-        """Learn from a batch, in order; events without item, category or query are skipped quickly."""
-        rows = np.flatnonzero((batch.item_ids != None) | (batch.categories != None) | (batch.queries != None))  # noqa: E711
-        for i in rows:
-            self._observe_one(batch.user_ids[i], batch.item_ids[i], batch.categories[i], batch.queries[i], float(batch.ts[i]))
+        """Learn from a batch, in order; events without item, category or query are skipped quickly.
 
-    def _observe_one(self, user: str, item, category, query, ts: float) -> None:
-        state = self.users.get(user)
-        if state is None:
-            state = self.users[user] = {"items": [], "category": None, "query": None, "ts": ts}
-        if ts - state["ts"] > self.session_gap_s:
-            state["items"] = []  # a new session: earlier items are not co-visited with this one
-        state["ts"] = max(state["ts"], ts)
-        if category is not None:
-            state["category"] = category
-        if query is not None:
-            state["query"] = query
-        if item is None:
+        Event by event, so what is learned does not depend on how the stream was batched (a replay of the log
+        equals the live state). The loop is written for speed: it runs for every event ingested.
+        """
+        rows = np.flatnonzero((batch.item_ids != None) | (batch.categories != None) | (batch.queries != None))  # noqa: E711
+        if not len(rows):
             return
-        for other in {it for it, _ in state["items"]} - {item}:
-            self._count(self.covisits, item, other, self.max_neighbors)
-            self._count(self.covisits, other, item, self.max_neighbors)
-        for key in ("", category) if category is not None else ("",):
-            self._count(self.popular, key, item, self.max_popular)
-        state["items"] = [pair for pair in state["items"] if pair[0] != item][-(self.recent_items - 1):] + [[item, ts]]
+        users, gap, keep_recent = self.users, self.session_gap_s, self.recent_items - 1
+        covisits, popular, neighbors, top = self.covisits, self.popular, self.max_neighbors, self.max_popular
+        count = self._count
+        for user, item, category, query, ts in zip(
+            batch.user_ids[rows].tolist(), batch.item_ids[rows].tolist(), batch.categories[rows].tolist(),
+            batch.queries[rows].tolist(), batch.ts[rows].tolist(),
+        ):
+            state = users.get(user)
+            if state is None:
+                state = users[user] = {"items": [], "category": None, "query": None, "ts": ts}
+            if ts - state["ts"] > gap:
+                state["items"] = []  # a new session: earlier items are not co-visited with this one
+            if ts > state["ts"]:
+                state["ts"] = ts
+            if category is not None:
+                state["category"] = category
+            if query is not None:
+                state["query"] = query
+            if item is None:
+                continue
+            recent = state["items"]
+            kept = [pair for pair in recent if pair[0] != item]  # the session's other items (at most a few)
+            for other, _ in kept:
+                count(covisits, item, other, neighbors)
+                count(covisits, other, item, neighbors)
+            count(popular, "", item, top)
+            if category is not None:
+                count(popular, category, item, top)
+            state["items"] = (kept[-keep_recent:] if keep_recent > 0 else []) + [[item, ts]]
 
     @staticmethod
     def _count(table: dict[str, Counter], key: str, item: str, keep: int) -> None:
         counts = table.get(key)
         if counts is None:
             counts = table[key] = Counter()
-        counts[item] += 1
+        counts[item] = counts.get(item, 0) + 1
         if len(counts) > 4 * keep:  # amortized: the next prune is 3 x ``keep`` new items away
             table[key] = Counter(dict(counts.most_common(keep)))
 

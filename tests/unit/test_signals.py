@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -73,6 +77,38 @@ def test_recommendations_come_from_co_visits_then_category_then_overall_populari
     assert catalog.recommend("stranger", 2, "hats") == (["i9"], "category_popularity")
     assert catalog.recommend("stranger", 1)[1] == "popularity"
     assert ItemCatalog(1800.0).recommend("x", 3) == ([], "none")
+
+
+_CATALOG_STREAM = """
+import json, sys
+import numpy as np
+from model import EventBatch
+from model.catalog import ItemCatalog
+rng = np.random.default_rng(7)
+n = 3000
+users = [f"u{x}" for x in rng.integers(0, 60, n)]
+items = [None if x < 3 else f"i{x}" for x in rng.integers(0, 80, n)]
+cats = [None if x < 2 else f"c{x}" for x in rng.integers(0, 6, n)]
+batch = EventBatch.build(users, [0] * n, 1.7e9 + np.sort(rng.uniform(0, 20000, n)), item_ids=items, categories=cats)
+catalog = ItemCatalog(1800.0, max_neighbors=3, max_popular=4)  # small: pruning (and its ties) happens often
+cuts = sorted(set(int(c) for c in rng.integers(0, n, int(sys.argv[1])))) if int(sys.argv[1]) else []
+for lo, hi in zip([0, *cuts], [*cuts, n]):
+    catalog.observe(batch.take(slice(lo, hi)))
+state = {"covisits": catalog.covisits, "popular": catalog.popular, "users": catalog.users}
+print(json.dumps({k: {a: list(b.items()) if hasattr(b, "items") else b for a, b in v.items()} for k, v in state.items()}))
+"""
+
+
+def test_what_the_catalog_learns_depends_neither_on_batching_nor_on_the_hash_seed():
+    # A replay (in a child process, with its own hash seed, in other chunks) must equal the live state, ties in
+    # the pruned rankings included.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    states = {
+        subprocess.run([sys.executable, "-c", _CATALOG_STREAM, str(cuts)], capture_output=True, text=True, check=True,
+                       cwd=root, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        for seed, cuts in (("1", 0), ("2", 0), ("3", 40), ("4", 400))
+    }
+    assert len(states) == 1
 
 
 def test_every_signal_type_has_its_payload():
