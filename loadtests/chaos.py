@@ -38,6 +38,7 @@ import aiohttp
 
 from model import DEFAULT_ACTIONS, TenantConfig
 from server import Store
+from server.event_log import logged_events
 
 from ._server_proc import StartFailed, free_port, log_tail, start_server, wait_ready
 
@@ -236,7 +237,7 @@ def _read_log(db_path: Path) -> tuple[set[tuple[int, str]], set[tuple[int, str]]
     """(tenant_id, event_id) and (tenant_id, user_id) pairs in the event log, read-only beside the server."""
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT tenant_id, event_id, user_id FROM events").fetchall()
+        rows = [(t, e, u) for t, u, e, _ in logged_events(db)]
     finally:
         db.close()
     return {(t, e) for t, e, _ in rows}, {(t, u) for t, _, u in rows}

@@ -6,7 +6,8 @@ never changes: a new column, table or index is a new migration at the end of the
 nudge (a version this one does not know) is refused rather than read wrongly.
 
 Databases from before versions were kept are at version 0 with their tables already there: migration 1 only creates
-what is missing (``IF NOT EXISTS``), and migration 2 checks for its column.
+what is missing (``IF NOT EXISTS``), and migration 2 checks for its column. Migration 3 rewrites a per-event log as
+one record per 10,000 events of a tenant.
 """
 from __future__ import annotations
 
@@ -165,11 +166,71 @@ def _signals_numbered_per_tenant(db: sqlite3.Connection) -> None:
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS signals_tenant_seq ON signals (tenant_id, tenant_seq)")
 
 
+_COLUMNAR_LOG = """
+CREATE TABLE event_batches (
+    -- Sequence numbers are global and never reused (log_sequence), so a record's first one names it.
+    first_seq INTEGER PRIMARY KEY,
+    tenant_id INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    min_ts REAL NOT NULL,
+    max_ts REAL NOT NULL,
+    users BLOB NOT NULL,
+    columns BLOB NOT NULL
+);
+CREATE INDEX event_batches_position ON event_batches (tenant_id, last_seq);
+CREATE INDEX event_batches_time ON event_batches (tenant_id, max_ts);
+CREATE TABLE event_ids (
+    tenant_id INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, event_id)
+) WITHOUT ROWID;
+CREATE TABLE logged_names (
+    tenant_id INTEGER NOT NULL,
+    field TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, field, name)
+) WITHOUT ROWID;
+CREATE TABLE log_sequence (last INTEGER NOT NULL);
+"""
+_MIGRATE_CHUNK = 10_000
+
+
+def _columnar_event_log(db: sqlite3.Connection) -> None:
+    from model.schema import LOG_COLUMNS
+
+    from . import log_records
+
+    _statements(_COLUMNAR_LOG)(db)
+    used = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    db.execute("INSERT INTO log_sequence (last) VALUES (?)", (used[0] if used else 0,))
+    select = (f"SELECT seq, {', '.join(LOG_COLUMNS)} FROM events WHERE tenant_id = ? AND seq > ? "
+              "ORDER BY seq LIMIT ?")
+    for (tenant_id,) in db.execute("SELECT DISTINCT tenant_id FROM events").fetchall():
+        after = 0
+        while rows := db.execute(select, (tenant_id, after, _MIGRATE_CHUNK)).fetchall():
+            batch, seqs, names = log_records.from_rows(rows)
+            r = log_records.encode(batch, seqs, names)
+            db.execute("INSERT INTO event_batches (first_seq, tenant_id, last_seq, n, min_ts, max_ts, users, columns) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (r.first_seq, tenant_id, r.last_seq, r.n, r.min_ts, r.max_ts, r.users, r.columns))
+            after = rows[-1][0]
+    db.execute("INSERT INTO event_ids (tenant_id, event_id) SELECT tenant_id, event_id FROM events "
+               "WHERE event_id IS NOT NULL")
+    db.execute("INSERT INTO logged_names (tenant_id, field, name) SELECT DISTINCT tenant_id, 'action', action "
+               "FROM events")
+    db.execute("INSERT INTO logged_names (tenant_id, field, name) SELECT DISTINCT tenant_id, 'segment', segment "
+               "FROM events WHERE segment IS NOT NULL")
+    db.execute("DROP TABLE events")
+
+
 MIGRATIONS = [
     Migration(1, "tenants, the event log, model history, signals, feedback, bandit rewards, subscriptions and "
                  "dead letters", _statements(_TABLES_V1)),
     Migration(2, "signals numbered per tenant (tenant_seq), so pull cursors do not reveal other tenants' volume",
               _signals_numbered_per_tenant),
+    Migration(3, "the event log as one record per batch (columns), with an event-id index and the logged names",
+              _columnar_event_log),
 ]
 LATEST = MIGRATIONS[-1].version
 

@@ -87,14 +87,6 @@ class SignalLog:
         ).fetchall()
         return [_signal(row) for row in rows]
 
-    def first_conversion(self, tenant_id: int, user_id: str, action: str, start: float, end: float) -> float | None:
-        """Time of the user's first logged ``action`` in [start, end], if any."""
-        row = self.db.execute(
-            "SELECT MIN(ts) FROM events WHERE tenant_id = ? AND user_id = ? AND action = ? AND ts BETWEEN ? AND ?",
-            (tenant_id, user_id, action, start, end),
-        ).fetchone()
-        return row[0] if row else None
-
     def signal_owners(self, tenant_id: int, signal_ids: list[str]) -> dict[str, str]:
         """signal_id -> user_id of those of ``signal_ids`` that this tenant has."""
         return dict(select_in(

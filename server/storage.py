@@ -13,22 +13,16 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
-
-from model import DEVICES, EventBatch, TenantConfig
-from model.schema import EVENT_FIELDS, LOG_COLUMNS
+from model import EventBatch, TenantConfig
 
 from ._sql import select_in
+from .event_log import Appended, EventLogStore  # noqa: F401 - Appended: the port's answer type
 from .migrations import migrate
 from .signal_log import SignalLog
 from .subscription_store import SubscriptionStore
 
 DB_NAME = "nudge.sqlite3"
-_INSERT = (f"INSERT INTO events (tenant_id, {', '.join(LOG_COLUMNS)}) "
-           f"VALUES (?, {', '.join('?' * len(LOG_COLUMNS))})")
-_SELECT = f"SELECT seq, {', '.join(LOG_COLUMNS)} FROM events WHERE tenant_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 
 
 class ConfigConflict(ValueError):
@@ -42,14 +36,6 @@ class Tenant:
     config: TenantConfig
 
 
-@dataclass(frozen=True)
-class Appended:
-    """The outcome of one batch in a group commit: which rows were new, and their log positions."""
-
-    accepted: np.ndarray  # bool per row of the submitted batch
-    seqs: np.ndarray  # int64 log sequence numbers of the accepted rows, in order
-
-
 def hash_key(key: str) -> str:
     """API keys are long random strings, so one SHA-256 is enough to store them safely."""
     return hashlib.sha256(key.encode()).hexdigest()
@@ -59,7 +45,7 @@ def new_api_key() -> str:
     return "nk_" + secrets.token_urlsafe(32)
 
 
-class Store(SignalLog, SubscriptionStore):
+class Store(EventLogStore, SignalLog, SubscriptionStore):
     """SQLite access for one thread."""
 
     def __init__(self, data_dir: Path):
@@ -102,7 +88,7 @@ class Store(SignalLog, SubscriptionStore):
             if row is None:
                 raise ValueError(f"no tenant {name!r}")
             # Refused rather than cascaded: its events are the source of truth, and a reused id must inherit nothing.
-            for table in ("events", "signals", "feedback", "subscriptions"):
+            for table in ("event_batches", "signals", "feedback", "subscriptions"):
                 if self.db.execute(f"SELECT 1 FROM {table} WHERE tenant_id = ? LIMIT 1", row).fetchone():
                     raise ValueError(f"tenant {name!r} has {table}; only a tenant with nothing recorded can be deleted")
             # A tenant that never ran has no model history either; the delete makes sure of it for a reused id.
@@ -139,8 +125,8 @@ class Store(SignalLog, SubscriptionStore):
                 if not removed:
                     continue
                 logged = {r[0] for r in select_in(
-                    self.db, f"SELECT DISTINCT {column} FROM events WHERE tenant_id = ? AND {column} IN ({{marks}})",
-                    (tenant_id,), sorted(removed),
+                    self.db, "SELECT name FROM logged_names WHERE tenant_id = ? AND field = ? AND name IN ({marks})",
+                    (tenant_id, column), sorted(removed),
                 )}
                 if logged:
                     raise ConfigConflict(
@@ -177,71 +163,6 @@ class Store(SignalLog, SubscriptionStore):
             raise
         return out
 
-    def _append_one(self, tenant_id: int, batch: EventBatch, config: TenantConfig) -> Appended:
-        accepted = np.ones(len(batch), dtype=bool)
-        ids = batch.event_ids
-        with_id = np.flatnonzero(ids != None)  # noqa: E711 - elementwise comparison on an object array
-        if len(with_id):
-            known = {r[0] for r in select_in(
-                self.db, "SELECT event_id FROM events WHERE tenant_id = ? AND event_id IN ({marks})",
-                (tenant_id,), ids[with_id],
-            )}
-            seen: set = set()
-            for i in with_id:
-                eid = ids[i]
-                if eid in known or eid in seen:
-                    accepted[i] = False
-                seen.add(eid)
-        rows = np.flatnonzero(accepted)
-        if not len(rows):
-            return Appended(accepted, np.zeros(0, np.int64))
-        # Coded columns are logged by name, so the log reads back under any later vocabulary.
-        names = {"actions": config.actions, "segment": (None, *config.segments), "device": DEVICES}
-        columns = []
-        for f in EVENT_FIELDS:
-            values = getattr(batch, f.batch)[rows]
-            if f.batch in names:
-                values = np.asarray(names[f.batch], dtype=object)[values]
-            columns.append(values.tolist())
-        self.db.executemany(_INSERT, zip([tenant_id] * len(rows), *columns))
-        # This connection holds the write lock, so the rows just inserted got consecutive sequence numbers.
-        last = self.db.execute("SELECT last_insert_rowid()").fetchone()[0]
-        seqs = np.arange(last - len(rows) + 1, last + 1, dtype=np.int64)
-        return Appended(accepted, seqs)
-
-    def read_events(
-        self, tenant_id: int, config: TenantConfig, after_seq: int = 0, chunk: int = 50_000
-    ) -> Iterator[tuple[EventBatch, np.ndarray]]:
-        """The tenant's log after ``after_seq`` in order, as (batch, seqs) chunks."""
-        vocab = {a: i for i, a in enumerate(config.actions)}
-        codes = {"segment": {s: i + 1 for i, s in enumerate(config.segments)},
-                 "device": {d: i for i, d in enumerate(DEVICES)}}
-        last = after_seq
-        while True:
-            rows = self.db.execute(_SELECT, (tenant_id, last, chunk)).fetchall()
-            if not rows:
-                return
-            cols = list(zip(*rows))
-            values = {f.batch: cols[i + 1] for i, f in enumerate(EVENT_FIELDS)}
-            try:
-                values["actions"] = [vocab[a] for a in values["actions"]]
-            except KeyError as exc:
-                raise ValueError(f"the event log holds action {exc.args[0]!r}, which the config lacks") from None
-            values["segment"] = [codes["segment"].get(s, 0) for s in values["segment"]]
-            values["device"] = [codes["device"][d] for d in values["device"]]
-            batch = EventBatch.build(**values)
-            seqs = np.asarray(cols[0], dtype=np.int64)
-            last = int(seqs[-1])
-            yield batch, seqs
-
-    def recent_events(self, tenant_id: int, config: TenantConfig, n: int) -> EventBatch:
-        """The tenant's last ``n`` logged events (all of them if fewer), in log order."""
-        row = self.db.execute(
-            "SELECT seq FROM events WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?", (tenant_id, n)
-        ).fetchone()
-        chunks = [batch for batch, _ in self.read_events(tenant_id, config, after_seq=row[0] if row else 0)]
-        return EventBatch.concat(chunks) if chunks else EventBatch.build([], [], [])
-
     # ---- the model history --------------------------------------------------------------------
 
     def append_model_event(self, tenant_id: int, entry: dict, keep: int) -> None:
@@ -264,18 +185,11 @@ class Store(SignalLog, SubscriptionStore):
                                (tenant_id, limit)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
-    def count_events(self, tenant_id: int, user_id: str | None = None) -> int:
-        if user_id is None:
-            return self.db.execute("SELECT COUNT(*) FROM events WHERE tenant_id = ?", (tenant_id,)).fetchone()[0]
-        return self.db.execute(
-            "SELECT COUNT(*) FROM events WHERE tenant_id = ? AND user_id = ?", (tenant_id, user_id)
-        ).fetchone()[0]
-
     def erase_user(self, tenant_id: int, user_id: str) -> int:
         """Delete every logged event, signal and feedback of one user; returns how many events."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            cur = self.db.execute("DELETE FROM events WHERE tenant_id = ? AND user_id = ?", (tenant_id, user_id))
+            erased = self._erase_logged_events(tenant_id, user_id)
             for table in ("signals", "feedback"):
                 self.db.execute(f"DELETE FROM {table} WHERE tenant_id = ? AND user_id = ?", (tenant_id, user_id))
             self.db.execute("COMMIT")
@@ -283,7 +197,7 @@ class Store(SignalLog, SubscriptionStore):
             self.db.execute("ROLLBACK")
             raise
         self.checkpoint()
-        return cur.rowcount
+        return erased
 
     def checkpoint(self) -> bool:
         """Copy the write-ahead log into the database and empty it; False when a reader kept part of it."""

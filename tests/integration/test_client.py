@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from loadtests._server_proc import free_port, log_tail, start_server, wait_ready
+from server.event_log import logged_events
 from nudge_client import ApiError, AsyncClient, Client, RetryPolicy, verify_webhook
 
 from .conftest import make_tenants
@@ -88,11 +89,9 @@ class Served:
         """The event ids the event log holds for users whose id starts with ``user_prefix``."""
         db = sqlite3.connect(self.data_dir / "nudge.sqlite3", timeout=30)
         try:
-            rows = db.execute("SELECT event_id FROM events WHERE substr(user_id, 1, ?) = ?",
-                              (len(user_prefix), user_prefix)).fetchall()
+            return [event_id for _, user_id, event_id, _ in logged_events(db) if user_id.startswith(user_prefix)]
         finally:
             db.close()
-        return [r[0] for r in rows]
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ import sqlite3
 import time
 
 from model import DEFAULT_ACTIONS, TenantConfig
+from server.event_log import logged_events
 from server.validation import ConfigChanged, parse_events
 
 
@@ -12,7 +13,7 @@ def logged_but_unconfigured(data_dir) -> set[str]:
     db = sqlite3.connect(data_dir / "nudge.sqlite3")
     try:
         config = json.loads(db.execute("SELECT config FROM tenants WHERE name = 'acme'").fetchone()[0])
-        logged = {r[0] for r in db.execute("SELECT DISTINCT action FROM events WHERE tenant_id = 1")}
+        logged = {action for tenant, _, _, action in logged_events(db) if tenant == 1}
     finally:
         db.close()
     return logged - set(config["actions"])

@@ -103,6 +103,14 @@ async def test_erased_users_leave_no_bytes_in_the_database_or_its_write_ahead_lo
     s = await start()
     await s.acme.events([view(f"crowd-{i}", item_id=f"item-{i}") for i in range(300)])
     await s.acme.events([view("victim-7d1f", item_id="secret-item-9c2e") for _ in range(5)])
+    # Also in one logged batch with another user, whose events stay.
+    await s.acme.events([view("victim-7d1f", item_id="secret-item-9c2e", event_id="v-1"),
+                         view("neighbour", event_id="n-1")])
+    r = await s.acme.call("DELETE", "/v1/users/victim-7d1f")
+    assert r.status == 200 and r.body["events_deleted"] == 6
+    assert s.runtime.store.count_events(1, "neighbour") == 1 and s.runtime.store.count_events(1) == 301
+    # Its event ids are forgotten with it: the same event sent again is new.
+    assert (await s.acme.events([view("victim-7d1f", event_id="v-1")])).body["accepted"] == 1
     assert (await s.acme.call("DELETE", "/v1/users/victim-7d1f")).status == 200
     for name in ("nudge.sqlite3", "nudge.sqlite3-wal"):
         raw = (s.data_dir / name).read_bytes() if (s.data_dir / name).exists() else b""

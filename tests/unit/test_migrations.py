@@ -1,5 +1,6 @@
 """The database's schema versions: fresh databases, databases from before versions were kept, a failed migration,
 and one written by a newer nudge."""
+import json
 import sqlite3
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import pytest
 
 from server import migrations
 from server.migrations import LATEST, MIGRATIONS, Migration, SchemaTooNew, migrate, version
-from server.storage import DB_NAME, Store
+from model import EventBatch, TenantConfig
+from server.storage import DB_NAME, ConfigConflict, Store
 
 # The signals table as nudge wrote it before pull cursors were numbered per tenant (no tenant_seq).
 _OLD_SIGNALS = """
@@ -63,7 +65,49 @@ def test_a_database_from_before_versions_keeps_its_rows_and_gets_what_it_lacks(t
         numbered = store.db.execute("SELECT signal_id, tenant_seq FROM signals ORDER BY seq").fetchall()
         assert numbered == [("s1", 1), ("s2", 1), ("s3", 2), ("s4", 3), ("s5", 2)]
         assert dict(store.db.execute("SELECT tenant_id, last FROM signal_sequences")) == {1: 3, 2: 2}
-        assert {name for _, name, _ in _schema(store.db)} >= {"events", "tenants", "subscriptions", "signals_tenant_seq"}
+        assert {name for _, name, _ in _schema(store.db)} >= {"event_batches", "tenants", "subscriptions",
+                                                               "signals_tenant_seq"}
+    finally:
+        store.close()
+
+
+def test_a_per_event_log_becomes_batch_records_that_read_back_the_same(tmp_path, monkeypatch):
+    # A database at version 2, its log one row per event, with an erased row (a gap) at the end.
+    monkeypatch.setattr(migrations, "_MIGRATE_CHUNK", 3)  # several records per tenant
+    db = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    for m in MIGRATIONS[:2]:
+        m.apply(db)
+    db.execute("PRAGMA user_version = 2")
+    cfg = TenantConfig(segments=["vip"])
+    db.execute("INSERT INTO tenants (name, key_hash, config, created_at) VALUES ('a', 'h', ?, 0)",
+               (json.dumps(cfg.to_dict()),))
+    rows = [(1, f"e{i}", f"u{i % 3}", ["view", "add_to_cart", "purchase"][i % 3], 1000.0 + i,
+             ["mobile", "desktop"][i % 2], "vip" if i % 4 == 0 else None, 60 * (i % 2), f"i{i}" if i % 2 else None,
+             "shoes", None) for i in range(8)]
+    db.executemany("INSERT INTO events (tenant_id, event_id, user_id, action, ts, device, segment, tz_offset_min, "
+                   "item_id, category, query) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.execute("DELETE FROM events WHERE seq = 8")
+    db.close()
+
+    store = Store(tmp_path)
+    try:
+        assert version(store.db) == LATEST
+        [(batch, seqs)] = list(store.read_events(1, cfg))
+        assert seqs.tolist() == list(range(1, 8))
+        assert batch.user_ids.tolist() == [r[2] for r in rows[:7]]
+        assert [cfg.actions[a] for a in batch.actions] == [r[3] for r in rows[:7]]
+        assert batch.ts.tolist() == [r[4] for r in rows[:7]]
+        assert [(None, *cfg.segments)[s] for s in batch.segment] == [r[6] for r in rows[:7]]
+        assert batch.tz_offset_min.tolist() == [r[7] for r in rows[:7]]
+        assert batch.item_ids.tolist() == [r[8] for r in rows[:7]]
+        assert batch.event_ids.tolist() == [r[1] for r in rows[:7]]
+        # Event ids stay known, and numbering goes on after the erased row's number.
+        again = EventBatch.build(["u0", "u9"], [0, 0], [2000.0, 2000.0], event_ids=["e0", "new"])
+        [appended] = store.append([(1, again, cfg)])
+        assert appended.accepted.tolist() == [False, True] and appended.seqs.tolist() == [9]
+        # The config cannot drop a logged segment.
+        with pytest.raises(ConfigConflict, match="segment"):
+            store.replace_config(1, cfg, TenantConfig())
     finally:
         store.close()
 

@@ -95,7 +95,8 @@ cuts = sorted(set(int(c) for c in rng.integers(0, n, int(sys.argv[1])))) if int(
 for lo, hi in zip([0, *cuts], [*cuts, n]):
     catalog.observe(batch.take(slice(lo, hi)))
 state = {"covisits": catalog.covisits, "popular": catalog.popular, "users": catalog.users}
-print(json.dumps({k: {a: list(b.items()) if hasattr(b, "items") else b for a, b in v.items()} for k, v in state.items()}))
+print(json.dumps({k: {a: list(b.items()) if hasattr(b, "items") else b for a, b in v.items()}
+                  for k, v in state.items()}))
 """
 
 
