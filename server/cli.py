@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -12,9 +13,27 @@ import numpy as np
 from model import TenantConfig
 from model.event_files import FORMATS
 
+from . import gc_tuning
 from .config import ServerConfig
 from .logs import ACCESS_LOG_FORMAT, configure_logging
 from .storage import Store
+
+
+_background: set[asyncio.Task] = set()
+
+
+async def _freeze_once_ready(app) -> None:
+    """What recovery built lives as long as its tenant: frozen, the collector no longer walks it."""
+    from .keys import RUNTIME
+
+    async def freeze() -> None:
+        await app[RUNTIME].wait_ready()
+        frozen = gc_tuning.freeze()
+        logging.getLogger("nudge").info("recovery done: %d objects frozen out of the garbage collector", frozen)
+
+    task = asyncio.get_running_loop().create_task(freeze(), name="nudge-gc-freeze")
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -44,6 +63,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         app = create_app(config)
+        gc_tuning.tune()
+        app.on_startup.append(_freeze_once_ready)
         print(f"nudge serving on http://{config.host}:{config.port} (data in {config.data_dir}; "
               f"event loop {type(loop).__module__.split('.')[0]})", flush=True)
         web.run_app(

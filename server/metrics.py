@@ -1,8 +1,13 @@
 """Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
 from __future__ import annotations
 
+import functools
+import gc
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from . import gc_tuning
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -57,6 +62,12 @@ class Metrics:
         self.shed = Counter("nudge_shed_requests_total", "Requests refused because the server was saturated",
                             ["route"], registry=r)
         self.apply_errors = Counter("nudge_engine_apply_errors_total", "Engine updates that failed", registry=r)
+        gc_seconds = Gauge("nudge_gc_collection_seconds", "Seconds spent in garbage collections since start-up, by "
+                           "generation (counted where `nudge serve` tuned the collector)", ["generation"], registry=r)
+        for generation in range(3):
+            gc_seconds.labels(str(generation)).set_function(functools.partial(gc_tuning.seconds_spent, generation))
+        Gauge("nudge_gc_frozen_objects", "Objects frozen out of the collector's sight once recovery finished",
+              registry=r).set_function(gc.get_freeze_count)
 
     def tenant_label(self, tenant) -> str:
         """A tenant's label value: its id, or its name where the operator allowed names."""
