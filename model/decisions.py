@@ -5,8 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import Engine
-from .intents import fired_intents, intent_scores, open_cart
+from .engine import Engine, Observed
+from .events import EventBatch
+from .intents import fired_intents, intent_gates, intent_scores, open_cart
 from .signals import Decision, SignalPolicy
 
 
@@ -71,6 +72,36 @@ def decide(
     intents, _ = fired_intents(scores, p.score_draw, config)
     return policy.decide(user_ids, intents, p.score, now, engine.catalog, hints,
                          no_discount=converted_recently(engine, p.users, now))
+
+
+def worth_deciding(engine: Engine, batch: EventBatch, observed: Observed, now: float) -> list[str]:
+    """The users of an applied batch that an ingest-time decision could signal: those whose prediction just after
+    their latest event here reaches the threshold of an enabled intent, and those whose cart may have been
+    abandoned by now (idle for ``cart_idle_s`` since that event). Users whose events are older than a session
+    are left out: backfilled history is learned from, but nobody is signalled about the past.
+
+    The learned predictions just after an event are what serving would answer at that moment; the engine computed
+    them while applying it. For live events (arriving as they happen) this is exactly the set of users the full
+    score at ingest could signal, and a test checks it. A prediction that rises only with the time since the
+    event is not decided on at ingest; the idle sweeper looks at carts that go idle. Deciding only for these
+    users spares a full score of every user of every batch; the decision itself still scores them at ``now``.
+    (With a Transformer loaded, its predictions are known only once it runs, so every recent user is decided for.)
+    """
+    config = engine.config
+    recent = np.flatnonzero(batch.ts >= now - config.session_gap_s)
+    if not len(recent):
+        return []
+    # Each user's latest event in the batch: the last occurrence, read from the reversed order.
+    users = batch.user_ids[recent]
+    _, first_from_end = np.unique(users[::-1], return_index=True)
+    last = recent[len(recent) - 1 - first_from_end]
+    probs = engine.markov.probabilities()[batch.actions[last]]
+    p5, p60 = observed.predictions["purchase_5m"][last], observed.predictions["purchase_60m"][last]
+    maybe_abandoned = (now - batch.ts[last] >= config.cart_idle_s).astype(np.float64)
+    scores = intent_scores(probs, p5, p60, maybe_abandoned, config)
+    thresholds, enabled = intent_gates(config)
+    candidates = ((scores >= thresholds) & enabled).any(axis=1)
+    return batch.user_ids[np.sort(last[candidates])].tolist()
 
 
 def converted_recently(engine: Engine, users: np.ndarray, now: float) -> np.ndarray:

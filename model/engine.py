@@ -137,6 +137,13 @@ class Engine:
         observed = self._apply(batch, seqs, predict=False)
         return len(observed.features)
 
+    def apply_observed(self, batch: EventBatch, seqs: np.ndarray) -> tuple[EventBatch, Observed]:
+        """Apply events as :meth:`apply` does; return the events applied (those not applied before) and, per
+        event, what :meth:`observe` returns: what serving deciding at ingest reads."""
+        if len(seqs) and not (fresh := seqs > self.applied_seq).all():
+            batch, seqs = batch.take(fresh), seqs[fresh]
+        return batch, self._apply(batch, seqs, predict=True)
+
     def observe(self, batch: EventBatch) -> Observed:
         """Apply events and return, per event, the score's features just after it and the learned predictions
         that serving would have answered for its user right then (for offline replay and training)."""

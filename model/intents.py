@@ -58,14 +58,20 @@ def intent_scores(
     return np.stack([np.asarray(cols[i], np.float64) for i in INTENTS], axis=1)
 
 
+def intent_gates(config: TenantConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per intent (INTENTS order): its threshold, and whether the policy maps it to a signal."""
+    thresholds = np.array([config.thresholds.get(i, DEFAULT_THRESHOLDS[i]) for i in INTENTS])
+    enabled = np.array([config.policy.get(i, DEFAULT_POLICY[i]) != "none" for i in INTENTS])
+    return thresholds, enabled
+
+
 def fired_intents(scores: np.ndarray, engagement: np.ndarray, config: TenantConfig) -> tuple[np.ndarray, np.ndarray]:
     """Per user: the index into INTENTS of the intent that fires (-1: none), and its score.
 
     An intent fires when its score reaches its threshold, the policy maps it to a signal and the
     user's engagement score reaches ``min_score``; of several, the one furthest past its threshold wins.
     """
-    thresholds = np.array([config.thresholds.get(i, DEFAULT_THRESHOLDS[i]) for i in INTENTS])
-    enabled = np.array([config.policy.get(i, DEFAULT_POLICY[i]) != "none" for i in INTENTS])
+    thresholds, enabled = intent_gates(config)
     fires = (scores >= thresholds) & enabled & (np.asarray(engagement)[:, None] >= config.min_score)
     margin = np.where(fires, scores / np.maximum(thresholds, 1e-6), -np.inf)
     best = margin.argmax(axis=1)

@@ -20,8 +20,9 @@ import numpy as np
 
 import kernels
 from model import Engine, EventBatch, TenantConfig
+from model.engine import Observed
 from model.contexts import describe_context
-from model.decisions import decide, newly_idle, predict
+from model.decisions import decide, newly_idle, predict, worth_deciding
 from model.signals import SignalPolicy
 
 from .activity import Activity
@@ -563,11 +564,9 @@ class Runtime:
                     applied = recode_events(batch, config, engine.config)
                 except ConfigChanged:
                     return time.perf_counter() - started  # actions the live engine lacks: the rebuild has them
-                engine.apply(applied, seqs)
-                self._signals_after_apply(state, applied)
+                self._signals_after_apply(state, *engine.apply_observed(applied, seqs))
             else:
-                engine.apply(batch, seqs)
-                self._signals_after_apply(state, batch)
+                self._signals_after_apply(state, *engine.apply_observed(batch, seqs))
             return time.perf_counter() - started
 
         self.unapplied_events += n
@@ -596,17 +595,19 @@ class Runtime:
 
     # ---- scoring ------------------------------------------------------------------------------
 
-    def _signals_after_apply(self, state: TenantState, batch: EventBatch) -> None:
+    def _signals_after_apply(self, state: TenantState, batch: EventBatch, observed: Observed) -> None:
         """Conversions resolve open signals; users active just now may get one (device thread)."""
-        engine, now = state.engine, time.time()
+        engine, now, predictor = state.engine, time.time(), state.model.predictor
         converted = batch.actions == engine.config.conversion_code
         resolutions = state.policy.conversions(batch.user_ids[converted], batch.ts[converted])
-        # Backfilled history is learned from, but nobody is signalled about the past.
-        recent = batch.ts >= now - engine.config.session_gap_s
-        users = list(dict.fromkeys(batch.user_ids[recent]))
+        if predictor is None:
+            users = worth_deciding(engine, batch, observed, now)
+        else:  # the Transformer's predictions are known only once it has run: every recent user
+            recent = batch.ts >= now - engine.config.session_gap_s
+            users = list(dict.fromkeys(batch.user_ids[recent]))
         decisions = []
         if users:
-            prediction = predict(engine, state.model.predictor, users, now)
+            prediction = predict(engine, predictor, users, now)
             decisions = [d for d in decide(engine, state.policy, users, prediction, now) if d is not None]
         self.signal_writer.submit(self._writer_key(state), decisions, resolutions)
 

@@ -8,6 +8,7 @@ import pytest
 from model import Engine, EventBatch, TenantConfig
 from model.catalog import ItemCatalog
 from model.config import INTENTS
+from model.decisions import predict, worth_deciding
 from model.intents import fired_intents, intent_scores, open_cart
 from model.payloads import build_payload
 from model.signals import SignalPolicy, in_holdout
@@ -218,3 +219,35 @@ def test_a_new_config_keeps_cooldowns_open_decisions_and_the_posteriors_of_kept_
     assert set(new.open) == {d.signal_id}
     variants, bandit = new.bandits["cart_abandon_risk"]
     assert variants == ["10", "20"] and bandit.alpha.tolist() == [2.0, 1.0] and bandit.beta.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_ingest_decides_for_every_user_an_intent_could_fire_for(seed):
+    # Low thresholds, so that many users cross them: every user whose full score at ingest fires an intent must be
+    # among those worth_deciding picks from what the update observed (for live events: scored at their moment).
+    cfg = TenantConfig(thresholds={"purchase_likely": 0.5, "cart_abandon_risk": 0.3, "information_seeking": 0.3,
+                                   "needs_help": 0.2, "form_intent": 0.4}, cart_idle_s=60.0)
+    engine, rng = Engine(cfg), np.random.default_rng(seed)
+    names = ["view", "view", "search", "add_to_cart", "purchase", "help_view"]
+    t, fired_anywhere, picked_anywhere, recent_anywhere = T0, 0, 0, 0
+    for _ in range(40):
+        n = int(rng.integers(20, 200))
+        t += float(rng.uniform(5, 120))
+        # Live events arrive as they happen (a batch's at its arrival), some are backfilled from long ago.
+        ts = np.where(rng.random(n) < 0.1, t - 7200.0, t)
+        users = [f"u{x}" for x in rng.integers(0, 150, n)]
+        batch = EventBatch.build(users, [cfg.actions.index(a) for a in rng.choice(names, n)], np.sort(ts),
+                                 item_ids=[f"i{x}" for x in rng.integers(0, 30, n)])
+        applied, observed = engine.apply_observed(batch, np.arange(engine.applied_seq + 1, engine.applied_seq + 1 + n))
+        recent = list(dict.fromkeys(applied.user_ids[applied.ts >= t - cfg.session_gap_s]))
+        prediction = predict(engine, None, recent, t)
+        actions, times, lengths = engine.windows.gather(prediction.users)
+        scores = intent_scores(prediction.next_probs, prediction.purchase_5m, prediction.purchase_60m,
+                               open_cart(actions, times, lengths, cfg, t), cfg)
+        intents, _ = fired_intents(scores, prediction.score_draw, cfg)
+        fired = {u for u, i in zip(recent, intents) if i >= 0}
+        picked = set(worth_deciding(engine, applied, observed, t))
+        assert fired <= picked, sorted(fired - picked)[:5]
+        fired_anywhere, picked_anywhere = fired_anywhere + len(fired), picked_anywhere + len(picked)
+        recent_anywhere += len(recent)
+    assert fired_anywhere > 20 and picked_anywhere < 0.8 * recent_anywhere  # intents fired; the gate left users out
