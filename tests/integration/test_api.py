@@ -304,13 +304,13 @@ async def test_a_clean_stop_snapshots_events_whose_engine_update_was_still_queue
 
     s = await start(snapshot_interval_s=3600.0)
     state = next(iter(s.runtime.tenants.values()))
-    original = state.engine.apply
+    original = state.engine.apply_observed
 
     def slow_apply(*args, **kwargs):
         time.sleep(0.3)  # the acknowledgement is sent before this finishes
         return original(*args, **kwargs)
 
-    state.engine.apply = slow_apply
+    state.engine.apply_observed = slow_apply
     assert (await s.acme.events([view("queued")])).body == {"accepted": 1, "duplicates": 0}
     await s.client.close()  # stop at once
     snapshot, _ = load_snapshot(snapshot_path(s.data_dir, state.tenant.id))

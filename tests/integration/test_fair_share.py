@@ -69,7 +69,7 @@ async def test_another_tenants_score_waits_for_one_engine_update_of_a_busy_tenan
     await s.runtime.on_device(lambda: None)  # those applied
     acme = next(st for st in s.runtime.tenants.values() if st.tenant.name == "acme")
     ran = []
-    apply = acme.engine.apply
+    apply = acme.engine.apply_observed
 
     def slow_apply(batch, seqs):
         time.sleep(0.2)
@@ -84,7 +84,7 @@ async def test_another_tenants_score_waits_for_one_engine_update_of_a_busy_tenan
             return run_batch(items)
         return run
 
-    monkeypatch.setattr(acme.engine, "apply", slow_apply)
+    monkeypatch.setattr(acme.engine, "apply_observed", slow_apply)
     for state in s.runtime.tenants.values():
         monkeypatch.setattr(state.batcher, "_run_batch", recorded(state))
     for _ in range(5):  # acknowledged at once; their updates queue in acme's lane
