@@ -45,6 +45,11 @@ class ServerConfig:
         bodies are read (0 disables).
     max_apply_delay_ms : new ingest requests are shed with 503 while the acknowledged events not yet applied to the
         engine would take longer than this to apply (0 disables); scores wait behind them.
+    ingest_wait_ms : an ingest request that finds either backlog above full waits up to this long for room (holding
+        no CPU) before it is refused; a client that resends at once then waits instead of bouncing (0: refuse at
+        once).
+    max_ingest_waiters : the most ingest requests waiting for room at once (one tenant: its ``tenant_share`` of
+        them while others are active); beyond them, refused at once.
     max_users_per_tenant : the most users one tenant's engine holds in memory (about 4 KiB each, measured by
         ``python -m loadtests.bench_user_memory``); a batch that would add users beyond it is refused whole with
         409 ``user_limit_reached`` (erase users to make room).
@@ -92,6 +97,8 @@ class ServerConfig:
     max_loop_lag_ms: float = 100.0
     max_apply_delay_ms: float = 1000.0
     tenant_share: float = 0.5
+    ingest_wait_ms: float = 1000.0
+    max_ingest_waiters: int = 256
     max_users_per_tenant: int = 1_000_000
     event_loop: str = "auto"
     log_level: str = "INFO"
@@ -122,7 +129,7 @@ class ServerConfig:
         )
         problems += [f"{n} must be > 0, got {getattr(self, n)}" for n in positive if not getattr(self, n) > 0]
         non_negative = ("max_wait_ms", "rate_limit_per_s", "rate_limit_burst", "max_loop_lag_ms", "max_queue_delay_ms",
-                        "max_apply_delay_ms")
+                        "max_apply_delay_ms", "ingest_wait_ms", "max_ingest_waiters")
         problems += [f"{n} must be >= 0, got {getattr(self, n)}" for n in non_negative if getattr(self, n) < 0]
         if not 0 < self.tenant_share <= 1:
             problems.append(f"tenant_share must lie in (0, 1], got {self.tenant_share}")

@@ -183,7 +183,7 @@ async def post_events(request: web.Request) -> web.Response:
     state = request[TENANT]
     runtime = request.app[RUNTIME]
     try:
-        runtime.check_ingest_backlog(state)  # before the body is read and validated: a refusal stays cheap
+        await runtime.admit_ingest(state)  # before the body is read and validated: waiting and refusing stay cheap
     except Overloaded as exc:
         raise _overloaded(exc) from None
     batch = parse_events(await _body(request), state.config, time.time(), runtime.config.max_items_per_request)

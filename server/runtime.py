@@ -8,6 +8,7 @@ request is acknowledged, a score requested after an acknowledged ingest always s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import concurrent.futures
 import functools
 import itertools
@@ -176,6 +177,8 @@ class Runtime:
         self.pending_events = 0
         self.unapplied_events = 0  # acknowledged, not yet applied to the engine
         self.shares = Shares(config.tenant_share)  # each tenant's part of those two
+        self._room = asyncio.Event()  # set (and replaced) whenever applied events leave the backlog
+        self._ingest_waiters: dict[int, int] = {}  # per tenant: ingest requests waiting for room
         self.apply_events_per_s: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
@@ -438,6 +441,44 @@ class Runtime:
                 raise Overloaded(self.unapplied_events, retry_after_s=1.0)
         self.shares.check_unapplied(state.tenant.id, self.apply_events_per_s, self.config.max_apply_delay_ms)
 
+    async def admit_ingest(self, state: TenantState) -> None:
+        """Return once the backlogs have room for this tenant's ingest; wait for it (up to ``ingest_wait_ms``, on
+        no thread) rather than refuse at once; then :class:`Overloaded` or :class:`OverShare`.
+
+        Clients that resend at once after a 503 would otherwise turn the bound into a storm of refusals, and on one
+        GIL each refusal takes time from the engine update that makes room. Waiters are bounded: in all, and per
+        tenant by its share while others are active.
+        """
+        try:
+            self.check_ingest_backlog(state)
+            return
+        except Overloaded:
+            tenant_id, cfg = state.tenant.id, self.config
+            mine = self._ingest_waiters.get(tenant_id, 0)
+            cap = cfg.max_ingest_waiters * (cfg.tenant_share if self.shares.others_active(tenant_id) else 1.0)
+            if not cfg.ingest_wait_ms or sum(self._ingest_waiters.values()) >= cfg.max_ingest_waiters or mine >= cap:
+                raise
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.ingest_wait_ms / 1000.0
+        self._ingest_waiters[tenant_id] = mine + 1
+        try:
+            while True:
+                room = self._room  # replaced (and set) whenever events are applied or committed
+                try:
+                    self.check_ingest_backlog(state)
+                    return
+                except Overloaded:
+                    if loop.time() >= deadline:
+                        raise
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(room.wait(), max(0.0, deadline - loop.time()))
+        finally:
+            self._ingest_waiters[tenant_id] -= 1
+
+    def _made_room(self) -> None:
+        self._room.set()
+        self._room = asyncio.Event()
+
     async def new_users_beyond_limit(self, state: TenantState, batch: EventBatch) -> tuple[int, int] | None:
         """(users known, users the batch adds) where the batch would take the tenant past
         ``max_users_per_tenant``; None where it fits.
@@ -584,6 +625,7 @@ class Runtime:
         """On the event loop, once an engine update has run: the backlog and the measured apply rate."""
         self.unapplied_events -= n
         self.shares.add(self.shares.unapplied, tenant_id, -n)
+        self._made_room()
         exc = fut.exception()
         if exc is not None:
             self.metrics.apply_errors.inc()

@@ -336,22 +336,43 @@ async def test_a_saturated_event_loop_sheds_scoring_but_answers_the_rest(start):
         raise AssertionError("the server never recovered from the overload")
 
 
-async def test_ingest_is_shed_while_acknowledged_events_wait_too_long_for_the_engine(start):
+async def _engine_behind(s, events):
+    """The server has learnt how fast it applies events, then the engine is busy for half a second."""
     import time as clock
 
-    s = await start(max_apply_delay_ms=1.0)
-    events = [{"user_id": f"u{i}", "action": "view"} for i in range(200)]
-    for _ in range(5):  # the server learns how fast it applies events
+    for _ in range(5):
         assert (await s.acme.events(events)).status == 200
         await s.runtime.on_device(lambda: None)
-    stall = asyncio.ensure_future(s.runtime.on_device(clock.sleep, 0.5))  # the engine is busy
+    stall = asyncio.ensure_future(s.runtime.on_device(clock.sleep, 0.5))
     await asyncio.sleep(0.05)
     assert (await s.acme.events(events)).status == 200  # acknowledged: durable, applied later
+    return stall
+
+
+async def test_ingest_is_shed_while_acknowledged_events_wait_too_long_for_the_engine(start):
+    s = await start(max_apply_delay_ms=1.0, ingest_wait_ms=100)
+    events = [{"user_id": f"u{i}", "action": "view"} for i in range(200)]
+    stall = await _engine_behind(s, events)
+    started = time.monotonic()
     shed = await s.acme.events(events)
     assert shed.status == 503 and shed.body["error"]["code"] == "overloaded" and "Retry-After" in shed.headers
+    assert time.monotonic() - started >= 0.1  # it waited for room first
     await stall
     await s.runtime.on_device(lambda: None)
     assert (await s.acme.events(events)).status == 200
+
+
+async def test_ingest_waits_for_room_rather_than_bouncing_and_waiters_are_bounded(start):
+    s = await start(max_apply_delay_ms=1.0, ingest_wait_ms=5000, max_ingest_waiters=1)
+    events = [{"user_id": f"u{i}", "action": "view"} for i in range(200)]
+    stall = await _engine_behind(s, events)
+    started = time.monotonic()
+    waiting = asyncio.ensure_future(s.acme.events(events))
+    await asyncio.sleep(0.05)
+    bounced = await s.acme.events(events)  # the one waiter's place is taken: refused at once
+    assert bounced.status == 503 and time.monotonic() - started < 0.4
+    assert (await waiting).status == 200  # admitted once the engine caught up
+    assert stall.done() and time.monotonic() - started >= 0.3
 
 
 async def test_a_zero_engine_backlog_bound_disables_that_shedding(start):
