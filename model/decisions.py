@@ -30,7 +30,7 @@ def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Predi
     """Score with the engine; the Transformer (when loaded) predicts for users with a window, calibrated online
     to the tenant (its predictions are recorded to learn from once their horizon has passed)."""
     scores = engine.score(user_ids, now)
-    users = engine.windows.lookup(user_ids, create=False)
+    users = scores.users
     next_probs, p5, p60 = scores.next_probs, scores.purchase_5m, scores.purchase_60m
     by_model = np.zeros(len(user_ids), bool)
     if predictor is not None:

@@ -50,6 +50,7 @@ class Scores:
     purchase_60m: np.ndarray
     known: np.ndarray
     features: np.ndarray  # [B, d] the users' state now, as the learned predictions and the Transformer read it
+    users: np.ndarray  # dense indexes, -1 for unknown users
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,7 @@ class Engine:
             purchase_60m=self.combiners["purchase_60m"].predict(x),
             known=users >= 0,
             features=x,
+            users=users,
         )
 
     def current_features(self, users: np.ndarray, now_s: float, windows: "_Window | None" = None) -> np.ndarray:

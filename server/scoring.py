@@ -13,23 +13,31 @@ def result_rows(actions: tuple[str, ...], user_ids: list[str], p: Prediction, de
     """The ``POST /v1/score`` results. ``signal`` is the signal decided now, else the user's latest open one
     (decided at ingest, or at an earlier score): one truth per user. A withheld (holdout) decision shows as none."""
     names = [*actions, "session_end"]
-    probs = np.round(p.next_probs, 6)
+    rounded = np.round(p.next_probs, 6)
+    best = [names[i] for i in rounded.argmax(axis=1).tolist()]
+    if rounded.shape[1] > len(actions):  # the Transformer answered for some: the others have no 'session_end'
+        probs = [row if by_model else row[: len(actions)]
+                 for row, by_model in zip(rounded.tolist(), p.by_model.tolist())]
+    else:
+        probs = rounded.tolist()
+    predictors = ["transformer" if m else "markov" for m in p.by_model.tolist()]
     out = []
-    for i, uid in enumerate(user_ids):
-        row = probs[i] if p.by_model[i] else probs[i, : len(actions)]
-        d = decisions[i]
+    for uid, score, row, next_action, p5, p60, predictor, d, open_signal in zip(
+        user_ids, p.score.tolist(), probs, best, p.purchase_5m.tolist(), p.purchase_60m.tolist(), predictors,
+        decisions, shown,
+    ):
         out.append(
             {
                 "user_id": uid,
-                "score": float(p.score[i]),
+                "score": score,
                 "predicted": {
-                    "next_action": names[int(row.argmax())],
-                    "probs": dict(zip(names, row.tolist())),
-                    "purchase_5m": float(p.purchase_5m[i]),
-                    "purchase_60m": float(p.purchase_60m[i]),
-                    "predictor": "transformer" if p.by_model[i] else "markov",
+                    "next_action": next_action,
+                    "probs": dict(zip(names, row)),
+                    "purchase_5m": p5,
+                    "purchase_60m": p60,
+                    "predictor": predictor,
                 },
-                "signal": d.signal() if d is not None and not d.withheld else shown[i],
+                "signal": d.signal() if d is not None and not d.withheld else open_signal,
             }
         )
     return out
