@@ -29,7 +29,8 @@ class Prediction:
 def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Prediction:
     """Score with the engine; the Transformer (when loaded) predicts for users with a window, calibrated online
     to the tenant (its predictions are recorded to learn from once their horizon has passed)."""
-    scores = engine.score(user_ids, now)
+    # The Thompson draw only gates signals on ``min_score``: at 0 (the default) every draw passes, so none is made.
+    scores = engine.score(user_ids, now, draw=engine.config.min_score > 0)
     users = scores.users
     next_probs, p5, p60 = scores.next_probs, scores.purchase_5m, scores.purchase_60m
     by_model = np.zeros(len(user_ids), bool)

@@ -251,3 +251,15 @@ def test_ingest_decides_for_every_user_an_intent_could_fire_for(seed):
         fired_anywhere, picked_anywhere = fired_anywhere + len(fired), picked_anywhere + len(picked)
         recent_anywhere += len(recent)
     assert fired_anywhere > 20 and picked_anywhere < 0.8 * recent_anywhere  # intents fired; the gate left users out
+
+
+def test_signals_are_gated_on_a_thompson_draw_of_the_score_only_where_min_score_asks_for_it(monkeypatch):
+    drawn = []
+    for min_score in (0.0, 0.2):
+        engine = Engine(TenantConfig(min_score=min_score))
+        engine.apply(EventBatch.build(["u", "v"], [0, 0], [T0, T0 + 1]))
+        score = engine.score
+        monkeypatch.setattr(engine, "score", lambda *a, score=score, **kw: drawn.append(kw["draw"]) or score(*a, **kw))
+        p = predict(engine, None, ["u", "v"], T0 + 2)
+        assert np.array_equal(p.score_draw, p.score) == (min_score == 0)
+    assert drawn == [False, True]
