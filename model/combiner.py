@@ -215,7 +215,7 @@ class ExampleQueue:
             merged = {k: np.concatenate([c[k] for c in rows]) for k in _FIELDS}
         else:
             merged = self.pop_due(-np.inf)
-        state = {f"{prefix}.{k}": merged[k].copy() for k in _FIELDS}
+        state = {f"{prefix}.{k}": merged[k] for k in _FIELDS}  # fresh arrays (concatenated): no copy needed
         state[f"{prefix}.counters"] = np.array([self.stride, self.seen, sum(len(d["ts"]) for d in self._due)])
         state[f"{prefix}.updated_s"] = np.array(self.updated_s)
         return state

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -207,6 +208,18 @@ def test_engine_snapshot_keeps_the_catalog():
     assert restored.catalog.context("a") == {"category": "c", "item_id": "i2"}
     engine.erase_user("a")
     assert engine.catalog.context("a") == {}
+
+
+def test_a_catalog_snapshot_of_an_older_nudge_in_json_still_loads():
+    catalog = catalog_with_sessions()
+    old = json.dumps({"covisits": catalog.covisits, "popular": catalog.popular, "users": catalog.users})
+    restored = ItemCatalog(1800.0)
+    restored.load_state({"json": np.frombuffer(old.encode(), np.uint8)})
+    again = ItemCatalog(1800.0)
+    again.load_state(catalog.state_dict())
+    for c in (restored, again):
+        assert c.covisits == catalog.covisits and c.popular == catalog.popular and c.users == catalog.users
+        assert c.recommend("a", 3) == catalog.recommend("a", 3)
 
 
 def test_a_new_config_keeps_cooldowns_open_decisions_and_the_posteriors_of_kept_variants():
