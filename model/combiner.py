@@ -125,6 +125,21 @@ _FIELDS = ("user", "ts", "action", "x", "weight")
 _CHUNK_ROWS = 1024
 
 
+class Deferred:
+    """An array to be concatenated from parts that never change, when it is needed (a snapshot's writer thread)."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+
+    def __call__(self) -> np.ndarray:
+        return np.concatenate(self.parts)
+
+
+def resolve(state: dict) -> dict[str, np.ndarray]:
+    """``state`` with every :class:`Deferred` array made."""
+    return {k: v() if isinstance(v, Deferred) else v for k, v in state.items()}
+
+
 class ExampleQueue:
     """Feature rows waiting for their outcome; bounded by sampling.
 
@@ -208,14 +223,14 @@ class ExampleQueue:
         self.chunks = [{k: v[c["user"] != user] for k, v in c.items()} for c in self.chunks]
         self._due = [{k: v[d["user"] != user] for k, v in d.items()} for d in self._due]
 
-    def state_dict(self, prefix: str) -> dict[str, np.ndarray]:
+    def state_dict(self, prefix: str) -> dict[str, "np.ndarray | Deferred"]:
+        """The queue's state; its rows as :class:`Deferred` concatenations (its chunks are never changed in place,
+        only replaced, so holding them is a consistent capture, and the copying can wait for the writer)."""
         # Resolved rows waiting to be learned from go first: they are older than every pending one.
         rows = self._due + self.chunks
-        if rows:
-            merged = {k: np.concatenate([c[k] for c in rows]) for k in _FIELDS}
-        else:
-            merged = self.pop_due(-np.inf)
-        state = {f"{prefix}.{k}": merged[k] for k in _FIELDS}  # fresh arrays (concatenated): no copy needed
+        empty = self.pop_due(-np.inf) if not rows else None
+        state: dict[str, np.ndarray | Deferred] = {
+            f"{prefix}.{k}": Deferred([c[k] for c in rows]) if rows else empty[k] for k in _FIELDS}
         state[f"{prefix}.counters"] = np.array([self.stride, self.seen, sum(len(d["ts"]) for d in self._due)])
         state[f"{prefix}.updated_s"] = np.array(self.updated_s)
         return state

@@ -12,7 +12,7 @@ import kernels
 from ._rings import plan_ring_append
 from .attribution import Attribution, Resolved
 from .catalog import ItemCatalog
-from .combiner import ExampleQueue, OnlineLogit
+from .combiner import ExampleQueue, OnlineLogit, resolve
 from .config import TenantConfig
 from .contexts import OTHER_DEVICE, context_codes, context_parts, n_contexts
 from .events import EventBatch
@@ -501,6 +501,11 @@ class Engine:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Everything needed to restore this engine exactly, as NumPy arrays."""
+        return resolve(self.capture())
+
+    def capture(self) -> dict:
+        """:meth:`state_dict`, with its largest arrays :class:`~model.combiner.Deferred`: what a snapshot takes on
+        the device thread, leaving the copying to its writer."""
         state = {f"windows.{k}": v for k, v in self.windows.state_dict().items()}
         state.update({f"attribution.{k}": v for k, v in self.attribution.state_dict().items()})
         state.update({f"catalog.{k}": v for k, v in self.catalog.state_dict().items()})

@@ -1151,7 +1151,7 @@ class Runtime:
 
         async with state.snapshot_lock:
             engine_state, seq, cfg = await self.on_device(
-                lambda: (state.engine.state_dict(), state.engine.applied_seq, state.engine.config.engine_dict()),
+                lambda: (state.engine.capture(), state.engine.applied_seq, state.engine.config.engine_dict()),
                 lane=state.tenant.id,
             )
             await asyncio.get_running_loop().run_in_executor(None, write, engine_state, cfg)

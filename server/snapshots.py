@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.combiner import resolve
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"NUDGESNAP2\n"
@@ -52,14 +54,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_snapshot(path: Path, state: dict[str, np.ndarray], config: dict) -> None:
+def save_snapshot(path: Path, state: dict, config: dict) -> None:
     """Write a checksummed snapshot to a temporary file of its own, fsync it, rename it over the old one.
 
     Each call has its own temporary file, so two writers can never publish each other's half-written
     bytes; the last rename wins whole. Callers that need the newest state to win serialise their calls.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = dict(state)
+    arrays = resolve(state)  # what the capture left to assemble here, off the device thread
     arrays[_CONFIG_KEY] = np.frombuffer(json.dumps(config, sort_keys=True).encode(), dtype=np.uint8)
     payload = io.BytesIO()
     np.savez(payload, **arrays)

@@ -106,3 +106,33 @@ def test_remove_temporaries_leaves_snapshots(tmp_path):
     (tmp_path / "tenant-1.npz").write_bytes(b"whole")
     assert remove_temporaries(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["tenant-1.npz"]
+
+
+def test_an_engine_capture_written_later_holds_the_state_of_its_moment(tmp_path):
+    # The device thread only captures; the writer assembles the arrays later, while the engine goes on applying.
+    from model import Engine, EventBatch, TenantConfig
+    from model.combiner import Deferred
+
+    engine, rng, t = Engine(TenantConfig()), np.random.default_rng(5), 1.7e9
+    seq = 0
+
+    def apply(n):
+        nonlocal seq, t
+        t += 400.0  # past a tick: example queues resolve and drop rows
+        batch = EventBatch.build([f"u{x}" for x in rng.integers(0, 40, n)], rng.integers(0, 5, n),
+                                 np.sort(t + rng.uniform(0, 300, n)))
+        engine.apply(batch, np.arange(seq + 1, seq + 1 + n))
+        seq += n
+
+    for _ in range(12):
+        apply(300)
+    then = engine.state_dict()
+    captured = engine.capture()
+    assert any(isinstance(v, Deferred) for v in captured.values())
+    for _ in range(12):
+        apply(300)
+    save_snapshot(tmp_path / "tenant-1.npz", captured, {})
+    written, _ = load_snapshot(tmp_path / "tenant-1.npz")
+    assert set(written) == set(then)
+    for key, value in then.items():
+        np.testing.assert_array_equal(written[key], value, err_msg=key)
