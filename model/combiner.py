@@ -157,6 +157,8 @@ class ExampleQueue:
         self.stride = 1
         self.seen = 0
         self.updated_s = -np.inf
+        self.waiting_at_tick = 0  # rows waiting when the stride was last set
+        self.sampled_since_tick = 0  # rows the stride kept since then (before thinning)
 
     def __len__(self) -> int:
         return sum(len(c["ts"]) for c in self.chunks)
@@ -168,15 +170,25 @@ class ExampleQueue:
             self.stride *= 2
         elif waiting < self.capacity // 4 and self.stride > 1:
             self.stride //= 2
+        self.waiting_at_tick, self.sampled_since_tick = waiting, 0
 
     def push(self, user: np.ndarray, ts: np.ndarray, action: np.ndarray, x: np.ndarray) -> None:
         keep = (self.seen + np.arange(len(ts))) % self.stride == 0
         self.seen += len(ts)
+        # Between ticks the stride stays, so a flood would grow the queue without bound: past twice the capacity,
+        # each doubling of the rows sampled since the tick halves the share kept (levels by their count, so the
+        # choice still depends only on the order of events). The queue then grows by about ``capacity`` rows per
+        # doubling, and kept rows weigh what they stand for.
+        sampled = self.sampled_since_tick + np.cumsum(keep) - 1
+        self.sampled_since_tick += int(keep.sum())
+        level = np.floor(np.log2(np.maximum((self.waiting_at_tick + sampled) / self.capacity, 1.0))).astype(np.int64)
+        thin = 2 ** level
+        keep &= sampled % thin == 0
         if not keep.any():
             return
         chunk = {"user": user[keep].astype(np.int64), "ts": ts[keep].astype(np.float64),
                  "action": action[keep].astype(np.int32), "x": x[keep].astype(np.float32),
-                 "weight": np.full(int(keep.sum()), self.stride, np.float32)}
+                 "weight": (self.stride * thin[keep]).astype(np.float32)}
         # Small pushes join the last chunk, so chunks stay few without copying the whole queue.
         if self.chunks and len(self.chunks[-1]["ts"]) < _CHUNK_ROWS:
             last = self.chunks[-1]
@@ -231,13 +243,17 @@ class ExampleQueue:
         empty = self.pop_due(-np.inf) if not rows else None
         state: dict[str, np.ndarray | Deferred] = {
             f"{prefix}.{k}": Deferred([c[k] for c in rows]) if rows else empty[k] for k in _FIELDS}
-        state[f"{prefix}.counters"] = np.array([self.stride, self.seen, sum(len(d["ts"]) for d in self._due)])
+        state[f"{prefix}.counters"] = np.array([self.stride, self.seen, sum(len(d["ts"]) for d in self._due),
+                                                self.waiting_at_tick, self.sampled_since_tick])
         state[f"{prefix}.updated_s"] = np.array(self.updated_s)
         return state
 
     def load_state(self, state: dict[str, np.ndarray], prefix: str) -> None:
         rows = {k: state[f"{prefix}.{k}"].copy() for k in _FIELDS}
-        self.stride, self.seen, n_due = (int(v) for v in state[f"{prefix}.counters"])
+        counters = [int(v) for v in state[f"{prefix}.counters"]]
+        self.stride, self.seen, n_due = counters[:3]
+        # Snapshots of older nudges lack the counts since the tick: thinning starts from what waits.
+        self.waiting_at_tick, self.sampled_since_tick = counters[3:] if len(counters) == 5 else (len(rows["ts"]), 0)
         self.updated_s = float(state[f"{prefix}.updated_s"])
         due = {k: v[:n_due] for k, v in rows.items()}
         pending = {k: v[n_due:] for k, v in rows.items()}

@@ -104,6 +104,25 @@ def test_example_queue_samples_when_full_and_weights_what_it_keeps():
     assert due["weight"].sum() == pytest.approx(300, rel=0.2)  # weights stand for what was not kept
 
 
+@pytest.mark.parametrize("chunks", [1, 7, 300])
+def test_example_queue_stays_bounded_between_ticks_whatever_the_batching(chunks):
+    # A flood between two ticks (no adapt): 200,000 rows into a queue of capacity 1,000.
+    n, rng = 200_000, np.random.default_rng(1)
+    ts = T0 + np.arange(n) * 1e-3
+    x = rng.normal(size=(n, 2)).astype(np.float32)
+    queue = ExampleQueue(300.0, width=2, capacity=1000, min_batch=1)
+    for part in np.array_split(np.arange(n), chunks):
+        queue.push(part, ts[part], np.zeros(len(part)), x[part])
+    assert len(queue) < 2000 + 1000 * np.log2(n / 2000) + 100  # about capacity rows per doubling, past 2 x
+    due = queue.resolve(T0 + 1e6, T0 + 1e6)
+    assert due["weight"].sum() == pytest.approx(n, rel=0.02)  # what was thinned out is stood for
+    np.testing.assert_allclose(np.average(due["x"], axis=0, weights=due["weight"]), x.mean(axis=0), atol=0.08)
+    if chunks == 7:  # the same rows whatever the chunking
+        one = ExampleQueue(300.0, width=2, capacity=1000, min_batch=1)
+        one.push(np.arange(n), ts, np.zeros(n), x)
+        np.testing.assert_array_equal(one.resolve(T0 + 1e6, T0 + 1e6)["user"], due["user"])
+
+
 def test_session_item_features_count_revisits_items_and_purchases_in_the_latest_session():
     conv = A["purchase"]
     actions = np.array([[A["view"], A["view"], conv, A["view"], A["view"]]])
