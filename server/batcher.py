@@ -85,14 +85,18 @@ class MicroBatcher:
             if not fut.done():
                 fut.set_exception(RuntimeError("the server is shutting down"))
 
+    def check_delay(self) -> None:
+        """:class:`Overloaded` while the items already waiting would take longer than ``max_queue_delay_ms``
+        (cheap: callers check it before they read a request)."""
+        if self.max_queue_delay_ms and self.queued_items and self.items_per_s:
+            if 1000.0 * self.queued_items / self.items_per_s > self.max_queue_delay_ms:
+                raise Overloaded(self.queued_items, retry_after_s=1.0)
+
     async def submit(self, items: list[Any]) -> list[Any]:
         """Results for ``items`` in their order, once their batch has run."""
         if self.queued_items + len(items) > self.max_queue_items and self.queued_items:
             raise Overloaded(self.queued_items, retry_after_s=1.0)
-        if self.max_queue_delay_ms and self.queued_items and self.items_per_s:
-            expected_ms = 1000.0 * self.queued_items / self.items_per_s
-            if expected_ms > self.max_queue_delay_ms:
-                raise Overloaded(self.queued_items, retry_after_s=1.0)
+        self.check_delay()
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._last_arrival is not None:

@@ -215,6 +215,10 @@ def _overloaded(exc: Overloaded) -> ApiError:
 async def post_score(request: web.Request) -> web.Response:
     started = time.perf_counter()
     runtime, state = request.app[RUNTIME], request[TENANT]
+    try:
+        state.batcher.check_delay()  # before the body is read and parsed: under overload, refusals stay cheap
+    except Overloaded as exc:
+        raise _overloaded(exc) from None
     user_ids, explain, hints = parse_score_request(await _body(request), runtime.config.max_items_per_request)
     try:
         results = await runtime.score(state, user_ids, explain, hints)

@@ -375,6 +375,17 @@ async def test_ingest_waits_for_room_rather_than_bouncing_and_waiters_are_bounde
     assert stall.done() and time.monotonic() - started >= 0.3
 
 
+async def test_scoring_past_its_queue_bound_is_refused_before_the_body_is_read(start):
+    s = await start(max_queue_delay_ms=50.0)
+    state = next(iter(s.runtime.tenants.values()))
+    state.batcher.queued_items, state.batcher.items_per_s = 1000, 100.0  # ten seconds of scoring wait
+    refused = await s.acme.call("POST", "/v1/score", raw=b"\xc1 not msgpack", fmt=MSGPACK)
+    # 503, not 400: the malformed body was never read.
+    assert refused.status == 503 and refused.body["error"]["code"] == "overloaded" and "Retry-After" in refused.headers
+    state.batcher.queued_items = 0
+    assert (await s.acme.call("POST", "/v1/score", raw=b"\xc1 not msgpack", fmt=MSGPACK)).status == 400
+
+
 async def test_a_zero_engine_backlog_bound_disables_that_shedding(start):
     s = await start(max_apply_delay_ms=0)
     s.runtime.unapplied_events, s.runtime.apply_events_per_s = 10_000, 1.0  # ten thousand seconds behind
