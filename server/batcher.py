@@ -87,8 +87,9 @@ class MicroBatcher:
 
     def check_delay(self) -> None:
         """:class:`Overloaded` while the items already waiting would take longer than ``max_queue_delay_ms``
-        (cheap: callers check it before they read a request)."""
-        if self.max_queue_delay_ms and self.queued_items and self.items_per_s:
+        (cheap: callers check it before they read a request). What fits in the next batch is never refused: it
+        waits for one batch whatever the bound, and a slow model (a Transformer on a CPU) makes that batch long."""
+        if self.max_queue_delay_ms and self.queued_items > self.max_batch_size and self.items_per_s:
             if 1000.0 * self.queued_items / self.items_per_s > self.max_queue_delay_ms:
                 raise Overloaded(self.queued_items, retry_after_s=1.0)
 

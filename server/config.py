@@ -24,9 +24,9 @@ class ServerConfig:
     max_wait_ms : longest a scoring request waits for its batch to fill.
     max_queue_users : users waiting for scoring before new requests are shed with 503.
     max_queue_delay_ms : new scoring requests are shed with 503 while the users already waiting would take
-        longer than this to score (0 disables). 25 ms: with 100-user requests at 3 x the sustainable rate on the
-        2-core VM, the admitted p99 stayed at 2.3 x the nominal one (200 ms gave 11.8 x), and 2 of 3,470
-        requests at the sustainable rate were refused (docs/benchmarks.md).
+        longer than this to score (0 disables); what fits in the next batch is never refused. 25 ms: with 100-user
+        requests at 3 x the sustainable rate on the 2-core VM, the admitted p99 stayed at 3.3 x the nominal one
+        (200 ms gave 11.8 x), with no refusal at the sustainable rate (docs/benchmarks.md).
     rate_limit_per_s, rate_limit_burst : per-tenant token bucket (0 disables).
     snapshot_interval_s : how often engine snapshots are written.
     max_commit_events : most events in one group commit.

@@ -378,7 +378,7 @@ async def test_ingest_waits_for_room_rather_than_bouncing_and_waiters_are_bounde
 async def test_scoring_past_its_queue_bound_is_refused_before_the_body_is_read(start):
     s = await start(max_queue_delay_ms=50.0)
     state = next(iter(s.runtime.tenants.values()))
-    state.batcher.queued_items, state.batcher.items_per_s = 1000, 100.0  # ten seconds of scoring wait
+    state.batcher.queued_items, state.batcher.items_per_s = 5000, 100.0  # five batches, fifty seconds of wait
     refused = await s.acme.call("POST", "/v1/score", raw=b"\xc1 not msgpack", fmt=MSGPACK)
     # 503, not 400: the malformed body was never read.
     assert refused.status == 503 and refused.body["error"]["code"] == "overloaded" and "Retry-After" in refused.headers
