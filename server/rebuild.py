@@ -20,6 +20,7 @@ from .storage import Store
 
 # Logs shorter than this replay in the serving process (milliseconds): a child's start costs more.
 CHILD_PROCESS_EVENTS = 50_000
+MAX_PASSES = 4
 
 
 def replay(engine: Engine, log: EventLog, tenant_id: int) -> int:
@@ -32,13 +33,16 @@ def replay(engine: Engine, log: EventLog, tenant_id: int) -> int:
 
 def replay_state(data_dir: str, tenant_id: int, config: dict[str, Any], settle_events: int) -> dict[str, np.ndarray]:
     """The state of an engine under ``config`` that has applied the tenant's whole log (in the child), read again
-    until a pass finds fewer than ``settle_events`` new events: the events the tenant sends meanwhile are caught
-    up here too, on the child's core, leaving the server a short remainder."""
+    until a pass finds fewer than ``settle_events`` new events, or for ``MAX_PASSES`` passes: the events the
+    tenant sends meanwhile are caught up here too, on the child's core. A tenant that sends as fast as a replay
+    reads would keep the child reading for ever; the server catches up the rest, holding that tenant's ingest
+    back while it is far behind."""
     store = Store(Path(data_dir))
     try:
         engine = Engine(TenantConfig.from_dict(config), backend="numpy")
-        while replay(engine, store, tenant_id) >= settle_events:
-            pass
+        for _ in range(MAX_PASSES):
+            if replay(engine, store, tenant_id) < settle_events:
+                break
         return engine.state_dict()
     finally:
         store.close()

@@ -84,6 +84,9 @@ _APPLY_CHUNK = 2_000
 # A rebuilt engine is swapped in (on the device thread, which replays what is left) once a catch-up round on the
 # rebuild thread found at most this many new events: a swap costs the device thread milliseconds.
 _REBUILD_SWAP_EVENTS = 2_000
+# While a rebuilt engine is caught up, its tenant's ingest waits (then 503) whenever the log is this far ahead of
+# it: a tenant sending as fast as a replay applies would otherwise keep its config change from ever finishing.
+_REBUILD_MAX_LAG_EVENTS = 50_000
 
 
 @dataclass
@@ -104,6 +107,8 @@ class TenantState:
     # read their events before the erasure deleted them), to forget again in the new engine before it serves.
     rebuild_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     erased_while_rebuilding: set[str] | None = None
+    logged_seq: int = 0  # the log position of the tenant's last committed event
+    catching_up: Engine | None = None  # a rebuilt engine being caught up with the log, before its swap
 
     @property
     def config(self) -> TenantConfig:
@@ -435,6 +440,9 @@ class Runtime:
         a backlog there is latency for every scoring request, so it is bounded in time.
         """
         self.shares.seen(state.tenant.id)
+        behind = state.catching_up
+        if behind is not None and state.logged_seq - behind.applied_seq > _REBUILD_MAX_LAG_EVENTS:
+            raise Overloaded(state.logged_seq - behind.applied_seq, retry_after_s=1.0)
         if self.unapplied_events and self.apply_events_per_s and self.config.max_apply_delay_ms:
             backlog_ms = 1000.0 * self.unapplied_events / self.apply_events_per_s
             if backlog_ms > self.config.max_apply_delay_ms:
@@ -574,6 +582,7 @@ class Runtime:
             self.metrics.events_ingested.labels(name).inc(accepted)
             self.metrics.events_duplicate.labels(name).inc(duplicates)
             if accepted:
+                p.state.logged_seq = max(p.state.logged_seq, int(result.seqs[-1]))
                 update = updates.setdefault(id(p.state), (p.state, p.config, [], []))
                 update[2].append(p.batch.take(result.accepted))
                 update[3].append(result.seqs)
@@ -836,18 +845,22 @@ class Runtime:
                 started = time.monotonic()
                 engine, caught_up = await self._engine_from_log(state.tenant, config)
                 replayed, rounds = time.monotonic(), 0
-                # What was committed during the replay; each round is shorter than the one before it.
+                # What was committed during the replay. The tenant's ingest is held back while the log is far
+                # ahead (check_ingest_backlog), so the rounds shorten even under its flood.
+                state.catching_up = engine
                 while caught_up > _REBUILD_SWAP_EVENTS:
                     rounds += 1
                     caught_up = await loop.run_in_executor(
                         self._rebuild_thread, self._replay_into, engine, state.tenant, self._rebuild_reader)
+                    self._made_room()
                 caught = time.monotonic()
                 await self.on_device(self._swap_engine, state, engine, config, lane=state.tenant.id)
                 log.info("tenant %s: engine rebuilt from its log in %.2f s, caught up in %d more rounds in %.2f s, "
                          "swapped in after %.3f s", state.tenant.name, replayed - started, rounds, caught - replayed,
                          time.monotonic() - caught)
             finally:
-                state.erased_while_rebuilding = None
+                state.erased_while_rebuilding = state.catching_up = None
+                self._made_room()
 
     async def _engine_from_log(self, tenant: Tenant, config: TenantConfig) -> tuple[Engine, int]:
         """A new engine under ``config`` with the tenant's log applied, and how many events that was: a large

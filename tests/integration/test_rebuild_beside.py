@@ -134,3 +134,58 @@ async def test_a_large_log_is_replayed_in_a_child_process_to_the_same_state_as_h
         np.testing.assert_array_equal(served[key], replayed[key], err_msg=key)
     late = await s.acme.call("GET", "/v1/users/a5")
     assert late.status == 200 and len(late.body["recent_actions"]) == 10
+
+
+async def test_a_tenant_far_ahead_of_its_rebuild_is_held_back_and_its_change_finishes(start, monkeypatch):
+    """While its rebuilt engine is caught up, a tenant whose log runs more than _REBUILD_MAX_LAG_EVENTS ahead of
+    it gets 503: otherwise a tenant sending as fast as a replay applies would never see its change finish.
+    Other tenants are not held back."""
+    from server import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "_REBUILD_MAX_LAG_EVENTS", 10)
+    monkeypatch.setattr(runtime_module, "_REBUILD_SWAP_EVENTS", 0)
+    s = await start(ingest_wait_ms=0)
+    acme, globex = s.acme, s.globex
+    assert (await acme.events([view(f"a{i}") for i in range(100)])).status == 200
+    state = next(st for st in s.runtime.tenants.values() if st.tenant.name == "acme")
+    entered, release, calls = threading.Event(), threading.Event(), []
+    replay = s.runtime._replay_into
+
+    def second_replay_held(engine, tenant, reader=None):
+        if threading.current_thread().name.startswith("nudge-rebuild"):
+            calls.append(1)
+            if len(calls) == 2:  # the first catch-up round, after the rebuild's own replay
+                entered.set()
+                assert release.wait(HELD_S)
+        return replay(engine, tenant, reader)
+
+    monkeypatch.setattr(s.runtime, "_replay_into", second_replay_held)
+    change = asyncio.ensure_future(acme.call("PUT", "/v1/config", {"window_size": 16}))
+    for _ in range(HELD_S * 20):
+        if entered.is_set():
+            break
+        await asyncio.sleep(0.05)
+    assert state.catching_up is not None
+    assert (await acme.events([view(f"b{i}") for i in range(20)])).status == 200  # 0 ahead when it came
+    held = await acme.events([view("c")])  # 20 ahead of the rebuilt engine now: more than 10
+    assert held.status == 503 and held.body["error"]["code"] == "overloaded" and "Retry-After" in held.headers
+    assert (await globex.events([view("g")])).status == 200
+    release.set()
+    assert (await asyncio.wait_for(change, HELD_S)).status == 200
+    assert state.catching_up is None
+    assert (await acme.events([view("c")])).status == 200
+    assert state.engine.config.window_size == 16 and "b19" in state.engine.windows.index
+
+
+def test_the_rebuild_child_stops_reading_after_its_passes_when_the_log_keeps_growing(tmp_path, monkeypatch):
+    # A tenant flooding as fast as a replay applies: every pass finds as many new events as the last. The child
+    # hands over after MAX_PASSES (the server then catches up, holding that tenant back).
+    from model import TenantConfig
+    from server import rebuild
+    from server.storage import Store
+
+    Store(tmp_path).close()
+    passes = []
+    monkeypatch.setattr(rebuild, "replay", lambda engine, log, tenant_id: passes.append(1) or 10_000)
+    state = rebuild.replay_state(str(tmp_path), 1, TenantConfig().to_dict(), settle_events=2_000)
+    assert len(passes) == rebuild.MAX_PASSES and "scalars" in state
