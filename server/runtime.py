@@ -109,6 +109,7 @@ class TenantState:
     erased_while_rebuilding: set[str] | None = None
     logged_seq: int = 0  # the log position of the tenant's last committed event
     catching_up: Engine | None = None  # a rebuilt engine being caught up with the log, before its swap
+    catch_up_lag: int = 0  # while catching_up: how far the log may run ahead of it before ingest is held back
 
     @property
     def config(self) -> TenantConfig:
@@ -441,7 +442,7 @@ class Runtime:
         """
         self.shares.seen(state.tenant.id)
         behind = state.catching_up
-        if behind is not None and state.logged_seq - behind.applied_seq > _REBUILD_MAX_LAG_EVENTS:
+        if behind is not None and state.logged_seq - behind.applied_seq > state.catch_up_lag:
             raise Overloaded(state.logged_seq - behind.applied_seq, retry_after_s=1.0)
         if self.unapplied_events and self.apply_events_per_s and self.config.max_apply_delay_ms:
             backlog_ms = 1000.0 * self.unapplied_events / self.apply_events_per_s
@@ -847,12 +848,15 @@ class Runtime:
                 replayed, rounds = time.monotonic(), 0
                 # What was committed during the replay. The tenant's ingest is held back while the log is far
                 # ahead (check_ingest_backlog), so the rounds shorten even under its flood.
-                state.catching_up = engine
+                state.catching_up, state.catch_up_lag = engine, _REBUILD_MAX_LAG_EVENTS
                 while caught_up > _REBUILD_SWAP_EVENTS:
                     rounds += 1
                     caught_up = await loop.run_in_executor(
                         self._rebuild_thread, self._replay_into, engine, state.tenant, self._rebuild_reader)
                     self._made_room()
+                # The swap replays the rest on the device thread, which every tenant shares, after the tenant's
+                # queued work: its ingest is held back meanwhile, so that rest stays short.
+                state.catch_up_lag = _REBUILD_SWAP_EVENTS
                 caught = time.monotonic()
                 await self.on_device(self._swap_engine, state, engine, config, lane=state.tenant.id)
                 log.info("tenant %s: engine rebuilt from its log in %.2f s, caught up in %d more rounds in %.2f s, "

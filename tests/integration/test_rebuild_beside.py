@@ -189,3 +189,31 @@ def test_the_rebuild_child_stops_reading_after_its_passes_when_the_log_keeps_gro
     monkeypatch.setattr(rebuild, "replay", lambda engine, log, tenant_id: passes.append(1) or 10_000)
     state = rebuild.replay_state(str(tmp_path), 1, TenantConfig().to_dict(), settle_events=2_000)
     assert len(passes) == rebuild.MAX_PASSES and "scalars" in state
+
+
+async def test_while_the_swap_waits_for_its_turn_the_changing_tenant_cannot_pile_up_a_replay(start, monkeypatch):
+    """The swap's last replay runs on the device thread that every tenant shares, after the tenant's queued work:
+    while it waits, the tenant's ingest is held back once the log is _REBUILD_SWAP_EVENTS ahead."""
+    from server import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "_REBUILD_SWAP_EVENTS", 0)
+    s = await start(ingest_wait_ms=0)
+    acme, globex = s.acme, s.globex
+    assert (await acme.events([view(f"a{i}") for i in range(100)])).status == 200
+    state = next(st for st in s.runtime.tenants.values() if st.tenant.name == "acme")
+    busy = asyncio.ensure_future(s.runtime.on_device(time.sleep, 1.5, lane=state.tenant.id))  # the lane's work
+    await asyncio.sleep(0.05)
+    change = asyncio.ensure_future(acme.call("PUT", "/v1/config", {"window_size": 16}))
+    for _ in range(HELD_S * 20):
+        if state.catching_up is not None and state.catch_up_lag == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert not busy.done(), "the swap should still be waiting behind the lane's work"
+    assert (await acme.events([view("b")])).status == 200  # the log was not ahead yet
+    held = await acme.events([view("c")])
+    assert held.status == 503 and held.body["error"]["code"] == "overloaded"
+    assert (await globex.events([view("g")])).status == 200
+    assert (await asyncio.wait_for(change, HELD_S)).status == 200
+    await busy
+    assert state.catching_up is None and "b" in state.engine.windows.index
+    assert (await acme.events([view("c")])).status == 200
