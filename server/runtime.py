@@ -442,8 +442,11 @@ class Runtime:
         """
         self.shares.seen(state.tenant.id)
         behind = state.catching_up
-        if behind is not None and state.logged_seq - behind.applied_seq > state.catch_up_lag:
-            raise Overloaded(state.logged_seq - behind.applied_seq, retry_after_s=1.0)
+        if behind is not None:
+            # Events waiting for their commit will be in the log too.
+            ahead = state.logged_seq - behind.applied_seq + self.shares.pending.get(state.tenant.id, 0)
+            if ahead > state.catch_up_lag:
+                raise Overloaded(ahead, retry_after_s=1.0)
         if self.unapplied_events and self.apply_events_per_s and self.config.max_apply_delay_ms:
             backlog_ms = 1000.0 * self.unapplied_events / self.apply_events_per_s
             if backlog_ms > self.config.max_apply_delay_ms:
@@ -835,7 +838,6 @@ class Runtime:
         is swapped in on the device thread after a last catch-up there: other tenants' scores and updates wait
         for that last step only. Ten quick changes make one or two rebuilds, not ten.
         """
-        loop = asyncio.get_running_loop()
         async with state.rebuild_lock:
             config = state.tenant.config
             if config.engine_dict() == state.engine.config.engine_dict():
@@ -845,18 +847,16 @@ class Runtime:
             try:
                 started = time.monotonic()
                 engine, caught_up = await self._engine_from_log(state.tenant, config)
-                replayed, rounds = time.monotonic(), 0
+                replayed = time.monotonic()
                 # What was committed during the replay. The tenant's ingest is held back while the log is far
                 # ahead (check_ingest_backlog), so the rounds shorten even under its flood.
                 state.catching_up, state.catch_up_lag = engine, _REBUILD_MAX_LAG_EVENTS
-                while caught_up > _REBUILD_SWAP_EVENTS:
-                    rounds += 1
-                    caught_up = await loop.run_in_executor(
-                        self._rebuild_thread, self._replay_into, engine, state.tenant, self._rebuild_reader)
-                    self._made_room()
-                # The swap replays the rest on the device thread, which every tenant shares, after the tenant's
-                # queued work: its ingest is held back meanwhile, so that rest stays short.
+                rounds = await self._catch_up(state, engine, caught_up, drain_pending=False)
+                # Then the swap replays the rest on the device thread, which every tenant shares, after the
+                # tenant's queued work. Before it, the tenant's ingest is held back to a short lead, its batches
+                # already admitted are committed, and those are caught up here.
                 state.catch_up_lag = _REBUILD_SWAP_EVENTS
+                rounds += await self._catch_up(state, engine, 0, drain_pending=True)
                 caught = time.monotonic()
                 last, swap_s = await self.on_device(self._swap_engine, state, engine, config, lane=state.tenant.id)
                 log.info("tenant %s: engine rebuilt from its log in %.2f s, caught up in %d more rounds in %.2f s, "
@@ -866,6 +866,24 @@ class Runtime:
             finally:
                 state.erased_while_rebuilding = state.catching_up = None
                 self._made_room()
+
+    async def _catch_up(self, state: TenantState, engine: Engine, behind: int, drain_pending: bool) -> int:
+        """Replay what was committed since ``engine`` last read (rebuild thread) until a round finds at most
+        _REBUILD_SWAP_EVENTS, and with ``drain_pending`` until none of the tenant's batches waits for its commit;
+        returns the rounds. Ingest is held back to ``state.catch_up_lag`` meanwhile, so the rounds shorten."""
+        rounds, loop = 0, asyncio.get_running_loop()
+
+        def pending() -> int:
+            return self.shares.pending.get(state.tenant.id, 0) if drain_pending else 0
+
+        while behind > _REBUILD_SWAP_EVENTS or pending() or (drain_pending and not rounds):
+            rounds += 1
+            behind = await loop.run_in_executor(
+                self._rebuild_thread, self._replay_into, engine, state.tenant, self._rebuild_reader)
+            self._made_room()
+            if behind <= _REBUILD_SWAP_EVENTS and pending():
+                await asyncio.sleep(0.01)  # its admitted batches are being committed
+        return rounds
 
     async def _engine_from_log(self, tenant: Tenant, config: TenantConfig) -> tuple[Engine, int]:
         """A new engine under ``config`` with the tenant's log applied, and how many events that was: a large

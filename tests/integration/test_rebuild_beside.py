@@ -217,3 +217,46 @@ async def test_while_the_swap_waits_for_its_turn_the_changing_tenant_cannot_pile
     await busy
     assert state.catching_up is None and "b" in state.engine.windows.index
     assert (await acme.events([view("c")])).status == 200
+
+
+async def test_batches_waiting_for_their_commit_count_as_ahead_of_a_rebuild(start, monkeypatch):
+    """Admitted batches not yet committed will be in the log: they count toward how far the tenant is ahead of
+    its rebuilt engine, and the swap waits for them to be committed and caught up."""
+    from server import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "_REBUILD_MAX_LAG_EVENTS", 10)
+    monkeypatch.setattr(runtime_module, "_REBUILD_SWAP_EVENTS", 0)
+    s = await start(ingest_wait_ms=0)
+    acme = s.acme
+    assert (await acme.events([view(f"a{i}") for i in range(100)])).status == 200
+    state = next(st for st in s.runtime.tenants.values() if st.tenant.name == "acme")
+    entered, release, calls = threading.Event(), threading.Event(), []
+    replay = s.runtime._replay_into
+
+    def second_replay_held(engine, tenant, reader=None):
+        if threading.current_thread().name.startswith("nudge-rebuild"):
+            calls.append(1)
+            if len(calls) == 2:
+                entered.set()
+                assert release.wait(HELD_S)
+        return replay(engine, tenant, reader)
+
+    monkeypatch.setattr(s.runtime, "_replay_into", second_replay_held)
+    change = asyncio.ensure_future(acme.call("PUT", "/v1/config", {"window_size": 16}))
+    for _ in range(HELD_S * 20):
+        if entered.is_set():
+            break
+        await asyncio.sleep(0.05)
+    commits_open, append = threading.Event(), s.runtime.store.append
+    monkeypatch.setattr(s.runtime.store, "append", lambda *a: commits_open.wait(HELD_S) and append(*a))
+    waiting = asyncio.ensure_future(acme.events([view(f"p{i}") for i in range(20)]))  # admitted, not committed
+    await asyncio.sleep(0.2)
+    try:
+        held = await asyncio.wait_for(acme.events([view("q")]), 5)  # admitted, it would wait behind the hold
+    finally:
+        commits_open.set()
+    assert held.status == 503 and held.body["error"]["code"] == "overloaded"
+    release.set()
+    assert (await waiting).status == 200
+    assert (await asyncio.wait_for(change, HELD_S)).status == 200
+    assert "p19" in state.engine.windows.index and state.engine.config.window_size == 16
