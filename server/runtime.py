@@ -79,8 +79,12 @@ HISTOGRAM_MAX_USERS = 10_000
 _HISTOGRAM_CHUNK = 2_500
 _SHARED_LANE = "shared"  # the device thread's lane for calls that belong to no tenant
 # Acknowledged events are applied in calls of at most this many events, so that another tenant's score waits for
-# one of them (tens of ms), not for a whole group commit (up to max_commit_events).
+# one of them (tens of ms), not for a whole group commit (up to max_commit_events). While other tenants are active,
+# in shorter calls: beside a flood of 1000-event batches, another tenant's score p99 went from 1.5 s to 0.7 s and
+# its refusals from 67 to 0 (bench --parts neighbours --config-changes 0); alone, a tenant keeps the longer calls,
+# which ingest 10-20 % faster.
 _APPLY_CHUNK = 2_000
+_APPLY_CHUNK_SHARED = 500
 # A rebuilt engine is swapped in (on the device thread, which replays what is left) once a catch-up round on the
 # rebuild thread found at most this many new events: a swap costs the device thread milliseconds.
 _REBUILD_SWAP_EVENTS = 2_000
@@ -599,9 +603,12 @@ class Runtime:
                 future.set_result(answer)
 
     def _apply_later(self, state: TenantState, batch: EventBatch, seqs: np.ndarray, config: TenantConfig) -> None:
-        """Queue the engine update of committed events in the tenant's lane, in calls of at most _APPLY_CHUNK."""
-        for start in range(0, len(batch), _APPLY_CHUNK):
-            part = slice(start, start + _APPLY_CHUNK)
+        """Queue the engine update of committed events in the tenant's lane, in calls of at most _APPLY_CHUNK, or
+        _APPLY_CHUNK_SHARED while other tenants are active: lanes take turns between calls, so the calls' length
+        is what another tenant's score may wait for."""
+        chunk = _APPLY_CHUNK_SHARED if self.shares.others_active(state.tenant.id) else _APPLY_CHUNK
+        for start in range(0, len(batch), chunk):
+            part = slice(start, start + chunk)
             self._apply_part(state, batch.take(part), seqs[part], config)
 
     def _apply_part(self, state: TenantState, batch: EventBatch, seqs: np.ndarray, config: TenantConfig) -> None:

@@ -120,3 +120,22 @@ async def test_when_the_loop_runs_late_the_tenant_with_most_requests_in_flight_i
     finally:
         release.set()
     assert [r.status for r in await asyncio.wait_for(asyncio.gather(*waiting), HELD_S)] == [200] * 6
+
+
+async def test_a_tenants_updates_run_in_shorter_calls_while_others_are_active(start, monkeypatch):
+    from server import runtime as runtime_module
+
+    s = await start(tenant_share=1.0)
+    acme = next(st for st in s.runtime.tenants.values() if st.tenant.name == "acme")
+    sizes = []
+    apply = acme.engine.apply_observed
+    monkeypatch.setattr(acme.engine, "apply_observed",
+                        lambda batch, seqs: sizes.append(len(batch)) or apply(batch, seqs))
+    assert (await s.acme.events(views("a", 3000))).status == 200  # alone
+    await s.runtime.on_device(lambda: None)
+    alone, sizes[:] = list(sizes), []
+    assert (await s.globex.events(views("g", 5))).status == 200  # globex is active now
+    assert (await s.acme.events(views("a", 3000))).status == 200
+    await s.runtime.on_device(lambda: None)
+    assert alone == [runtime_module._APPLY_CHUNK, 3000 - runtime_module._APPLY_CHUNK]
+    assert sizes == [runtime_module._APPLY_CHUNK_SHARED] * (3000 // runtime_module._APPLY_CHUNK_SHARED)
