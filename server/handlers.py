@@ -130,7 +130,7 @@ async def auth_middleware(request: web.Request, handler):
         raise _unauthorized("the API key is not valid")
     runtime = request.app[RUNTIME]
     shares = runtime.shares
-    shares.enter(state.tenant.id)  # this request counts among its tenant's, refused or not
+    shares.enter(state.tenant.id, request.content_length or 0)  # counted among its tenant's, refused or not
     try:
         if (request.method == "POST" and runtime.loop_lag.overloaded and request.path in _SHEDDABLE
                 and shares.sheds(state.tenant.id)):

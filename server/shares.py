@@ -34,28 +34,30 @@ class Shares:
         self.unapplied: dict[int, int] = {}
         self.in_flight: dict[int, int] = {}  # requests being handled, per tenant
         self._second = -1
-        self._arrivals: dict[int, int] = {}  # per tenant, requests that arrived in the current second
+        self._arrivals: dict[int, int] = {}  # per tenant, the cost of the requests that arrived in the current second
         self._last_second: dict[int, int] = {}  # and in the second before it
         self._last_seen: dict[int, float] = {}
 
-    def enter(self, tenant_id: int) -> None:
-        """A request of the tenant arrived; it is being handled until :meth:`leave`."""
+    def enter(self, tenant_id: int, body_bytes: int = 0) -> None:
+        """A request of the tenant arrived; it is being handled until :meth:`leave`. It costs 1, plus 1 per KiB of
+        its body: a flood of 1000-event batches weighs more than many single-user scores."""
         self.add(self.in_flight, tenant_id, 1)
         second = int(self.clock())
         if second != self._second:
             # Keep the last whole second's counts: the rates shedding compares.
             self._last_second = self._arrivals if second == self._second + 1 else {}
             self._arrivals, self._second = {}, second
-        self._arrivals[tenant_id] = self._arrivals.get(tenant_id, 0) + 1
+        self._arrivals[tenant_id] = self._arrivals.get(tenant_id, 0) + 1 + body_bytes // 1024
 
     def leave(self, tenant_id: int) -> None:
         self.add(self.in_flight, tenant_id, -1)
 
     def sheds(self, tenant_id: int) -> bool:
         """Whether this tenant's request goes while the server sheds load: the tenants sending more than an even
-        part of the requests (over the last whole second and this one) shed first; a tenant alone sheds as the
-        server does. Rates, not requests in flight: a tenant the overload slows down holds more in flight
-        without asking for more."""
+        part of the load (requests weighed by their bodies, over the last whole second and this one) shed first; a
+        tenant alone sheds as the server does. Rates, not requests in flight: a tenant the overload slows down
+        holds more in flight without asking for more. Weighed, not counted: a flood whose large requests are slowed
+        (ingest waits for room) would otherwise look lighter than a neighbour's many small scores."""
         rates: dict[int, int] = {}
         for counts in (self._last_second, self._arrivals):
             for tenant, n in counts.items():

@@ -80,3 +80,12 @@ def test_under_load_the_tenants_sending_more_than_an_even_part_of_the_requests_s
     shares.enter(2)
     assert shares.sheds(2)  # seconds later, alone again
     assert shares.in_flight == {1: 30, 2: 2}
+
+
+def test_requests_weigh_by_their_bodies_so_a_few_large_ones_outweigh_many_small_ones():
+    shares = Shares(0.5, Clock())
+    for _ in range(5):
+        shares.enter(1, body_bytes=70_000)  # 1000-event batches, slowed down by the overload
+    for _ in range(100):
+        shares.enter(2, body_bytes=60)  # single-user scores
+    assert shares.sheds(1) and not shares.sheds(2)  # 5 x 69 against 100 x 1
