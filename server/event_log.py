@@ -65,10 +65,7 @@ class EventLogStore:
         return Appended(accepted, seqs)
 
     def _insert_record(self, tenant_id: int, r: Record) -> None:
-        self.db.execute(
-            "INSERT INTO event_batches (first_seq, tenant_id, last_seq, n, min_ts, max_ts, users, columns) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (r.first_seq, tenant_id, r.last_seq, r.n, r.min_ts, r.max_ts, r.users, r.columns))
+        insert_record(self.db, tenant_id, r)
 
     def read_events(
         self, tenant_id: int, config: TenantConfig, after_seq: int = 0, chunk: int = 50_000
@@ -164,6 +161,13 @@ class EventLogStore:
                 self._insert_record(tenant_id, log_records.encode(batch.take(~theirs), seqs[~theirs], names))
             erased += int(theirs.sum())
         return erased
+
+
+def insert_record(db: sqlite3.Connection, tenant_id: int, r: Record) -> None:
+    db.execute(
+        "INSERT INTO event_batches (first_seq, tenant_id, last_seq, n, min_ts, max_ts, users, columns) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (r.first_seq, tenant_id, r.last_seq, r.n, r.min_ts, r.max_ts, r.users, r.columns))
 
 
 def logged_events(db: sqlite3.Connection) -> Iterator[tuple[int, str, str | None, str]]:

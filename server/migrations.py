@@ -200,6 +200,7 @@ def _columnar_event_log(db: sqlite3.Connection) -> None:
     from model.schema import LOG_COLUMNS
 
     from . import log_records
+    from .event_log import insert_record
 
     _statements(_COLUMNAR_LOG)(db)
     used = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
@@ -209,11 +210,7 @@ def _columnar_event_log(db: sqlite3.Connection) -> None:
     for (tenant_id,) in db.execute("SELECT DISTINCT tenant_id FROM events").fetchall():
         after = 0
         while rows := db.execute(select, (tenant_id, after, _MIGRATE_CHUNK)).fetchall():
-            batch, seqs, names = log_records.from_rows(rows)
-            r = log_records.encode(batch, seqs, names)
-            db.execute("INSERT INTO event_batches (first_seq, tenant_id, last_seq, n, min_ts, max_ts, users, columns) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (r.first_seq, tenant_id, r.last_seq, r.n, r.min_ts, r.max_ts, r.users, r.columns))
+            insert_record(db, tenant_id, log_records.encode(*log_records.from_rows(rows)))
             after = rows[-1][0]
     db.execute("INSERT INTO event_ids (tenant_id, event_id) SELECT tenant_id, event_id FROM events "
                "WHERE event_id IS NOT NULL")

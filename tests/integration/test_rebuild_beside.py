@@ -20,15 +20,17 @@ def view(uid, action="view", ago=30.0):
 class HeldRebuild:
     """Makes the replays on the rebuild thread wait until released; counts the engines swapped in."""
 
-    def __init__(self, runtime, monkeypatch):
+    def __init__(self, runtime, monkeypatch, from_replay: int = 1):
         self.entered, self.release = threading.Event(), threading.Event()
-        self.swaps = []
+        self.swaps, replays = [], []
         replay, swap = runtime._replay_into, runtime._swap_engine
 
         def held_replay(engine, tenant, reader=None):
             if threading.current_thread().name.startswith("nudge-rebuild"):
-                self.entered.set()
-                assert self.release.wait(HELD_S), "the test never released the rebuild"
+                replays.append(1)
+                if len(replays) >= from_replay:
+                    self.entered.set()
+                    assert self.release.wait(HELD_S), "the test never released the rebuild"
             return replay(engine, tenant, reader)
 
         def counted_swap(state, engine, config):
@@ -136,41 +138,34 @@ async def test_a_large_log_is_replayed_in_a_child_process_to_the_same_state_as_h
     assert late.status == 200 and len(late.body["recent_actions"]) == 10
 
 
-async def test_a_tenant_far_ahead_of_its_rebuild_is_held_back_and_its_change_finishes(start, monkeypatch):
-    """While its rebuilt engine is caught up, a tenant whose log runs more than _REBUILD_MAX_LAG_EVENTS ahead of
-    it gets 503: otherwise a tenant sending as fast as a replay applies would never see its change finish.
-    Other tenants are not held back."""
+async def _catching_up_held(start, monkeypatch):
+    """acme's config change held in its first catch-up round (after the rebuild's own replay), with acme allowed
+    10 events ahead of its rebuilt engine: (server, acme's state, the held rebuild, the change's answer)."""
     from server import runtime as runtime_module
 
     monkeypatch.setattr(runtime_module, "_REBUILD_MAX_LAG_EVENTS", 10)
     monkeypatch.setattr(runtime_module, "_REBUILD_SWAP_EVENTS", 0)
     s = await start(ingest_wait_ms=0)
-    acme, globex = s.acme, s.globex
-    assert (await acme.events([view(f"a{i}") for i in range(100)])).status == 200
+    assert (await s.acme.events([view(f"a{i}") for i in range(100)])).status == 200
     state = next(st for st in s.runtime.tenants.values() if st.tenant.name == "acme")
-    entered, release, calls = threading.Event(), threading.Event(), []
-    replay = s.runtime._replay_into
+    held = HeldRebuild(s.runtime, monkeypatch, from_replay=2)
+    change = asyncio.ensure_future(s.acme.call("PUT", "/v1/config", {"window_size": 16}))
+    await held.wait_entered()
+    return s, state, held, change
 
-    def second_replay_held(engine, tenant, reader=None):
-        if threading.current_thread().name.startswith("nudge-rebuild"):
-            calls.append(1)
-            if len(calls) == 2:  # the first catch-up round, after the rebuild's own replay
-                entered.set()
-                assert release.wait(HELD_S)
-        return replay(engine, tenant, reader)
 
-    monkeypatch.setattr(s.runtime, "_replay_into", second_replay_held)
-    change = asyncio.ensure_future(acme.call("PUT", "/v1/config", {"window_size": 16}))
-    for _ in range(HELD_S * 20):
-        if entered.is_set():
-            break
-        await asyncio.sleep(0.05)
+async def test_a_tenant_far_ahead_of_its_rebuild_is_held_back_and_its_change_finishes(start, monkeypatch):
+    """While its rebuilt engine is caught up, a tenant whose log runs more than _REBUILD_MAX_LAG_EVENTS ahead of
+    it gets 503: otherwise a tenant sending as fast as a replay applies would never see its change finish.
+    Other tenants are not held back."""
+    s, state, held_rebuild, change = await _catching_up_held(start, monkeypatch)
+    acme, globex = s.acme, s.globex
     assert state.catching_up is not None
     assert (await acme.events([view(f"b{i}") for i in range(20)])).status == 200  # 0 ahead when it came
     held = await acme.events([view("c")])  # 20 ahead of the rebuilt engine now: more than 10
     assert held.status == 503 and held.body["error"]["code"] == "overloaded" and "Retry-After" in held.headers
     assert (await globex.events([view("g")])).status == 200
-    release.set()
+    held_rebuild.release.set()
     assert (await asyncio.wait_for(change, HELD_S)).status == 200
     assert state.catching_up is None
     assert (await acme.events([view("c")])).status == 200
@@ -222,31 +217,8 @@ async def test_while_the_swap_waits_for_its_turn_the_changing_tenant_cannot_pile
 async def test_batches_waiting_for_their_commit_count_as_ahead_of_a_rebuild(start, monkeypatch):
     """Admitted batches not yet committed will be in the log: they count toward how far the tenant is ahead of
     its rebuilt engine, and the swap waits for them to be committed and caught up."""
-    from server import runtime as runtime_module
-
-    monkeypatch.setattr(runtime_module, "_REBUILD_MAX_LAG_EVENTS", 10)
-    monkeypatch.setattr(runtime_module, "_REBUILD_SWAP_EVENTS", 0)
-    s = await start(ingest_wait_ms=0)
+    s, state, held_rebuild, change = await _catching_up_held(start, monkeypatch)
     acme = s.acme
-    assert (await acme.events([view(f"a{i}") for i in range(100)])).status == 200
-    state = next(st for st in s.runtime.tenants.values() if st.tenant.name == "acme")
-    entered, release, calls = threading.Event(), threading.Event(), []
-    replay = s.runtime._replay_into
-
-    def second_replay_held(engine, tenant, reader=None):
-        if threading.current_thread().name.startswith("nudge-rebuild"):
-            calls.append(1)
-            if len(calls) == 2:
-                entered.set()
-                assert release.wait(HELD_S)
-        return replay(engine, tenant, reader)
-
-    monkeypatch.setattr(s.runtime, "_replay_into", second_replay_held)
-    change = asyncio.ensure_future(acme.call("PUT", "/v1/config", {"window_size": 16}))
-    for _ in range(HELD_S * 20):
-        if entered.is_set():
-            break
-        await asyncio.sleep(0.05)
     commits_open, append = threading.Event(), s.runtime.store.append
     monkeypatch.setattr(s.runtime.store, "append", lambda *a: commits_open.wait(HELD_S) and append(*a))
     waiting = asyncio.ensure_future(acme.events([view(f"p{i}") for i in range(20)]))  # admitted, not committed
@@ -256,7 +228,7 @@ async def test_batches_waiting_for_their_commit_count_as_ahead_of_a_rebuild(star
     finally:
         commits_open.set()
     assert held.status == 503 and held.body["error"]["code"] == "overloaded"
-    release.set()
+    held_rebuild.release.set()
     assert (await waiting).status == 200
     assert (await asyncio.wait_for(change, HELD_S)).status == 200
     assert "p19" in state.engine.windows.index and state.engine.config.window_size == 16
