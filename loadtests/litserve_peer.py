@@ -8,7 +8,7 @@ Each worker builds the engine nudge serves (``model.Engine`` under the default `
 and replays into it the ingest bodies in ``--preload`` (a msgpack list of the very bodies the benchmark sent to
 nudge), through nudge's own validation. ``POST /v1/score`` takes nudge's msgpack body ``{"users": [{"user_id":
 ...}]}`` and answers ``{"results": [...]}`` in msgpack: per user the engine's score and next-action prediction
-(``model.decisions.predict``, in ``server.scoring.result_rows``' shape), with no signal decision: less work than
+(``model.decisions.predict``, in ``core.score_rows.result_rows``' shape), with no signal decision: less work than
 nudge does, which decides signals and writes them to its log.
 
 LitServe batches requests, not users: ``batch`` joins the user lists of up to ``--max-batch-size`` requests that
@@ -80,7 +80,7 @@ class ScoreAPI(ls.LitAPI):
     def setup(self, device) -> None:
         from model import Engine, TenantConfig
         from model.decisions import predict
-        from server.scoring import result_rows
+        from core.score_rows import result_rows
         from server.validation import parse_events
 
         self._predict, self._rows = predict, result_rows

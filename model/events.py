@@ -1,11 +1,16 @@
 """A batch of validated events as columns, the unit the engine applies."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .contexts import OTHER_DEVICE
+
+if TYPE_CHECKING:
+    from .config import TenantConfig
 
 
 @dataclass(frozen=True)
@@ -88,3 +93,22 @@ class EventBatch:
             categories=objects(categories),
             queries=objects(queries),
         )
+
+
+class ConfigChanged(Exception):
+    """A batch validated under a config that was replaced before it committed uses what the new one lacks."""
+
+
+def recode_events(batch: EventBatch, old: TenantConfig, new: TenantConfig) -> EventBatch:
+    """``batch``, validated under ``old``, with its action and segment codes of ``new``; or :class:`ConfigChanged`."""
+    actions = {a: i for i, a in enumerate(new.actions)}
+    segments = {s: i + 1 for i, s in enumerate(new.segments)}
+    action_map = np.array([actions.get(a, -1) for a in old.actions], dtype=np.int32)
+    segment_map = np.array([0, *(segments.get(s, -1) for s in old.segments)], dtype=np.int16)
+    new_actions, new_segments = action_map[batch.actions], segment_map[batch.segment]
+    gone = sorted({old.actions[a] for a in batch.actions[new_actions < 0]})
+    gone += sorted({f"segment {old.segments[s - 1]}" for s in batch.segment[new_segments < 0]})
+    if gone:
+        raise ConfigChanged(f"the tenant's config changed while this batch was in flight and no longer has "
+                            f"{', '.join(map(repr, gone[:10]))}; nothing was accepted")
+    return dataclasses.replace(batch, actions=new_actions, segment=new_segments)

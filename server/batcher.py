@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +25,7 @@ class MicroBatcher:
 
     Parameters
     ----------
-    run_batch : called in ``executor`` with the concatenated items; returns one result per item.
-    executor : where batches run (one thread: the device worker).
+    run_batch : awaited with the concatenated items, one batch at a time; returns one result per item.
     max_batch_size : a batch closes once it holds this many items (one larger request runs alone).
     max_wait_ms : a batch closes this long after its first request arrived; a request that finds the batcher idle
         waits for company only while requests have recently come less than this far apart.
@@ -40,8 +38,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        run_batch: Callable[[list[Any]], Sequence[Any]],
-        executor: concurrent.futures.Executor,
+        run_batch: Callable[[list[Any]], Awaitable[Sequence[Any]]],
         *,
         max_batch_size: int,
         max_wait_ms: float,
@@ -50,7 +47,6 @@ class MicroBatcher:
         on_batch: Callable[[int], None] | None = None,
     ):
         self._run_batch = run_batch
-        self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
         self.max_queue_items = max_queue_items
@@ -153,13 +149,12 @@ class MicroBatcher:
                 raise
 
     async def _run(self, batch: list[tuple[list[Any], asyncio.Future]]) -> None:
-        loop = asyncio.get_running_loop()
         flat = [item for items, _ in batch for item in items]
         if self._on_batch:
             self._on_batch(len(flat))
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, flat)
+            results = await self._run_batch(flat)
             if len(flat) >= _RATE_SAMPLE_ITEMS:  # small batches say little about throughput
                 self._rate_samples += 1
                 rate = len(flat) / max(time.perf_counter() - started, 1e-6)
@@ -174,7 +169,7 @@ class MicroBatcher:
             # One bad request must not fail its neighbours: run each on its own to find it.
             for items, fut in batch:
                 try:
-                    _settle(fut, await loop.run_in_executor(self._executor, self._run_batch, items))
+                    _settle(fut, await self._run_batch(items))
                 except Exception as single_exc:
                     _settle(fut, exc=single_exc)
             return

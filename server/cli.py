@@ -44,7 +44,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import SERVER_KWARGS, create_app
 
     config = ServerConfig.load(
-        args.config, data_dir=args.data_dir, host=args.host, port=args.port, backend=args.backend
+        args.config, data_dir=args.data_dir, host=args.host, port=args.port, backend=args.backend,
+        workers=args.workers,
     )
     configure_logging(config.log_level.upper(), config.log_format)
     # What can fail is checked before the demo key is shown: a key printed for a server that never runs is lost.
@@ -354,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--backend", choices=("auto", "numpy", "triton", "cupy"), default=None)
+    serve.add_argument("--workers", type=int, default=None,
+                       help="worker processes that own the tenants' engines (0: a thread of the server's process)")
     serve.add_argument("--config", default=None, help="a TOML file of server settings")
     serve.set_defaults(run=_serve)
 

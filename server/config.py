@@ -18,6 +18,8 @@ class ServerConfig:
     data_dir : where the SQLite database and engine snapshots live.
     host, port : where to listen.
     backend : array backend: auto, numpy, triton or cupy.
+    workers : worker processes that own the tenants' engines (by tenant id), off the server's GIL; 0 runs the one
+        worker on a thread of the server's process.
     max_body_bytes : larger request bodies are refused with 413.
     max_items_per_request : most events or users in one request.
     max_batch_size : most users in one scoring batch.
@@ -72,6 +74,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     backend: str = "auto"
+    workers: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
     max_items_per_request: int = 10_000
     max_batch_size: int = 1024
@@ -130,7 +133,7 @@ class ServerConfig:
             "webhook_test_interval_s", "max_users_per_tenant",
         )
         problems += [f"{n} must be > 0, got {getattr(self, n)}" for n in positive if not getattr(self, n) > 0]
-        non_negative = ("max_wait_ms", "rate_limit_per_s", "rate_limit_burst", "max_loop_lag_ms", "max_queue_delay_ms",
+        non_negative = ("workers", "max_wait_ms", "rate_limit_per_s", "rate_limit_burst", "max_loop_lag_ms", "max_queue_delay_ms",
                         "max_apply_delay_ms", "ingest_wait_ms", "max_ingest_waiters")
         problems += [f"{n} must be >= 0, got {getattr(self, n)}" for n in non_negative if getattr(self, n) < 0]
         if not 0 < self.tenant_share <= 1:

@@ -14,8 +14,10 @@ from math import ceil
 from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from core import NotOpen
+from core.commands import Weights
 from model import ConfigError, TenantConfig
-from model.report import weights_report
+from model.events import ConfigChanged
 
 from .batcher import Overloaded
 from .codecs import decode, inflate, request_format, respond
@@ -29,7 +31,6 @@ from .runtime import NotReady, SubscriptionLimit, TenantUnavailable
 from .shares import OverShare
 from .storage import ConfigConflict
 from .validation import (
-    ConfigChanged,
     encode_cursor,
     parse_events,
     parse_feedback,
@@ -40,6 +41,7 @@ from .validation import (
     user_id_problem,
 )
 from .webhook_urls import UrlRefused, check_webhook_url
+from .worker_process import WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,10 @@ async def error_middleware(request: web.Request, handler):
         response = web.Response(status=_CLIENT_CLOSED)
     except ApiError as exc:
         response = respond(request, exc.body(), exc.status, exc.headers)
+    except (WorkerLost, NotOpen):
+        err = ApiError(503, "worker_restarting", "the worker serving this tenant is being restarted and recovers it "
+                       "from the log; retry shortly", headers={"Retry-After": "1"})
+        response = respond(request, err.body(), 503, err.headers)
     except web.HTTPException as exc:
         code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
         message = {
@@ -332,7 +338,7 @@ async def get_signals(request: web.Request) -> web.Response:
 
 async def get_weights(request: web.Request) -> web.Response:
     state = request[TENANT]
-    report = await request.app[RUNTIME].on_device(lambda: weights_report(state.engine), lane=state.tenant.id)
+    report = await request.app[RUNTIME].command(Weights(state.tenant.id))
     return respond(request, report)
 
 

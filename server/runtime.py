@@ -1,9 +1,9 @@
 """The long-lived parts of a running server, with no HTTP in them.
 
-Threads: one owns the SQLite writer connection (every database call runs there, in order), one is
-the device worker (every engine update and scoring batch runs there, in order). Because an
-engine update is queued on the device worker as soon as its group commit returns, and before the
-request is acknowledged, a score requested after an acknowledged ingest always sees its events.
+Threads: one owns the SQLite writer connection (every database call runs there, in order); the host runs the
+worker (``core``: every tenant's engine, policy and predictor) on the device thread, where commands run in order per
+tenant. Because an engine update is sent to the worker as soon as its group commit returns, and before the request
+is acknowledged, a score requested after an acknowledged ingest always sees its events.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import concurrent.futures
 import functools
-import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,16 +19,14 @@ from typing import Any, Callable
 import numpy as np
 
 import kernels
+from core import Outcome, Shard, ThreadHost, Worker
+from core import commands as cmd
 from model import Engine, EventBatch, TenantConfig
-from model.engine import Observed
-from model.contexts import describe_context
-from model.decisions import decide, newly_idle, predict, worth_deciding
-from model.signals import SignalPolicy
+from model.events import ConfigChanged, recode_events
 
 from .activity import Activity
 from . import rebuild
 from .batcher import MicroBatcher, Overloaded
-from .fair_thread import FairThread
 from .shares import Shares
 from .config import ServerConfig
 from .delivery import Deliveries, DeliverySettings
@@ -37,23 +34,14 @@ from .metrics import Metrics
 from .models import HISTORY_LIMIT, ModelRejected, ModelSlot, ModelUnavailable, file_stamp, load_candidate, model_path
 from .overload import LoopLag
 from .ratelimit import TokenBucket
-from .scoring import result_rows
 from .signal_writer import SignalWriter
-from .snapshots import (
-    SnapshotUnreadable,
-    clear_journal,
-    journal_erasure,
-    load_snapshot,
-    read_journal,
-    remove_temporaries,
-    save_snapshot,
-    set_aside,
-    snapshot_path,
-)
+from .snapshots import clear_journal, journal_erasure, remove_temporaries, save_snapshot, snapshot_path
 from .stats import signal_stats_report
 from .ports import EventLog, Storage
 from .storage import Store, Tenant, hash_key
-from .validation import ConfigChanged, Cursor, recode_events
+from .validation import Cursor
+from .worker_process import ProcessHost
+from .worker_runner import Close, Recover, Recovered, Runner, SwapIn, Sync
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +84,20 @@ _REBUILD_MAX_LAG_EVENTS = 50_000
 @dataclass
 class TenantState:
     tenant: Tenant
-    engine: Engine
     batcher: MicroBatcher
     bucket: TokenBucket
     model: ModelSlot
-    policy: SignalPolicy
+    shard: Shard | None  # the tenant's state in the worker, where it runs in this process: for tests and tools
+    engine_config: TenantConfig  # the config the worker's engine serves under (the stored one, once caught up)
+    applied_seq: int = 0  # the log position the worker's engine has applied, as its last reply said
+    users: int = 0  # the users the worker's engine knows, as its last reply said
     snapshot_seq: int = 0
     # Held while a snapshot is captured and written, and through an erasure: snapshots are written in
     # the order their states were captured, and none captured before an erasure lands after it.
     snapshot_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     erased_since_snapshot: bool = False
     activity: Activity = field(default_factory=Activity)
-    # One engine rebuild at a time per tenant; while one runs, the users erased meanwhile (the replay may have
-    # read their events before the erasure deleted them), to forget again in the new engine before it serves.
-    rebuild_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    erased_while_rebuilding: set[str] | None = None
+    rebuild_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one engine rebuild at a time per tenant
     logged_seq: int = 0  # the log position of the tenant's last committed event
     catching_up: Engine | None = None  # a rebuilt engine being caught up with the log, before its swap
     catch_up_lag: int = 0  # while catching_up: how far the log may run ahead of it before ingest is held back
@@ -119,6 +106,13 @@ class TenantState:
     def config(self) -> TenantConfig:
         """The stored config: what new requests are validated against (the engine catches up in order)."""
         return self.tenant.config
+
+    @property
+    def engine(self) -> Engine:
+        """The worker's live engine (tests and tools: only the device thread may touch it while serving)."""
+        if self.shard is None:
+            raise RuntimeError("the tenant's engine lives in a worker process (workers >= 1)")
+        return self.shard.engine
 
 
 @dataclass
@@ -168,14 +162,17 @@ class Runtime:
         self.backend = kernels.resolve_backend(config.backend)
         metrics.backend.labels(self.backend).set(1)
         self._storage_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-storage")
-        # Every engine runs here (one thread drives the device), each tenant in a lane of its own: see FairThread.
-        self._device = FairThread("nudge-device")
+        # Every engine runs in a worker, on one thread (it drives the device), each tenant in a lane of its own: on
+        # a thread of this process, or in worker processes (started in start()) that own tenants by id.
+        self.worker: Worker | None = None if config.workers else Worker(self.backend)
+        self.host: ThreadHost | ProcessHost | None = (
+            None if config.workers else ThreadHost(Runner(self.worker, config.data_dir), self._write_signals))
+        self._labels: dict[int, str] = {}  # tenant id -> its label in the metrics (for the signal writer)
         # Config changes rebuild a tenant's engine from its log here, beside the live engine, so the device
         # thread (every tenant's scores and updates) never waits for a replay.
         self._rebuild_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-rebuild")
         # Storage is reached through its port; Store (SQLite) is the adapter opened in start().
         self.store: Storage | None = None
-        self._reader: Storage | None = None  # used only on the device thread, for replays
         self._rebuild_reader: Storage | None = None  # used only on the rebuild thread
         self._rebuild_child: concurrent.futures.ProcessPoolExecutor | None = None  # started on the first large rebuild
         self.tenants: dict[int, TenantState] = {}
@@ -207,19 +204,34 @@ class Runtime:
         return await asyncio.get_running_loop().run_in_executor(self._storage_thread, fn, *args)
 
     async def on_device(self, fn: Callable, *args: Any, lane: int | None = None) -> Any:
-        """``fn(*args)`` on the device thread: in ``lane`` (a tenant id) after that tenant's calls queued before it,
-        or, without a lane, after every call queued before it."""
+        """``fn(*args)`` on the device thread: in ``lane`` (a tenant id) after that tenant's commands sent before it,
+        or, without a lane, after every command sent before it (tests and tools: the worker runs in this process)."""
+        if not isinstance(self.host, ThreadHost):
+            raise RuntimeError("the workers run in processes of their own (workers >= 1): no device thread here")
         if lane is None:
-            await asyncio.wrap_future(self._device.barrier())
+            await asyncio.wrap_future(self.host.barrier())
             lane = _SHARED_LANE
-        return await asyncio.wrap_future(self._device.submit(lane, fn, *args))
+        return await asyncio.wrap_future(self.host.call(lane, fn, *args))
+
+    async def command(self, command: cmd.Command) -> Any:
+        """Send ``command`` to the worker; its result once the signals it decided are durable."""
+        outcome: Outcome = await asyncio.wrap_future(self.host.send(command))
+        if outcome.written is not None:
+            await asyncio.wrap_future(outcome.written)
+        return outcome.result
+
+    def _write_signals(self, tenant_id: int, decisions: list, resolutions: list) -> concurrent.futures.Future | None:
+        """The host's sink: what a command decided, to the signal writer (device thread)."""
+        return self.signal_writer.submit((tenant_id, self._labels[tenant_id]), decisions, resolutions)
 
     # ---- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         data_dir = self.config.data_dir
+        if self.host is None:
+            self.host = ProcessHost(self.config.workers, data_dir, self.backend, self._write_signals,
+                                    lambda index: self._on_loop(self._worker_restarted, index))
         self.store = await self.on_storage(Store, data_dir)
-        self._reader = await self.on_device(Store, data_dir)
         self._rebuild_reader = await asyncio.get_running_loop().run_in_executor(self._rebuild_thread, Store, data_dir)
         cfg = self.config
         self.deliveries = Deliveries(self.on_storage, self.store, DeliverySettings(
@@ -242,6 +254,26 @@ class Runtime:
             loop.create_task(self.loop_lag.run(), name="nudge-loop-lag"),
         ]
 
+    def _worker_restarted(self, index: int) -> None:
+        """A worker process died and was started again (event loop): recover the tenants it owns."""
+        self._tasks.append(self._loop.create_task(self._recover_worker(index), name=f"nudge-recover-worker-{index}"))
+
+    async def _recover_worker(self, index: int) -> None:
+        for state in list(self.tenants.values()):
+            if self.host.owner(state.tenant.id) != index:
+                continue
+            try:
+                recovered: Recovered = await self.command(Recover(state.tenant.id, state.config))
+                state.engine_config, state.applied_seq, state.users = (
+                    state.config, recovered.applied_seq, recovered.users)
+                self.metrics.replayed_events.inc(recovered.replayed)
+                if state.model.predictor is not None:
+                    await self._serve_model(state)
+                log.info("tenant %s recovered in worker %d: %d events replayed", state.tenant.name, index,
+                         recovered.replayed)
+            except Exception:
+                log.exception("recovering tenant %s in worker %d failed", state.tenant.name, index)
+
     async def stop(self) -> None:
         if self.deliveries is not None:
             await self.deliveries.stop()
@@ -254,28 +286,27 @@ class Runtime:
                 pass
         for state in self.tenants.values():
             await state.batcher.stop()
-        await self.on_device(lambda: None)  # engine updates queued before the stop have made their signals
+        await asyncio.wrap_future(self.host.barrier())  # engine updates sent before the stop have made their signals
         if self.store is not None:
             await self.signal_writer.flush()
         if self.ready:
             await self.snapshot_all()
         if self.store is not None:
             await self.on_storage(self.store.close)
-        if self._reader is not None:
-            await self.on_device(self._reader.close)
+        if isinstance(self.host, ThreadHost):  # a worker process closes its runner's storage as it stops
+            await self.command(Close())
         if self._rebuild_reader is not None:
             await asyncio.get_running_loop().run_in_executor(self._rebuild_thread, self._rebuild_reader.close)
         self._storage_thread.shutdown(wait=True)
-        self._device.shutdown(wait=True)
+        self.host.shutdown(wait=True)
         self._rebuild_thread.shutdown(wait=True)
         if self._rebuild_child is not None:
             self._rebuild_child.shutdown(wait=True, cancel_futures=True)
 
-    def _new_state(self, tenant: Tenant, engine: Engine | None = None) -> TenantState:
+    def _new_state(self, tenant: Tenant, engine_config: TenantConfig) -> TenantState:
         cfg = self.config
         batcher = MicroBatcher(
             functools.partial(self._score_batch, tenant.id),
-            self._device.executor(tenant.id),
             max_batch_size=cfg.max_batch_size,
             max_wait_ms=cfg.max_wait_ms,
             max_queue_items=cfg.max_queue_users,
@@ -284,11 +315,11 @@ class Runtime:
         )
         return TenantState(
             tenant=tenant,
-            engine=engine or Engine(tenant.config, backend=self.backend),
             batcher=batcher,
             bucket=TokenBucket(cfg.rate_limit_per_s, cfg.rate_limit_burst),
             model=ModelSlot(model_path(cfg.data_dir, tenant.name)),
-            policy=SignalPolicy(tenant.config, backend=self.backend),
+            shard=self.worker.shards.get(tenant.id) if self.worker is not None else None,
+            engine_config=engine_config,
         )
 
     # ---- recovery -----------------------------------------------------------------------------
@@ -329,7 +360,7 @@ class Runtime:
 
     async def _restore_or_record(self, tenant: Tenant) -> TenantState:
         try:
-            state = await self.on_device(self._restore, tenant, lane=tenant.id)
+            state = await self._restore(tenant)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.exception("recovering tenant %s failed; it answers 503 until this is fixed", tenant.name)
@@ -342,69 +373,31 @@ class Runtime:
         self.recovery.unavailable_tenants = len(self._unavailable)
         return state
 
-    def _load_snapshot(self, tenant: Tenant, engine: Engine) -> Engine:
-        """``engine`` advanced to the tenant's snapshot where there is a usable one (device thread)."""
-        path = snapshot_path(self.config.data_dir, tenant.id)
-        try:
-            snap = load_snapshot(path)
-        except SnapshotUnreadable as exc:
-            self._set_aside(tenant, path, str(exc))
-            return engine
-        if snap is None or snap[1] != tenant.config.engine_dict():
-            return engine  # none, or made under other engine settings: the log rebuilds the state
-        try:
-            engine.load_state(snap[0])
-            for user_id in read_journal(path):
-                engine.erase_user(user_id)
-        except KeyError as exc:  # written by an older nudge: the log alone rebuilds the state
-            log.warning("snapshot of tenant %s lacks %s; replaying the whole log", tenant.name, exc)
-            return Engine(tenant.config, backend=self.backend)
-        except Exception as exc:  # readable, but not a state this engine can take
-            self._set_aside(tenant, path, f"{type(exc).__name__}: {exc}")
-            return Engine(tenant.config, backend=self.backend)
-        self.recovery.from_snapshots += 1
-        return engine
-
-    def _set_aside(self, tenant: Tenant, path, reason: str) -> None:
-        aside = set_aside(path)
-        log.error("the snapshot of tenant %s is unreadable (%s); kept as %s, rebuilding from the event log",
-                  tenant.name, reason, aside.name)
-        self.recovery.snapshots_set_aside += 1
-        self.metrics.snapshots_unreadable.inc()
-
-    def _restore(self, tenant: Tenant) -> TenantState:
-        """Latest snapshot (if its config still applies) plus the log after it. Runs on the device thread."""
-        engine = self._load_snapshot(tenant, Engine(tenant.config, backend=self.backend))
-        snapshot_seq = engine.applied_seq
-        self.recovery.replayed_events += self._replay_into(engine, tenant)
-        state = self._new_state(tenant, engine)
-        state.snapshot_seq = snapshot_seq
+    async def _restore(self, tenant: Tenant) -> TenantState:
+        """The tenant recovered by its worker (latest snapshot, if its config still applies, then the log after it,
+        and its signal policy), then its model."""
+        self._labels[tenant.id] = self.metrics.tenant_label(tenant)
+        recovered: Recovered = await self.command(Recover(tenant.id, tenant.config))
+        for aside, reason in recovered.set_aside:
+            log.error("the snapshot of tenant %s is unreadable (%s); kept as %s, rebuilding from the event log",
+                      tenant.name, reason, aside)
+            self.recovery.snapshots_set_aside += 1
+            self.metrics.snapshots_unreadable.inc()
+        self.recovery.from_snapshots += recovered.from_snapshot
+        self.recovery.replayed_events += recovered.replayed
+        self.metrics.replayed_events.inc(recovered.replayed)
+        state = self._new_state(tenant, tenant.config)
+        state.snapshot_seq, state.applied_seq, state.users = (
+            recovered.snapshot_seq, recovered.applied_seq, recovered.users)
         # Users journalled as erased are still in the file: the next periodic snapshot replaces it.
-        state.erased_since_snapshot = bool(read_journal(snapshot_path(self.config.data_dir, tenant.id)))
-        self._restore_policy(state)
-        self._restore_model(state)
-        log.info("tenant %s recovered: %d users, log applied to seq %d", tenant.name, len(engine.windows), engine.applied_seq)
+        state.erased_since_snapshot = recovered.erased_since_snapshot
+        await self._restore_model(state)
+        log.info("tenant %s recovered: %d users, log applied to seq %d", tenant.name, state.users, state.applied_seq)
         return state
 
-    def _restore_policy(self, state: TenantState) -> None:
-        """A fresh signal policy from the signal log (device thread)."""
-        policy = SignalPolicy(state.config, backend=self.backend)
-        since = time.time() - max(86400.0, state.config.signal_horizon_s)
-        policy.restore(*self._reader.policy_rows(state.tenant.id, since), self._reader.open_signals(state.tenant.id))
-        # A conversion may have been applied while its resolution still waited to be written: the log knows.
-        resolutions = []
-        for signal_id, o in list(policy.open.items()):
-            ts = self._reader.first_conversion(state.tenant.id, o.user_id, state.config.conversion_action,
-                                               o.created_at - 1.0, o.created_at + state.config.signal_horizon_s)
-            if ts is not None:
-                resolutions.append(policy.resolve(signal_id, True, ts))
-        self.signal_writer.submit(self._writer_key(state), [], resolutions)
-        state.policy = policy
-
-    def _replay_into(self, engine: Engine, tenant: Tenant, reader: EventLog | None = None) -> int:
-        """The tenant's log after what ``engine`` has applied (device thread, or the rebuild thread with its
-        own reader)."""
-        replayed = rebuild.replay(engine, reader or self._reader, tenant.id)
+    def _replay_into(self, engine: Engine, tenant: Tenant, reader: EventLog) -> int:
+        """The tenant's log after what ``engine`` has applied (the rebuild thread, with its own reader)."""
+        replayed = rebuild.replay(engine, reader, tenant.id)
         self.metrics.replayed_events.inc(replayed)
         return replayed
 
@@ -412,10 +405,6 @@ class Runtime:
         await self._recovered.wait()
 
     # ---- tenants and keys ---------------------------------------------------------------------
-
-    def _writer_key(self, state: TenantState) -> tuple[int, str]:
-        """How the signal writer knows a tenant: its id, and its label in the metrics."""
-        return state.tenant.id, self.metrics.tenant_label(state.tenant)
 
     async def authenticate(self, key: str) -> TenantState | None:
         """The tenant owning ``key``; tenants created while the server runs are picked up here."""
@@ -504,15 +493,9 @@ class Runtime:
         """
         limit = self.config.max_users_per_tenant
         unapplied = self.shares.unapplied.get(state.tenant.id, 0)  # each could be a new user
-        if len(state.engine.windows.index) + unapplied + len(batch) <= limit:
+        if state.users + unapplied + len(batch) <= limit:
             return None  # the common case, without a look at the ids
-
-        def count() -> tuple[int, int] | None:
-            index = state.engine.windows.index
-            new = sum(1 for user_id in set(batch.user_ids.tolist()) if user_id not in index)
-            return (len(index), new) if new and len(index) + new > limit else None
-
-        return await self.on_device(count, lane=state.tenant.id)
+        return await self.command(cmd.CountNewUsers(state.tenant.id, batch.user_ids.tolist(), limit))
 
     async def ingest(self, state: TenantState, batch: EventBatch) -> tuple[int, int]:
         """(accepted, duplicates) once the batch is durable in the log; Overloaded when too much waits."""
@@ -613,27 +596,10 @@ class Runtime:
 
     def _apply_part(self, state: TenantState, batch: EventBatch, seqs: np.ndarray, config: TenantConfig) -> None:
         n = len(batch)
-
-        def apply() -> float:
-            started = time.perf_counter()
-            engine = state.engine
-            if engine.config != config:
-                # Committed under a config the live engine does not have yet (its successor is being rebuilt
-                # from the log, which holds these events too): applied in the live engine's codes where they
-                # mean something there, so scores keep seeing acknowledged events meanwhile.
-                try:
-                    applied = recode_events(batch, config, engine.config)
-                except ConfigChanged:
-                    return time.perf_counter() - started  # actions the live engine lacks: the rebuild has them
-                self._signals_after_apply(state, *engine.apply_observed(applied, seqs))
-            else:
-                self._signals_after_apply(state, *engine.apply_observed(batch, seqs))
-            return time.perf_counter() - started
-
         self.unapplied_events += n
         self.shares.add(self.shares.unapplied, state.tenant.id, n)
-        fut = self._device.submit(state.tenant.id, apply)
-        fut.add_done_callback(lambda done: self._on_loop(self._applied, state.tenant.id, n, done))
+        fut = self.host.send(cmd.Apply(state.tenant.id, batch, seqs, config))
+        fut.add_done_callback(lambda done: self._on_loop(self._applied, state, n, done))
 
     def _on_loop(self, fn: Callable, *args: Any) -> None:
         try:
@@ -641,57 +607,36 @@ class Runtime:
         except RuntimeError:
             pass  # the loop has closed: the server is gone, and so is what this would count
 
-    def _applied(self, tenant_id: int, n: int, fut: concurrent.futures.Future) -> None:
+    def _applied(self, state: TenantState, n: int, fut: concurrent.futures.Future) -> None:
         """On the event loop, once an engine update has run: the backlog and the measured apply rate."""
         self.unapplied_events -= n
-        self.shares.add(self.shares.unapplied, tenant_id, -n)
+        self.shares.add(self.shares.unapplied, state.tenant.id, -n)
         self._made_room()
         exc = fut.exception()
         if exc is not None:
             self.metrics.apply_errors.inc()
             log.error("engine update failed; the events are in the log and return on restart", exc_info=exc)
         else:
-            rate = n / max(fut.result(), 1e-6)
+            applied: cmd.Applied = fut.result().result
+            state.applied_seq, state.users = applied.applied_seq, applied.users
+            rate = n / max(applied.seconds, 1e-6)
             self.apply_events_per_s = rate if self.apply_events_per_s is None else (
                 0.8 * self.apply_events_per_s + 0.2 * rate)
 
     # ---- scoring ------------------------------------------------------------------------------
 
-    def _signals_after_apply(self, state: TenantState, batch: EventBatch, observed: Observed) -> None:
-        """Conversions resolve open signals; users active just now may get one (device thread)."""
-        engine, now, predictor = state.engine, time.time(), state.model.predictor
-        converted = batch.actions == engine.config.conversion_code
-        resolutions = state.policy.conversions(batch.user_ids[converted], batch.ts[converted])
-        if predictor is None:
-            users = worth_deciding(engine, batch, observed, now)
-        else:  # the Transformer's predictions are known only once it has run: every recent user
-            recent = batch.ts >= now - engine.config.session_gap_s
-            users = list(dict.fromkeys(batch.user_ids[recent]))
-        decisions = []
-        if users:
-            prediction = predict(engine, predictor, users, now)
-            decisions = [d for d in decide(engine, state.policy, users, prediction, now) if d is not None]
-        self.signal_writer.submit(self._writer_key(state), decisions, resolutions)
-
-    def _score_batch(self, tenant_id: int, items: list[tuple[str, dict | None]]) -> list[dict[str, Any]]:
-        state = self.tenants[tenant_id]
-        engine, now = state.engine, time.time()
-        user_ids = [uid for uid, _ in items]
-        prediction = predict(engine, state.model.predictor, user_ids, now)
-        n_model = int(prediction.by_model.sum())
-        self.metrics.predictions.labels("transformer").inc(n_model)
-        self.metrics.predictions.labels("markov").inc(len(user_ids) - n_model)
-        decisions = decide(engine, state.policy, user_ids, prediction, now, [hint for _, hint in items])
-        written = self.signal_writer.submit(
-            self._writer_key(state), [d for d in decisions if d is not None], []
-        )
-        shown = [state.policy.shown_signal(uid) for uid in user_ids]
-        results = result_rows(engine.config.actions, user_ids, prediction, decisions, shown)
-        if written is not None:
-            for result, d in zip(results, decisions):
-                if d is not None:
-                    result["_written"] = written
-        return results
+    async def _score_batch(self, tenant_id: int, items: list[tuple[str, dict | None]]) -> list[dict[str, Any]]:
+        """One micro-batch, scored by the worker: results with ``_written`` on the rows whose decision is being
+        written to the signal log."""
+        outcome: Outcome = await asyncio.wrap_future(self.host.send(cmd.Score(
+            tenant_id, [uid for uid, _ in items], [hint for _, hint in items])))
+        scored: cmd.Scored = outcome.result
+        self.metrics.predictions.labels("transformer").inc(scored.by_model)
+        self.metrics.predictions.labels("markov").inc(len(items) - scored.by_model)
+        if outcome.written is not None:
+            for row in scored.decided:
+                scored.rows[row]["_written"] = outcome.written
+        return scored.rows
 
     async def score(
         self, state: TenantState, user_ids: list[str], explain: bool, hints: list[dict | None] | None = None
@@ -704,43 +649,22 @@ class Runtime:
         for written in writes.values():
             await asyncio.wrap_future(written)
         if explain:
-            details = await self.on_device(self._explain, state, user_ids, lane=state.tenant.id)
+            details = await self.command(cmd.Explain(state.tenant.id, user_ids, time.time()))
             for result, detail in zip(results, details):
                 result["explain"] = detail
         return results
-
-    def _explain(self, state: TenantState, user_ids: list[str]) -> list[dict[str, Any]]:
-        engine, now = state.engine, time.time()
-        out = []
-        for uid in user_ids:
-            window = engine.recent_actions(uid) or []
-            users = engine.windows.lookup([uid], create=False)
-            ctx = int(engine.windows.last_ctx[users[0]]) if users[0] >= 0 else None
-            out.append(
-                {
-                    "known": users[0] >= 0,
-                    "context": describe_context(ctx, engine.config.segments) if ctx is not None else None,
-                    "window": [{"action": a, "age_s": round(max(now - t, 0.0), 3)} for a, t in window],
-                }
-            )
-        return out
 
     async def score_histogram(self, state: TenantState, bins: int) -> dict[str, Any]:
         """How the tenant's known users' scores (posterior means, as ``GET /v1/users/{id}`` gives them) spread
         over ``bins`` equal bins of [0, 1], now."""
 
-        def sample() -> tuple[list[str], int]:
-            index = state.engine.windows.index
-            step = max(1, -(-len(index) // HISTOGRAM_MAX_USERS))
-            return list(itertools.islice(index, 0, None, step)), len(index)
-
-        user_ids, known = await self.on_device(sample, lane=state.tenant.id)
+        tenant_id = state.tenant.id
+        user_ids, known = await self.command(cmd.SampleUsers(tenant_id, HISTOGRAM_MAX_USERS))
         now = time.time()
         scores = [np.zeros(0)]
         for start in range(0, len(user_ids), _HISTOGRAM_CHUNK):
             chunk = user_ids[start:start + _HISTOGRAM_CHUNK]
-            scores.append(await self.on_device(lambda c=chunk: state.engine.score(c, now, draw=False).score,
-                                               lane=state.tenant.id))
+            scores.append(await self.command(cmd.PosteriorScores(tenant_id, chunk, now)))
         values = np.concatenate(scores)
         counts, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
         return {
@@ -757,20 +681,7 @@ class Runtime:
     # ---- users --------------------------------------------------------------------------------
 
     async def user(self, state: TenantState, user_id: str) -> dict[str, Any] | None:
-        def view():
-            window = state.engine.recent_actions(user_id)
-            if window is None:
-                return None
-            now = time.time()
-            s = state.engine.score([user_id], now, draw=False)
-            return {
-                "user_id": user_id,
-                "recent_actions": [{"action": a, "ts": t} for a, t in window],
-                "score": float(s.score[0]),
-                "score_kind": "posterior_mean",
-            }
-
-        return await self.on_device(view, lane=state.tenant.id)
+        return await self.command(cmd.View(state.tenant.id, user_id, time.time()))
 
     async def erase_user(self, state: TenantState, user_id: str) -> dict[str, Any]:
         """Remove a user from the log, the engine and the snapshot (through its erasure journal).
@@ -783,13 +694,7 @@ class Runtime:
             await self.on_storage(journal_erasure, path, user_id)
             deleted = await self.on_storage(self.store.erase_user, state.tenant.id, user_id)
 
-            def forget() -> bool:
-                state.policy.erase(user_id)
-                if state.erased_while_rebuilding is not None:
-                    state.erased_while_rebuilding.add(user_id)
-                return state.engine.erase_user(user_id)
-
-            known = await self.on_device(forget, lane=state.tenant.id)
+            known = await self.command(cmd.Erase(state.tenant.id, user_id))
             state.erased_since_snapshot = True
         return {"user_id": user_id, "erased": bool(deleted or known), "events_deleted": deleted}
 
@@ -817,6 +722,7 @@ class Runtime:
             config.actions, config.conversion_action)
         if vocabulary_changed and state.model.predictor is not None:
             state.model.predictor = None  # trained on the old vocabulary
+            await self._serve_model(state)
             try:
                 await self.reload_model(state)
             except ModelUnavailable:
@@ -847,10 +753,13 @@ class Runtime:
         """
         async with state.rebuild_lock:
             config = state.tenant.config
-            if config.engine_dict() == state.engine.config.engine_dict():
-                await self.on_device(self._reconfigure_policy, state, config, lane=state.tenant.id)
+            if config.engine_dict() == state.engine_config.engine_dict():
+                await self.command(cmd.Reconfigure(state.tenant.id, config))
+                state.engine_config = config
                 return
-            state.erased_while_rebuilding = set()
+            # Sent, not awaited: it runs before any erasure sent after it, whatever the lane holds before it.
+            self.host.send(cmd.Rebuilding(state.tenant.id, started=True))
+            swapped = False
             try:
                 started = time.monotonic()
                 engine, caught_up = await self._engine_from_log(state.tenant, config)
@@ -865,13 +774,16 @@ class Runtime:
                 state.catch_up_lag = _REBUILD_SWAP_EVENTS
                 rounds += await self._catch_up(state, engine, 0, drain_pending=True)
                 caught = time.monotonic()
-                last, swap_s = await self.on_device(self._swap_engine, state, engine, config, lane=state.tenant.id)
+                last, swap_s = await self._swap_engine(state, engine, config)
+                swapped = True
                 log.info("tenant %s: engine rebuilt from its log in %.2f s, caught up in %d more rounds in %.2f s, "
                          "swapped in after %.3f s (%.3f s of it on the device thread, replaying %d events)",
                          state.tenant.name, replayed - started, rounds, caught - replayed, time.monotonic() - caught,
                          swap_s, last)
             finally:
-                state.erased_while_rebuilding = state.catching_up = None
+                state.catching_up = None
+                if not swapped:  # the erasures made meanwhile need no longer be remembered
+                    self.host.send(cmd.Rebuilding(state.tenant.id, started=False))
                 self._made_room()
 
     async def _catch_up(self, state: TenantState, engine: Engine, behind: int, drain_pending: bool) -> int:
@@ -910,23 +822,14 @@ class Runtime:
             self._rebuild_thread, self._replay_into, engine, tenant, self._rebuild_reader)
         return engine, logged + replayed
 
-    def _reconfigure_policy(self, state: TenantState, config: TenantConfig) -> None:
-        """Only the signal policy's settings changed (device thread): the engine's state still holds."""
-        state.engine.config = config
-        # Carried over in memory: decisions still on their way to the signal log stay known.
-        state.policy = state.policy.reconfigured(config)
-
-    def _swap_engine(self, state: TenantState, engine: Engine, config: TenantConfig) -> tuple[int, float]:
-        """The rebuilt engine serves from now on (device thread), with the log's last events and erasures; returns
-        how many events that last replay took, and the seconds the swap held the thread."""
-        started = time.perf_counter()
-        replayed = self._replay_into(engine, state.tenant)
-        for user_id in state.erased_while_rebuilding or ():
-            engine.erase_user(user_id)
-        engine.draws = state.engine.draws
-        state.engine = engine
-        self._reconfigure_policy(state, config)
-        return replayed, time.perf_counter() - started
+    async def _swap_engine(self, state: TenantState, engine: Engine, config: TenantConfig) -> tuple[int, float]:
+        """The rebuilt engine serves from now on, with the log's last events (replayed where the worker runs, after
+        the tenant's commands sent before) and the erasures made meanwhile; returns how many events that last
+        replay took, and the seconds the worker spent on it."""
+        replayed, seconds, applied_seq, users = await self.command(SwapIn(state.tenant.id, engine, config))
+        self.metrics.replayed_events.inc(replayed)
+        state.engine_config, state.applied_seq, state.users = config, applied_seq, users
+        return replayed, seconds
 
     # ---- next-action models -------------------------------------------------------------------
 
@@ -936,31 +839,33 @@ class Runtime:
     def _count_model(self, state: TenantState, outcome: str) -> None:
         self.metrics.model_loads.labels(self.metrics.tenant_label(state.tenant), outcome).inc()
 
-    def _load_model(self, state: TenantState) -> dict[str, Any]:
-        """Serve the tenant's checkpoint without the gate: at start, the one that served before (device thread)."""
+    async def _load_model(self, state: TenantState) -> dict[str, Any]:
+        """Serve the tenant's checkpoint without the gate: at start, the one that served before."""
         slot = state.model
         stamp = slot.stamp = file_stamp(slot.path)
         try:
-            checkpoint, predictor = load_candidate(slot.path, state.config, self._model_device())
+            checkpoint, predictor = await asyncio.get_running_loop().run_in_executor(
+                None, load_candidate, slot.path, state.config, self._model_device())
         except ModelUnavailable as exc:
             slot.fail(exc)
             self._count_model(state, exc.code)
             raise
         slot.install(predictor, stamp, checkpoint)
+        await self._serve_model(state)
         self._count_model(state, "loaded")
         return slot.describe()
 
-    def _restore_model(self, state: TenantState) -> None:
-        """At start (device thread): the model history, and the checkpoint that served before if its file is
-        unchanged. A file the gate has not seen is left to the watcher, which gates it once recovery is done."""
+    async def _restore_model(self, state: TenantState) -> None:
+        """At start: the model history, and the checkpoint that served before if its file is unchanged. A file
+        the gate has not seen is left to the watcher, which gates it once recovery is done."""
         slot = state.model
-        slot.restore_history(self._reader.model_history(state.tenant.id, HISTORY_LIMIT))
+        slot.restore_history(await self.on_storage(self.store.model_history, state.tenant.id, HISTORY_LIMIT))
         stamp = file_stamp(slot.path)
         if stamp is None:
             return
         if stamp == slot.promoted_stamp():
             try:
-                self._load_model(state)
+                await self._load_model(state)
             except ModelUnavailable:
                 pass  # recorded in the slot; the Markov chain predicts meanwhile
         elif slot.tried(stamp):
@@ -1011,6 +916,7 @@ class Runtime:
                 raise
             # Batches read the slot once each, so a swap lands between batches and fails none.
             slot.promote(predictor, checkpoint, stamp, gate)
+            await self._serve_model(state)
             self._count_model(state, "loaded")
             await self._record_model(state, "promoted", stamp, gate, report.reason)
             return slot.describe()
@@ -1021,10 +927,15 @@ class Runtime:
         slot = state.model
         async with slot.lock:
             replaced = slot.roll_back(state.config)
+            await self._serve_model(state)
             self._count_model(state, "rolled_back")
             await self._record_model(state, "rolled_back", replaced.stamp,
                                      message=f"rolled back from {replaced.name} to {slot.predictor_name}")
             return slot.describe()
+
+    async def _serve_model(self, state: TenantState) -> None:
+        """The worker predicts with what the slot serves from its next batch on."""
+        await self.command(cmd.ServeModel(state.tenant.id, state.model.predictor))
 
     async def _record_model(self, state: TenantState, event: str, stamp: tuple[int, int] | None,
                             gate: dict[str, Any] | None = None, message: str | None = None) -> None:
@@ -1073,28 +984,11 @@ class Runtime:
         """Signals for users whose last event became ``cart_idle_s`` old in (since, until]: an abandoned cart is
         seen when its user goes quiet, not when they add to it (nobody sends an event for doing nothing)."""
 
-        def decide_idle():
-            users = newly_idle(state.engine, since, until)
-            if not users:
-                return None
-            prediction = predict(state.engine, state.model.predictor, users, until)
-            decisions = [d for d in decide(state.engine, state.policy, users, prediction, until) if d is not None]
-            return self.signal_writer.submit(self._writer_key(state), decisions, [])
-
-        written = await self.on_device(decide_idle, lane=state.tenant.id)
-        if written is not None:
-            await asyncio.wrap_future(written)
+        await self.command(cmd.DecideIdle(state.tenant.id, since, until))
 
     async def expire_signals(self, state: TenantState, now: float) -> None:
         """Close the tenant's decisions whose horizon ended before ``now`` as not converted."""
-
-        def expire():
-            resolutions = state.policy.expire(now)
-            return self.signal_writer.submit(self._writer_key(state), [], resolutions)
-
-        written = await self.on_device(expire, lane=state.tenant.id)
-        if written is not None:
-            await asyncio.wrap_future(written)
+        await self.command(cmd.Expire(state.tenant.id, now))
 
     async def feedback(self, state: TenantState, items: list[tuple[str, str, float]]) -> list[str]:
         """Record (signal_id, outcome, ts) reports; returns the signal ids this tenant does not know."""
@@ -1107,25 +1001,16 @@ class Runtime:
         for _, outcome, _ in items:
             self.metrics.feedback.labels(self.metrics.tenant_label(state.tenant), outcome).inc()
 
-        def resolve():
-            policy = state.policy
-            resolutions = [
-                policy.resolve(sid, True, ts) for sid, outcome, ts in items
-                if outcome == "converted" and sid in policy.open
-            ]
-            return self.signal_writer.submit(self._writer_key(state), [], resolutions)
-
-        written = await self.on_device(resolve, lane=state.tenant.id)
-        if written is not None:
-            await asyncio.wrap_future(written)
+        await self.command(cmd.Feedback(state.tenant.id, [(sid, ts) for sid, outcome, ts in items
+                                                          if outcome == "converted"]))
         return []
 
     async def _settle_signals(self, state: TenantState) -> None:
         """Read-your-writes for signals: what the tenant's acknowledged events decided is in the signal log after
         this."""
-        # Engine updates of acknowledged events run in order in the tenant's lane: once this no-op has run,
-        # their signals and resolutions are queued, and the flush makes them durable and visible.
-        await self.on_device(lambda: None, lane=state.tenant.id)
+        # Engine updates of acknowledged events run in order in the tenant's lane, and the host hands what they
+        # decided to the writer as each ends: once this no-op has run, the flush makes it durable and visible.
+        await self.command(Sync(state.tenant.id))
         await self.signal_writer.flush()
 
     async def stats(self, state: TenantState, now: float | None = None) -> dict[str, Any]:
@@ -1133,7 +1018,7 @@ class Runtime:
         await self._settle_signals(state)
         now = time.time() if now is None else now
         counts = await self.on_storage(self.store.signal_stats, state.tenant.id, now, state.config.signal_horizon_s)
-        bandits = await self.on_device(state.policy.bandit_report, lane=state.tenant.id)
+        bandits = await self.command(cmd.Bandits(state.tenant.id))
         return signal_stats_report(counts, bandits, state.config)
 
     async def bandits(self, state: TenantState, period_s: float = 3600.0) -> dict[str, Any]:
@@ -1141,7 +1026,7 @@ class Runtime:
         await self._settle_signals(state)
         since = time.time() - self.config.signal_retention_s
         history = await self.on_storage(self.store.allocation_history, state.tenant.id, since, period_s)
-        report = await self.on_device(state.policy.bandit_report, lane=state.tenant.id)
+        report = await self.command(cmd.Bandits(state.tenant.id))
         return {"bandits": report, "period_s": period_s, "allocations": history}
 
     # ---- delivery: subscriptions and pull -----------------------------------------------------
@@ -1196,21 +1081,18 @@ class Runtime:
             clear_journal(path)  # the new snapshot was captured after every journalled erasure
 
         async with state.snapshot_lock:
-            engine_state, seq, cfg = await self.on_device(
-                lambda: (state.engine.capture(), state.engine.applied_seq, state.engine.config.engine_dict()),
-                lane=state.tenant.id,
-            )
+            engine_state, seq, cfg = await self.command(cmd.Snapshot(state.tenant.id))
             await asyncio.get_running_loop().run_in_executor(None, write, engine_state, cfg)
             state.snapshot_seq = seq
             state.erased_since_snapshot = False
         self.metrics.snapshots.inc()
 
     async def snapshot_all(self) -> None:
-        # Once this no-op has run, every engine update queued before it (acknowledged events) has been applied
+        # Once this barrier is done, every engine update sent before it (acknowledged events) has been applied
         # and can be in the snapshot.
-        await self.on_device(lambda: None)
+        await asyncio.wrap_future(self.host.barrier())
         for state in list(self.tenants.values()):
-            if state.engine.applied_seq > state.snapshot_seq or state.erased_since_snapshot:
+            if state.applied_seq > state.snapshot_seq or state.erased_since_snapshot:
                 try:
                     await self.snapshot(state)
                 except Exception:  # one tenant's failed write does not keep the others' from theirs

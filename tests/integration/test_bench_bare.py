@@ -9,7 +9,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from loadtests.bench import NUDGE_PROCESSES, Bare
+from loadtests import bench
+from loadtests.bench import Bare
 
 pytestmark = pytest.mark.slow
 
@@ -50,5 +51,10 @@ def test_bare_server_runs_the_processes_asked_and_stops_them(processes: int):
     assert not any(_alive(c) for c in children)
 
 
-def test_the_bare_server_follows_nudge_process_count():
-    assert Bare.__init__.__defaults__ == (NUDGE_PROCESSES,)
+def test_the_bare_server_follows_nudge_process_count(monkeypatch):
+    monkeypatch.setattr(bench, "NUDGE_PROCESSES", 2)  # what --workers 1 sets: the server and one worker
+    bare = Bare()
+    try:
+        assert len(_children(bare.proc.pid)) == 1
+    finally:
+        bare.stop()

@@ -6,7 +6,8 @@ import time
 
 from model import DEFAULT_ACTIONS, TenantConfig
 from server.event_log import logged_events
-from server.validation import ConfigChanged, parse_events
+from model.events import ConfigChanged
+from server.validation import parse_events
 
 
 def logged_but_unconfigured(data_dir) -> set[str]:

@@ -1,5 +1,7 @@
-"""SIGKILL the server mid-ingest: every acknowledged event survives, and state equals a replay of the log."""
+"""SIGKILL the server, or one of its worker processes, mid-ingest: every acknowledged event survives, and state
+equals a replay of the log."""
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -51,8 +53,23 @@ async def client(session, base, key, name, rng, acked, stop, t0):
             return  # the server is gone
 
 
+def worker_pids(server_pid: int) -> list[int]:
+    """The server's worker processes (its spawned children, not multiprocessing's resource tracker)."""
+    pids = []
+    for task in os.listdir(f"/proc/{server_pid}/task"):
+        with open(f"/proc/{server_pid}/task/{task}/children") as fh:
+            pids += [int(p) for p in fh.read().split()]
+    workers = []
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if b"spawn_main" in fh.read():
+                workers.append(pid)
+    return workers
+
+
 @pytest.mark.slow
-async def test_sigkill_loses_no_acknowledged_event(tmp_path):
+@pytest.mark.parametrize("workers, victim", [(0, "server"), (1, "server"), (1, "worker")])
+async def test_sigkill_loses_no_acknowledged_event(tmp_path, workers, victim):
     data_dir, port = tmp_path / "data", free_port()
     store = Store(data_dir)
     _, key = store.create_tenant("acme", TenantConfig(horizon_s=30.0, allowed_lateness_s=5.0, recency_half_life_s=60.0))
@@ -60,7 +77,7 @@ async def test_sigkill_loses_no_acknowledged_event(tmp_path):
     base, log_path = f"http://127.0.0.1:{port}", tmp_path / "server.log"
     rng = random.Random(int(os.environ.get("CRASH_SEED", time.time_ns() % 2**32)))
     acked: list[list[dict]] = []
-    proc = start_server(data_dir, port, log_path)
+    proc = start_server(data_dir, port, log_path, workers=str(workers))
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             await wait_ready(session, base, proc)
@@ -71,13 +88,20 @@ async def test_sigkill_loses_no_acknowledged_event(tmp_path):
                 for i in range(8)
             ]
             await asyncio.sleep(rng.uniform(0.8, 2.5))
+            if victim == "worker":  # the server starts it again and recovers its tenant, under the same ingest
+                (pid,) = worker_pids(proc.pid)
+                os.kill(pid, signal.SIGKILL)
+                await asyncio.sleep(rng.uniform(0.5, 1.5))
+                assert proc.poll() is None
+                (restarted,) = worker_pids(proc.pid)
+                assert restarted != pid
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
             stop.set()
             await asyncio.gather(*clients)
         assert len(acked) > 10, log_path.read_text()[-2000:]
 
-        proc = start_server(data_dir, port, log_path)
+        proc = start_server(data_dir, port, log_path, workers=str(workers))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             await wait_ready(session, base, proc)
             headers = {"Authorization": f"Bearer {key}"}

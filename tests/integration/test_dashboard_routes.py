@@ -81,16 +81,16 @@ async def test_score_histogram_samples_beyond_its_cap_in_small_device_turns(star
     s = await start()
     assert (await s.acme.events([view(f"s{i}") for i in range(35)])).status == 200
     turns = []
-    on_device = s.runtime.on_device
+    command = s.runtime.command
 
-    async def counted(fn, *args, **kw):
-        turns.append(fn)
-        return await on_device(fn, *args, **kw)
+    async def counted(c):
+        turns.append(c)
+        return await command(c)
 
-    monkeypatch.setattr(s.runtime, "on_device", counted)
+    monkeypatch.setattr(s.runtime, "command", counted)
     h = (await s.acme.call("GET", "/v1/scores/histogram?bins=5")).body
     assert (h["users"], h["scored"], sum(h["counts"])) == (35, 9, 9)  # every 4th user of 35
-    assert len(turns) == 1 + 3  # the sample, then 4 + 4 + 1 users
+    assert [len(getattr(c, "user_ids", ())) for c in turns] == [0, 4, 4, 1]  # the sample, then 4 + 4 + 1 users
 
 
 async def test_the_dashboard_page_is_public_static_and_loads_nothing_from_elsewhere(start):

@@ -5,6 +5,8 @@ import asyncio
 import threading
 import time
 
+from core.commands import Score
+
 HELD_S = 30
 
 
@@ -76,17 +78,15 @@ async def test_another_tenants_score_waits_for_one_engine_update_of_a_busy_tenan
         ran.append("acme update")
         return apply(batch, seqs)
 
-    def recorded(state):
-        run_batch = state.batcher._run_batch
+    handle = s.runtime.worker.handle
 
-        def run(items):
-            ran.append(f"score {state.tenant.name}")
-            return run_batch(items)
-        return run
+    def recorded(command):
+        if isinstance(command, Score):
+            ran.append(f"score {s.runtime.tenants[command.tenant_id].tenant.name}")
+        return handle(command)
 
     monkeypatch.setattr(acme.engine, "apply_observed", slow_apply)
-    for state in s.runtime.tenants.values():
-        monkeypatch.setattr(state.batcher, "_run_batch", recorded(state))
+    monkeypatch.setattr(s.runtime.worker, "handle", recorded)
     for _ in range(5):  # acknowledged at once; their updates queue in acme's lane
         assert (await s.acme.events(views("a", 10))).status == 200
     scored = await asyncio.gather(s.globex.score("g1"), s.acme.score("a1"))

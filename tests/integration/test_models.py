@@ -302,3 +302,15 @@ async def test_model_is_dropped_when_the_vocabulary_changes(start, checkpoints):
     # What served before was trained on the old vocabulary: nothing to roll back to but the Markov chain.
     assert (await server.acme.call("POST", "/v1/model/rollback")).body["predictor"] == "markov"
     assert (await server.acme.call("POST", "/v1/model/rollback")).status == 409
+
+
+async def test_model_promoted_and_rolled_back_in_a_worker_process(start, checkpoints):
+    """With the engines in a worker process, the gate runs in the server and the promoted predictor travels to the
+    worker that owns the tenant: its scores come from it, and a rollback takes it back."""
+    server = await _served(start, workers=1)
+    assert (await _reload(server, checkpoints["good"])).status == 200
+    await server.acme.events([{"user_id": "u1", "action": "view", "ts": NOW - 60},
+                              {"user_id": "u1", "action": "add_to_cart"}])
+    assert (await server.acme.score("u1")).body["results"][0]["predicted"]["predictor"] == "transformer"
+    assert (await server.acme.call("POST", "/v1/model/rollback")).status == 200
+    assert (await server.acme.score("u1")).body["results"][0]["predicted"]["predictor"] == "markov"

@@ -13,9 +13,14 @@ def executor():
 
 
 def make(executor, fn, **limits):
+    """A batcher whose batches run ``fn`` on a thread of its own, as the server's run on the worker's."""
     sizes = []
     options = {"max_batch_size": 8, "max_wait_ms": 20.0, "max_queue_items": 1000, **limits}
-    return MicroBatcher(fn, executor, on_batch=sizes.append, **options), sizes
+
+    async def run_batch(items):
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, items)
+
+    return MicroBatcher(run_batch, on_batch=sizes.append, **options), sizes
 
 
 async def test_batcher_returns_each_request_its_own_results_in_order(executor):

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from server.fair_thread import FairThread
+from core.fair_thread import FairThread
 
 
 @pytest.fixture

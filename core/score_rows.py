@@ -1,4 +1,4 @@
-"""The answer of ``POST /v1/score``, from the predictions and decisions made on the device thread."""
+"""The answer of ``POST /v1/score``, from the predictions and decisions a worker made."""
 from __future__ import annotations
 
 from typing import Any

@@ -1,0 +1,158 @@
+"""What runs beside a worker, on its thread or in its process: the steps that read storage between its commands.
+
+A worker holds no storage. Recovering a tenant (its snapshot, then the log after it, then its signal policy) and
+swapping in a rebuilt engine (after the log's last events) read the log between commands that must not let the
+tenant's other commands in between; the runner takes those steps where the worker runs, with a log reader of its
+own, and passes every other command to the worker.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core import Worker
+from core import commands as c
+from model import Engine, TenantConfig
+
+from .snapshots import SnapshotUnreadable, load_snapshot, read_journal, set_aside, snapshot_path
+from .storage import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recover:
+    """Open a tenant from its latest snapshot (where its engine settings still apply) and the log after it, and
+    its signal policy from the signal log. Replies with a :class:`Recovered`."""
+
+    tenant_id: int
+    config: TenantConfig
+
+
+@dataclass(frozen=True)
+class Recovered:
+    snapshot_seq: int  # the snapshot's log position (0: none was used)
+    applied_seq: int
+    users: int
+    replayed: int  # events replayed from the log after the snapshot
+    from_snapshot: bool
+    erased_since_snapshot: bool  # users journalled as erased are still in the snapshot file
+    set_aside: list[tuple[str, str]] = field(default_factory=list)  # (kept as, why): unreadable snapshots
+
+
+@dataclass(frozen=True)
+class SwapIn:
+    """Serve ``engine``, rebuilt under ``config``, once the log's last events are applied to it. ``engine`` is an
+    Engine where the worker runs in the same process, its ``state_dict()`` otherwise. Replies (events replayed,
+    seconds the step took, applied_seq, users)."""
+
+    tenant_id: int
+    engine: Any
+    config: TenantConfig
+
+
+@dataclass(frozen=True)
+class Sync:
+    """Nothing: replies once the tenant's commands sent before it have run (and their signals gone to the sink)."""
+
+    tenant_id: int
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the runner's storage (sent last, on any lane)."""
+
+    tenant_id: int = -1
+
+
+class Runner:
+    """A worker and its log reader (opened on first use, on the thread that uses it)."""
+
+    def __init__(self, worker: Worker, data_dir: Path):
+        self.worker = worker
+        self.data_dir = Path(data_dir)
+        self._reader: Store | None = None
+
+    @property
+    def reader(self) -> Store:
+        if self._reader is None:
+            self._reader = Store(self.data_dir)
+        return self._reader
+
+    def handle(self, command: Any) -> c.Reply:
+        step = _STEPS.get(type(command))
+        return step(self, command) if step is not None else self.worker.handle(command)
+
+    def _recover(self, cmd: Recover) -> c.Reply:
+        tenant_id, config = cmd.tenant_id, cmd.config
+        path = snapshot_path(self.data_dir, tenant_id)
+        aside: list[tuple[str, str]] = []
+        try:
+            snap = load_snapshot(path)
+        except SnapshotUnreadable as exc:
+            aside.append((set_aside(path).name, str(exc)))
+            snap = None
+        # None, or made under other engine settings: the log rebuilds the state.
+        usable = snap is not None and snap[1] == config.engine_dict()
+        journal = read_journal(path)  # users erased since the snapshot
+        opened: c.Opened = self.worker.handle(c.Open(tenant_id, config, snap[0] if usable else None,
+                                                     tuple(journal) if usable else ())).result
+        if opened.unreadable:
+            aside.append((set_aside(path).name, opened.problem))
+        elif opened.problem:
+            log.warning("snapshot of tenant %d: %s; replaying the whole log", tenant_id, opened.problem)
+        replayed, applied_seq, users = self._replay(tenant_id, config, opened.applied_seq)
+        resolutions = self._restore_policy(tenant_id, config)
+        recovered = Recovered(opened.applied_seq, applied_seq, users, replayed,
+                              usable and opened.problem is None, bool(journal), aside)
+        return c.Reply(recovered, [], resolutions)
+
+    def _replay(self, tenant_id: int, config: TenantConfig, after_seq: int) -> tuple[int, int, int]:
+        """The tenant's log after ``after_seq``, to learn from: (events, applied_seq, users)."""
+        replayed, applied_seq, users = 0, after_seq, len(self.worker.shards[tenant_id].engine.windows.index)
+        for batch, seqs in self.reader.read_events(tenant_id, config, after_seq=after_seq):
+            applied: c.Applied = self.worker.handle(c.Apply(tenant_id, batch, seqs, config, live=False)).result
+            replayed, applied_seq, users = replayed + applied.events, applied.applied_seq, applied.users
+        return replayed, applied_seq, users
+
+    def _restore_policy(self, tenant_id: int, config: TenantConfig) -> list:
+        reader = self.reader
+        recent, rewards = reader.policy_rows(tenant_id, time.time() - max(86400.0, config.signal_horizon_s))
+        # A conversion may have been applied while its resolution still waited to be written: the log knows.
+        converted = {}
+        for signal_id, user_id, _, _, created_at, _, resolved in recent:
+            if not resolved:
+                ts = reader.first_conversion(tenant_id, user_id, config.conversion_action,
+                                             created_at - 1.0, created_at + config.signal_horizon_s)
+                if ts is not None:
+                    converted[signal_id] = ts
+        reply = self.worker.handle(c.RestorePolicy(tenant_id, recent, rewards, reader.open_signals(tenant_id),
+                                                   converted))
+        return reply.resolutions
+
+    def _swap_in(self, cmd: SwapIn) -> c.Reply:
+        started = time.perf_counter()
+        engine = cmd.engine
+        if not isinstance(engine, Engine):
+            engine = Engine(cmd.config, backend=self.worker.backend)
+            engine.load_state(cmd.engine)
+        replayed = 0
+        for batch, seqs in self.reader.read_events(cmd.tenant_id, cmd.config, after_seq=engine.applied_seq):
+            replayed += engine.apply(batch, seqs)
+        self.worker.handle(c.Swap(cmd.tenant_id, engine, cmd.config))
+        return c.Reply((replayed, time.perf_counter() - started, engine.applied_seq, len(engine.windows.index)))
+
+    def _sync(self, cmd: Sync) -> c.Reply:
+        return c.Reply()
+
+    def _close(self, cmd: Close) -> c.Reply:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        return c.Reply()
+
+
+_STEPS = {Recover: Runner._recover, SwapIn: Runner._swap_in, Sync: Runner._sync, Close: Runner._close}

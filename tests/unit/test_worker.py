@@ -1,0 +1,128 @@
+"""The worker on its own: commands in, results, decisions and resolutions out, with no server and no storage."""
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+
+from core import Worker
+from core import commands as c
+from model import Engine, EventBatch, TenantConfig
+from model.combiner import resolve
+
+CFG = TenantConfig(holdout_share=0.0)
+A = {name: i for i, name in enumerate(CFG.actions)}
+T0 = 1_700_000_000.0
+TENANT = 7
+
+
+def events(rows, first_seq=1):
+    """(user, action, ts) rows as a batch, and their log sequence numbers."""
+    users, actions, ts = zip(*rows)
+    batch = EventBatch.build(np.array(users, object), np.array([A[a] for a in actions], np.int32), np.array(ts))
+    return batch, np.arange(first_seq, first_seq + len(rows), dtype=np.int64)
+
+
+def opened(config=CFG, **kw):
+    worker = Worker()
+    assert worker.handle(c.Open(TENANT, config, **kw)).result.applied_seq == 0
+    return worker
+
+
+def test_worker_scores_in_request_order_with_what_it_applied():
+    worker = opened()
+    batch, seqs = events([("u1", "view", T0), ("u1", "add_to_cart", T0 + 5), ("u2", "view", T0 + 6)])
+    applied = worker.handle(c.Apply(TENANT, batch, seqs, CFG, live=False)).result
+    assert (applied.events, applied.applied_seq, applied.users) == (3, 3, 2)
+    scored = worker.handle(c.Score(TENANT, ["u2", "nobody", "u1"], [None] * 3, T0 + 10)).result
+    assert [row["user_id"] for row in scored.rows] == ["u2", "nobody", "u1"]
+    assert scored.rows[2]["score"] > scored.rows[1]["score"]  # a cart counts; a stranger has the prior
+    assert scored.by_model == 0  # no Transformer served: the Markov chain predicted
+
+
+def test_worker_applies_each_logged_event_once():
+    worker = opened()
+    batch, seqs = events([("u1", "view", T0), ("u1", "view", T0 + 1)])
+    assert worker.handle(c.Apply(TENANT, batch, seqs, CFG)).result.events == 2
+    again = worker.handle(c.Apply(TENANT, batch, seqs, CFG)).result  # a replay overlapping what was applied
+    assert (again.events, again.applied_seq) == (0, 2)
+
+
+def test_worker_recodes_events_committed_under_an_older_config_and_skips_what_it_lacks():
+    newer = dataclasses.replace(CFG, actions=(*CFG.actions, "wishlist"))
+    worker = opened()
+    batch, seqs = events([("u1", "view", T0)])
+    recoded = EventBatch.build(batch.user_ids, np.array([newer.actions.index("view")], np.int32), batch.ts)
+    assert worker.handle(c.Apply(TENANT, recoded, seqs, newer)).result.events == 1
+    wish = EventBatch.build(batch.user_ids, np.array([newer.actions.index("wishlist")], np.int32), batch.ts + 1)
+    assert worker.handle(c.Apply(TENANT, wish, seqs + 1, newer)).result.events == 0
+
+
+def test_worker_decides_for_an_idle_cart_and_feedback_resolves_it_once():
+    worker = opened()
+    batch, seqs = events([("u1", "add_to_cart", T0)])
+    worker.handle(c.Apply(TENANT, batch, seqs, CFG, live=False))
+    idle = worker.handle(c.DecideIdle(TENANT, T0, T0 + CFG.cart_idle_s + 1))
+    assert [d.user_id for d in idle.decisions] == ["u1"] and not idle.resolutions
+    signal_id = idle.decisions[0].signal_id
+    first = worker.handle(c.Feedback(TENANT, [(signal_id, T0 + 2000), (signal_id, T0 + 2001)]))
+    assert [(r.signal_id, r.converted) for r in first.resolutions] == [(signal_id, True)]
+    assert worker.handle(c.Feedback(TENANT, [(signal_id, T0 + 2002)])).resolutions == []
+
+
+def test_worker_snapshot_opens_to_the_same_scores():
+    worker = opened()
+    batch, seqs = events([(f"u{i % 5}", ("view", "add_to_cart", "search")[i % 3], T0 + i) for i in range(40)])
+    worker.handle(c.Apply(TENANT, batch, seqs, CFG, live=False))
+    capture, applied_seq, settings = worker.handle(c.Snapshot(TENANT)).result
+    capture = resolve(capture)  # what the snapshot writer does, off the worker's thread
+    assert applied_seq == 40 and settings == CFG.engine_dict()
+    restarted = Worker()
+    assert restarted.handle(c.Open(TENANT, CFG, capture, erased=("u3",))).result.applied_seq == 40
+    users = [f"u{i}" for i in range(5)]
+    before = worker.handle(c.PosteriorScores(TENANT, users, T0 + 60)).result
+    after = restarted.handle(c.PosteriorScores(TENANT, users, T0 + 60)).result
+    np.testing.assert_allclose(np.delete(after, 3), np.delete(before, 3))
+    assert restarted.handle(c.View(TENANT, "u3", T0 + 60)).result is None  # erased since the snapshot
+
+
+def test_worker_open_reports_a_snapshot_it_cannot_use():
+    stale = resolve(Engine(CFG).capture())
+    del stale["tables.alpha"]
+    assert Worker().handle(c.Open(TENANT, CFG, stale)).result.problem
+    broken = {**resolve(Engine(CFG).capture()), "scalars": np.zeros(2)}
+    assert Worker().handle(c.Open(TENANT, CFG, broken)).result.unreadable
+
+
+def test_worker_swap_forgets_users_erased_while_the_engine_was_rebuilt():
+    worker = opened()
+    batch, seqs = events([("keep", "view", T0), ("gone", "view", T0 + 1)])
+    worker.handle(c.Apply(TENANT, batch, seqs, CFG, live=False))
+    wider = dataclasses.replace(CFG, window_size=CFG.window_size + 1)
+    rebuilt = Engine(wider)
+    rebuilt.apply(batch, seqs)  # read from the log before the erasure deleted the user's events
+    worker.handle(c.Rebuilding(TENANT, started=True))
+    assert worker.handle(c.Erase(TENANT, "gone")).result is True
+    worker.handle(c.Swap(TENANT, rebuilt, wider))
+    assert worker.shards[TENANT].engine is rebuilt and rebuilt.config == wider
+    assert worker.handle(c.View(TENANT, "gone", T0 + 2)).result is None
+    assert worker.handle(c.View(TENANT, "keep", T0 + 2)).result["user_id"] == "keep"
+
+
+def test_worker_counts_new_users_only_past_the_limit():
+    worker = opened()
+    batch, seqs = events([("a", "view", T0), ("b", "view", T0)])
+    worker.handle(c.Apply(TENANT, batch, seqs, CFG, live=False))
+    assert worker.handle(c.CountNewUsers(TENANT, ["a", "c", "c"], limit=3)).result is None
+    assert worker.handle(c.CountNewUsers(TENANT, ["a", "c", "d"], limit=3)).result == (2, 2)
+
+
+@pytest.mark.parametrize("command", [
+    c.Open(TENANT, CFG), c.Apply(TENANT, *events([("u", "view", T0)]), CFG), c.Score(TENANT, ["u"], [None], T0),
+    c.Feedback(TENANT, [("s", T0)]), c.Erase(TENANT, "u"), c.Reconfigure(TENANT, CFG), c.Snapshot(TENANT),
+    c.ServeModel(TENANT, None), c.DecideIdle(TENANT, T0, T0 + 1),
+])
+def test_commands_are_frozen_data_that_travel_between_processes(command):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        command.tenant_id = 1
+    assert type(pickle.loads(pickle.dumps(command))) is type(command)
