@@ -63,9 +63,10 @@ from .bodies import events_body, score_body
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_LOG: str | None = None  # --server-log: nudge's own log (INFO) goes here, appended
 
-# How many processes ``nudge serve`` runs: one today (one event loop, one device thread). The bare server and the
-# LitServe peer get this many processes or workers, so that every comparison is process for process; when nudge
-# serve gets a workers option, set it here (and pass it to Nudge) and the yardsticks follow.
+# How many processes ``nudge serve`` runs: the server, and ``--workers`` worker processes (0: the engines run on a
+# thread of the server's). The bare server and the LitServe peer get this many processes or workers, so that every
+# comparison is process for process.
+WORKERS = 0
 NUDGE_PROCESSES = 1
 
 
@@ -109,7 +110,7 @@ class Nudge:
         self.key = self.keys[tenants[0]]
         port = _free_port()
         env = {**os.environ, "NUDGE_RATE_LIMIT_PER_S": "0", "NUDGE_LOG_LEVEL": "INFO" if SERVER_LOG else "WARNING",
-               **{f"NUDGE_{k.upper()}": str(v) for k, v in settings.items()}}
+               "NUDGE_WORKERS": str(WORKERS), **{f"NUDGE_{k.upper()}": str(v) for k, v in settings.items()}}
         log = open(SERVER_LOG, "ab") if SERVER_LOG else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(self.data_dir), "--port", str(port),
@@ -130,7 +131,8 @@ class Nudge:
 class Bare:
     """``loadtests.bare_server`` with ``processes`` processes on one port."""
 
-    def __init__(self, processes: int = NUDGE_PROCESSES):
+    def __init__(self, processes: int | None = None):
+        processes = processes or NUDGE_PROCESSES
         port = _free_port()
         self.proc = subprocess.Popen([sys.executable, "-m", "loadtests.bare_server", "--port", str(port),
                                       "--processes", str(processes)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -169,8 +171,9 @@ class LitServePeer:
     Starting returns at once (the peer replays its events meanwhile); :meth:`wait` blocks until it serves.
     """
 
-    def __init__(self, backend: str, preload: list[bytes], workers: int = NUDGE_PROCESSES,
+    def __init__(self, backend: str, preload: list[bytes], workers: int | None = None,
                  max_batch_size: int = 1024, batch_timeout_ms: float = 2.0):
+        workers = workers or NUDGE_PROCESSES
         self.dir = Path(tempfile.mkdtemp(prefix="nudge-bench-peer-"))
         (self.dir / "preload.msgpack").write_bytes(msgpack.packb(preload))
         port = _free_port()
@@ -681,10 +684,13 @@ def main() -> None:
     parser.add_argument("--server-log", default=None, help="append nudge's own log (at INFO) to this file")
     parser.add_argument("--neighbour-max-seconds", type=float, default=120.0,
                         help="neighbours: the longest the noisy phase runs on waiting for A's config changes")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="nudge's worker processes (0: the engines on a thread of the server's process)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
-    global SERVER_LOG
+    global SERVER_LOG, WORKERS, NUDGE_PROCESSES
     SERVER_LOG = args.server_log
+    WORKERS, NUDGE_PROCESSES = args.workers, 1 + args.workers
     parts = set(args.parts.split(","))
     unknown = parts - {"workloads", "batching", "overload", "neighbours"}
     if unknown:
@@ -698,11 +704,12 @@ def main() -> None:
     rng = random.Random(0)
     report = {"machine": {"arch": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
               "backend": args.backend, "generators": args.generators, "seconds": args.seconds,
-              "nudge_processes": NUDGE_PROCESSES, "predictor": "transformer" if args.model else "markov"}
+              "nudge_processes": NUDGE_PROCESSES, "workers": WORKERS,
+              "predictor": "transformer" if args.model else "markov"}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"backend {args.backend}; {args.generators} generator processes; {args.seconds:g} s per measurement; "
           f"predictor {'transformer (' + args.model + ')' if args.model else 'markov'}; "
-          f"{NUDGE_PROCESSES} nudge process{'es' if NUDGE_PROCESSES > 1 else ''}")
+          f"{NUDGE_PROCESSES} nudge process{'es' if NUDGE_PROCESSES > 1 else ''} ({WORKERS} worker processes)")
     # The neighbours part drives three load shapes at once (B, A's ingest, A's scoring): one process each.
     with concurrent.futures.ProcessPoolExecutor(max(args.generators, 3 if "neighbours" in parts else 1)) as pool:
         sustainable = None
