@@ -26,7 +26,8 @@ from core.host import Sink
 from core import commands as c
 from model import Engine
 
-from .worker_runner import Close, Runner, SwapIn
+from . import gc_tuning
+from .worker_runner import Close, Recover, Runner, SwapIn
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class WorkerLost(Exception):
 def _serve(conn, data_dir: str, backend: str) -> None:
     """A worker process: commands in, replies out, until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its workers; a terminal's Ctrl-C reaches both
+    gc_tuning.tune()  # the engines' many long-lived objects, as in the server (see gc_tuning)
     runner = Runner(Worker(backend), Path(data_dir))
     thread = FairThread("nudge-worker")
     sending = threading.Lock()
@@ -53,8 +55,10 @@ def _serve(conn, data_dir: str, backend: str) -> None:
             reply = runner.handle(command)
         except BaseException as exc:  # the worker outlives any command; the sender gets the error
             send((request, None, _portable(exc)))
-        else:
-            send((request, reply, None))
+            return
+        send((request, reply, None))
+        if isinstance(command, Recover):
+            gc_tuning.freeze()  # what a recovery built lives as long as the tenant: no collection walks it
 
     while True:
         try:
