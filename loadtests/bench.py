@@ -398,11 +398,20 @@ def _barrier(nudge: Nudge, key: str) -> None:
 
 
 def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """The resident memory of a process and of its descendants (nudge's worker processes, multiprocessing's
+    resource tracker), in MB."""
+    total, pids = 0.0, [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            with open(f"/proc/{current}/status") as fh:
+                total += next((int(line.split()[1]) for line in fh if line.startswith("VmRSS:")), 0) / 1024
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    pids += [int(child) for child in fh.read().split()]
+        except OSError:
+            continue  # it ended meanwhile
+    return total
 
 
 WORKLOADS = [
@@ -752,7 +761,8 @@ def main() -> None:
             nominal, over = o["levels"][1.0][0], o["levels"][3.0][0]
             print(f"\nadmitted p99 at 3 x: {over['p99_ms'] / nominal['p99_ms']:.1f} x the p99 at the sustainable rate")
             rss = o["rss_mb"]
-            print(f"\nserver memory during the overload: {rss[0]:.0f} MB before, max {max(rss):.0f} MB, "
+            print(f"\nserver memory (its worker processes included) during the overload: {rss[0]:.0f} MB before, "
+                  f"max {max(rss):.0f} MB, "
                   f"{rss[-1]:.0f} MB at the end")
         if "neighbours" in parts:
             n = run_neighbours(pool, args, rng)
