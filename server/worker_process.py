@@ -15,6 +15,7 @@ import concurrent.futures
 import itertools
 import logging
 import multiprocessing
+import queue
 import signal
 import threading
 from pathlib import Path
@@ -111,8 +112,23 @@ class _Child:
         self.process.start()
         child_conn.close()
         self.pending: dict[int, tuple[concurrent.futures.Future, int]] = {}
-        self.lock = threading.Lock()  # sends, and the pending map against a death
+        self.lock = threading.Lock()  # the pending map against a death
         self.alive = True
+        # Sent from a thread of its own: a write into a full pipe waits for the worker to read, and the event loop
+        # must not wait with it.
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._send_all, name=f"nudge-worker-{index}-commands", daemon=True).start()
+
+    def _send_all(self) -> None:
+        while (item := self.outbox.get()) is not None:
+            request, command = item
+            if isinstance(command, SwapIn) and isinstance(command.engine, Engine):
+                # A rebuilt engine travels as its arrays, copied here rather than on the event loop.
+                item = request, SwapIn(command.tenant_id, command.engine.state_dict(), command.config)
+            try:
+                self.conn.send(item)
+            except (OSError, ValueError):  # the process died: its reader fails what waits
+                return
 
 
 class ProcessHost:
@@ -156,8 +172,6 @@ class ProcessHost:
     def send(self, command: Any) -> concurrent.futures.Future:
         """Run ``command`` in the worker owning its tenant, after those sent before it for that tenant; the
         future's result is an :class:`core.Outcome`."""
-        if isinstance(command, SwapIn) and isinstance(command.engine, Engine):
-            command = SwapIn(command.tenant_id, command.engine.state_dict(), command.config)
         return self._send(self._children[self.owner(command.tenant_id)], command, command.tenant_id)
 
     def _send(self, child: _Child, command: Any, tenant_id: int) -> concurrent.futures.Future:
@@ -168,11 +182,7 @@ class ProcessHost:
                 future.set_exception(WorkerLost(f"worker {child.index} is restarting"))
                 return future
             child.pending[request] = (future, tenant_id)
-            try:
-                child.conn.send((request, command))
-            except (OSError, ValueError) as exc:  # the process died under the send: its reader fails the rest
-                child.pending.pop(request, None)
-                future.set_exception(WorkerLost(f"worker {child.index}: {exc}"))
+            child.outbox.put((request, command))
         return future
 
     def barrier(self) -> concurrent.futures.Future:
@@ -232,12 +242,8 @@ class ProcessHost:
         """Run what was sent, then stop the workers (each ends after its :class:`Close`)."""
         self._closing = True
         for child in self._children:
-            with child.lock:
-                if child.alive:
-                    try:
-                        child.conn.send((next(self._requests), Close()))
-                    except OSError:
-                        pass
+            self._send(child, Close(), -1)
+            child.outbox.put(None)
         for child in self._children:
             child.process.join(30.0 if wait else 0.0)
             if child.process.is_alive():
