@@ -35,13 +35,13 @@ from .models import HISTORY_LIMIT, ModelRejected, ModelSlot, ModelUnavailable, f
 from .overload import LoopLag
 from .ratelimit import TokenBucket
 from .signal_writer import SignalWriter
-from .snapshots import clear_journal, journal_erasure, remove_temporaries, save_snapshot, snapshot_path
+from .snapshots import journal_erasure, remove_temporaries, snapshot_path
 from .stats import signal_stats_report
 from .ports import EventLog, Storage
 from .storage import Store, Tenant, hash_key
 from .validation import Cursor
 from .worker_process import ProcessHost
-from .worker_runner import Close, Recover, Recovered, Runner, SwapIn, Sync
+from .worker_runner import Close, Recover, Recovered, Runner, SaveSnapshot, SwapIn, Sync
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +214,13 @@ class Runtime:
         return await asyncio.wrap_future(self.host.call(lane, fn, *args))
 
     async def command(self, command: cmd.Command) -> Any:
-        """Send ``command`` to the worker; its result once the signals it decided are durable."""
+        """Send ``command`` to the worker; its result once the signals it decided are durable (a result the worker
+        finishes off its thread, such as a snapshot's write, once it is done)."""
         outcome: Outcome = await asyncio.wrap_future(self.host.send(command))
         if outcome.written is not None:
             await asyncio.wrap_future(outcome.written)
+        if isinstance(outcome.result, concurrent.futures.Future):
+            return await asyncio.wrap_future(outcome.result)
         return outcome.result
 
     def _write_signals(self, tenant_id: int, decisions: list, resolutions: list) -> concurrent.futures.Future | None:
@@ -1073,17 +1076,10 @@ class Runtime:
     # ---- snapshots ----------------------------------------------------------------------------
 
     async def snapshot(self, state: TenantState) -> None:
-        """Capture the tenant's engine and write it; one at a time per tenant, newest capture last."""
-        path = snapshot_path(self.config.data_dir, state.tenant.id)
-
-        def write(engine_state: dict, cfg: dict) -> None:
-            save_snapshot(path, engine_state, cfg)
-            clear_journal(path)  # the new snapshot was captured after every journalled erasure
-
+        """Have the tenant's worker capture its engine and write it; one at a time per tenant, newest capture
+        last."""
         async with state.snapshot_lock:
-            engine_state, seq, cfg = await self.command(cmd.Snapshot(state.tenant.id))
-            await asyncio.get_running_loop().run_in_executor(None, write, engine_state, cfg)
-            state.snapshot_seq = seq
+            state.snapshot_seq = await self.command(SaveSnapshot(state.tenant.id))
             state.erased_since_snapshot = False
         self.metrics.snapshots.inc()
 

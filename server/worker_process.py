@@ -57,6 +57,11 @@ def _serve(conn, data_dir: str, backend: str) -> None:
         except BaseException as exc:  # the worker outlives any command; the sender gets the error
             send((request, None, _portable(exc)))
             return
+        if isinstance(reply.result, concurrent.futures.Future):  # finished off the worker's thread: reply then
+            reply.result.add_done_callback(lambda done: send(
+                (request, None, _portable(done.exception())) if done.exception() is not None
+                else (request, c.Reply(done.result(), reply.decisions, reply.resolutions), None)))
+            return
         send((request, reply, None))
         if isinstance(command, Recover):
             gc_tuning.freeze()  # what a recovery built lives as long as the tenant: no collection walks it

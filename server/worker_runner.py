@@ -7,6 +7,7 @@ own, and passes every other command to the worker.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,15 @@ from core import Worker
 from core import commands as c
 from model import Engine, TenantConfig
 
-from .snapshots import SnapshotUnreadable, load_snapshot, read_journal, set_aside, snapshot_path
+from .snapshots import (
+    SnapshotUnreadable,
+    clear_journal,
+    load_snapshot,
+    read_journal,
+    save_snapshot,
+    set_aside,
+    snapshot_path,
+)
 from .storage import Store
 
 log = logging.getLogger(__name__)
@@ -55,6 +64,15 @@ class SwapIn:
 
 
 @dataclass(frozen=True)
+class SaveSnapshot:
+    """Capture the tenant's engine (on the worker's thread) and write it to its snapshot file (on the runner's
+    writer thread, in capture order), then clear its erasure journal. Replies a future of the applied_seq the
+    snapshot holds, done once the file is durable: the engine's state never leaves the process it lives in."""
+
+    tenant_id: int
+
+
+@dataclass(frozen=True)
 class Sync:
     """Nothing: replies once the tenant's commands sent before it have run (and their signals gone to the sink)."""
 
@@ -75,6 +93,7 @@ class Runner:
         self.worker = worker
         self.data_dir = Path(data_dir)
         self._reader: Store | None = None
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-snapshot-writer")
 
     @property
     def reader(self) -> Store:
@@ -145,14 +164,27 @@ class Runner:
         self.worker.handle(c.Swap(cmd.tenant_id, engine, cmd.config))
         return c.Reply((replayed, time.perf_counter() - started, engine.applied_seq, len(engine.windows.index)))
 
+    def _save_snapshot(self, cmd: SaveSnapshot) -> c.Reply:
+        engine_state, applied_seq, settings = self.worker.handle(c.Snapshot(cmd.tenant_id)).result
+        path = snapshot_path(self.data_dir, cmd.tenant_id)
+
+        def write() -> int:
+            save_snapshot(path, engine_state, settings)
+            clear_journal(path)  # the new snapshot was captured after every journalled erasure
+            return applied_seq
+
+        return c.Reply(self._writer.submit(write))
+
     def _sync(self, cmd: Sync) -> c.Reply:
         return c.Reply()
 
     def _close(self, cmd: Close) -> c.Reply:
+        self._writer.shutdown(wait=True)
         if self._reader is not None:
             self._reader.close()
             self._reader = None
         return c.Reply()
 
 
-_STEPS = {Recover: Runner._recover, SwapIn: Runner._swap_in, Sync: Runner._sync, Close: Runner._close}
+_STEPS = {Recover: Runner._recover, SwapIn: Runner._swap_in, SaveSnapshot: Runner._save_snapshot, Sync: Runner._sync,
+          Close: Runner._close}
