@@ -12,7 +12,10 @@ from typing import Any
 import numpy as np
 
 from model import EventBatch, TenantConfig
+from model.decisions import Prediction
 from model.signals import Decision, Resolution
+
+from .score_rows import result_rows
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,20 @@ class Score:
 
 @dataclass(frozen=True)
 class Scored:
-    rows: list[dict[str, Any]]  # one per user, in order, as the API answers them
-    by_model: int  # how many the Transformer predicted for (the Markov chain the rest)
+    """What a score answers, as arrays (cheap to send to another process); ``rows`` builds the answer's rows."""
+
+    actions: tuple[str, ...]  # the engine's vocabulary, in its order
+    prediction: Prediction
+    signals: list[dict[str, Any] | None]  # per user: the signal decided now, else the user's open one, or None
     decided: list[int]  # the rows whose user was decided for now: their reply's decisions, in order
+
+    @property
+    def by_model(self) -> int:
+        """How many users the Transformer predicted for (the Markov chain the rest)."""
+        return int(self.prediction.by_model.sum())
+
+    def rows(self, user_ids: list[str]) -> list[dict[str, Any]]:
+        return result_rows(self.actions, user_ids, self.prediction, self.signals)
 
 
 @dataclass(frozen=True)

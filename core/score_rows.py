@@ -8,10 +8,15 @@ import numpy as np
 from model.decisions import Prediction
 
 
-def result_rows(actions: tuple[str, ...], user_ids: list[str], p: Prediction, decisions,
-                shown: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
-    """The ``POST /v1/score`` results. ``signal`` is the signal decided now, else the user's latest open one
-    (decided at ingest, or at an earlier score): one truth per user. A withheld (holdout) decision shows as none."""
+def shown_signals(decisions, shown: list[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
+    """Per user, the signal a score answers with: the one decided now, else the user's latest open one (decided at
+    ingest, or at an earlier score): one truth per user. A withheld (holdout) decision shows as none."""
+    return [d.signal() if d is not None and not d.withheld else open_signal for d, open_signal in zip(decisions, shown)]
+
+
+def result_rows(actions: tuple[str, ...], user_ids: list[str], p: Prediction,
+                signals: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The ``POST /v1/score`` results, from the prediction's arrays and each user's signal (or None)."""
     names = [*actions, "session_end"]
     rounded = np.round(p.next_probs, 6)
     best = [names[i] for i in rounded.argmax(axis=1).tolist()]
@@ -22,9 +27,8 @@ def result_rows(actions: tuple[str, ...], user_ids: list[str], p: Prediction, de
         probs = rounded.tolist()
     predictors = ["transformer" if m else "markov" for m in p.by_model.tolist()]
     out = []
-    for uid, score, row, next_action, p5, p60, predictor, d, open_signal in zip(
-        user_ids, p.score.tolist(), probs, best, p.purchase_5m.tolist(), p.purchase_60m.tolist(), predictors,
-        decisions, shown,
+    for uid, score, row, next_action, p5, p60, predictor, signal in zip(
+        user_ids, p.score.tolist(), probs, best, p.purchase_5m.tolist(), p.purchase_60m.tolist(), predictors, signals,
     ):
         out.append(
             {
@@ -37,7 +41,7 @@ def result_rows(actions: tuple[str, ...], user_ids: list[str], p: Prediction, de
                     "purchase_60m": p60,
                     "predictor": predictor,
                 },
-                "signal": d.signal() if d is not None and not d.withheld else open_signal,
+                "signal": signal,
             }
         )
     return out

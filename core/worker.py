@@ -19,7 +19,7 @@ from model.report import weights_report
 from model.signals import SignalPolicy
 
 from . import commands as c
-from .score_rows import result_rows
+from .score_rows import shown_signals
 
 
 class NotOpen(LookupError):
@@ -160,10 +160,9 @@ class Worker:
         engine, now = shard.engine, time.time() if cmd.now is None else cmd.now
         prediction = predict(engine, shard.predictor, cmd.user_ids, now)
         decisions = decide(engine, shard.policy, cmd.user_ids, prediction, now, cmd.hints)
-        shown = [shard.policy.shown_signal(uid) for uid in cmd.user_ids]
-        rows = result_rows(engine.config.actions, cmd.user_ids, prediction, decisions, shown)
+        signals = shown_signals(decisions, [shard.policy.shown_signal(uid) for uid in cmd.user_ids])
         decided = [i for i, d in enumerate(decisions) if d is not None]
-        return c.Reply(c.Scored(rows, int(prediction.by_model.sum()), decided), [decisions[i] for i in decided])
+        return c.Reply(c.Scored(engine.config.actions, prediction, signals, decided), [decisions[i] for i in decided])
 
     def _explain(self, cmd: c.Explain) -> c.Reply:
         engine = self.shards[cmd.tenant_id].engine

@@ -105,7 +105,7 @@ class ScoreAPI(ls.LitAPI):
         user_ids = [uid for ids in x for uid in ids]
         prediction = self._predict(self.engine, None, user_ids, time.time())
         none = [None] * len(user_ids)
-        rows = self._rows(self.engine.config.actions, user_ids, prediction, none, none)
+        rows = self._rows(self.engine.config.actions, user_ids, prediction, none)
         out, start = [], 0
         for ids in x:
             out.append(rows[start:start + len(ids)])

@@ -631,15 +631,17 @@ class Runtime:
     async def _score_batch(self, tenant_id: int, items: list[tuple[str, dict | None]]) -> list[dict[str, Any]]:
         """One micro-batch, scored by the worker: results with ``_written`` on the rows whose decision is being
         written to the signal log."""
+        user_ids = [uid for uid, _ in items]
         outcome: Outcome = await asyncio.wrap_future(self.host.send(cmd.Score(
-            tenant_id, [uid for uid, _ in items], [hint for _, hint in items])))
+            tenant_id, user_ids, [hint for _, hint in items])))
         scored: cmd.Scored = outcome.result
         self.metrics.predictions.labels("transformer").inc(scored.by_model)
         self.metrics.predictions.labels("markov").inc(len(items) - scored.by_model)
+        rows = scored.rows(user_ids)
         if outcome.written is not None:
             for row in scored.decided:
-                scored.rows[row]["_written"] = outcome.written
-        return scored.rows
+                rows[row]["_written"] = outcome.written
+        return rows
 
     async def score(
         self, state: TenantState, user_ids: list[str], explain: bool, hints: list[dict | None] | None = None

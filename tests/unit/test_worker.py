@@ -35,8 +35,9 @@ def test_worker_scores_in_request_order_with_what_it_applied():
     applied = worker.handle(c.Apply(TENANT, batch, seqs, CFG, live=False)).result
     assert (applied.events, applied.applied_seq, applied.users) == (3, 3, 2)
     scored = worker.handle(c.Score(TENANT, ["u2", "nobody", "u1"], [None] * 3, T0 + 10)).result
-    assert [row["user_id"] for row in scored.rows] == ["u2", "nobody", "u1"]
-    assert scored.rows[2]["score"] > scored.rows[1]["score"]  # a cart counts; a stranger has the prior
+    rows = pickle.loads(pickle.dumps(scored)).rows(["u2", "nobody", "u1"])  # as a worker process sends it
+    assert [row["user_id"] for row in rows] == ["u2", "nobody", "u1"]
+    assert rows[2]["score"] > rows[1]["score"]  # a cart counts; a stranger has the prior
     assert scored.by_model == 0  # no Transformer served: the Markov chain predicted
 
 
