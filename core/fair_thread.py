@@ -49,21 +49,7 @@ class FairThread:
         """Done once every call submitted before it, in any lane, has run."""
         with self._cond:
             lanes = [*self._lanes, _BARRIER]  # _BARRIER: also after the call running now
-        pending = [self.submit(lane, _nothing) for lane in lanes]
-        done: concurrent.futures.Future = concurrent.futures.Future()
-        left = [len(pending)]
-        lock = threading.Lock()
-
-        def one_done(_: concurrent.futures.Future) -> None:
-            with lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                done.set_result(None)
-
-        for future in pending:
-            future.add_done_callback(one_done)
-        return done
+        return all_done([self.submit(lane, _nothing) for lane in lanes])
 
     def executor(self, lane: Hashable) -> concurrent.futures.Executor:
         """An Executor whose calls go to ``lane`` (for ``loop.run_in_executor``)."""
@@ -99,6 +85,26 @@ class FairThread:
                 future.set_exception(exc)
             else:
                 future.set_result(result)
+
+
+def all_done(futures: list[concurrent.futures.Future]) -> concurrent.futures.Future:
+    """A future done (with None) once every one of ``futures`` is done, whatever their outcomes."""
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: concurrent.futures.Future) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            done.set_result(None)
+
+    if not futures:
+        done.set_result(None)
+    for future in futures:
+        future.add_done_callback(one_done)
+    return done
 
 
 class _LaneExecutor(concurrent.futures.Executor):

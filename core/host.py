@@ -57,10 +57,6 @@ class ThreadHost:
         """Done once everything sent before it, for any tenant, has run."""
         return self._thread.barrier()
 
-    def executor(self, lane: Hashable) -> concurrent.futures.Executor:
-        """An Executor whose calls run in ``lane`` on the worker's thread (for the micro-batcher)."""
-        return self._thread.executor(lane)
-
     def shutdown(self, wait: bool = True) -> None:
         """Run what was sent, then stop."""
         self._thread.shutdown(wait)

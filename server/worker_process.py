@@ -15,6 +15,7 @@ import concurrent.futures
 import itertools
 import logging
 import multiprocessing
+import pickle
 import queue
 import signal
 import threading
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core import Outcome, Worker
-from core.fair_thread import FairThread
+from core.fair_thread import FairThread, all_done
 from core.host import Sink
 from core import commands as c
 from model import Engine
@@ -85,8 +86,6 @@ def _serve(conn, data_dir: str, backend: str) -> None:
 
 def _portable(exc: BaseException) -> BaseException:
     """``exc`` if it survives pickling, else a RuntimeError that says what it was."""
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
@@ -192,20 +191,7 @@ class ProcessHost:
 
     def barrier(self) -> concurrent.futures.Future:
         """Done once everything sent before it, to every worker, has run and its reply has been handled."""
-        parts = [self._send(child, _BARRIER, -1) for child in self._children]
-        done: concurrent.futures.Future = concurrent.futures.Future()
-        left = [len(parts)]
-        lock = threading.Lock()
-
-        def one_done(_: concurrent.futures.Future) -> None:
-            with lock:
-                left[0] -= 1
-                if left[0] == 0:
-                    done.set_result(None)
-
-        for part in parts:
-            part.add_done_callback(one_done)
-        return done
+        return all_done([self._send(child, _BARRIER, -1) for child in self._children])
 
     def _read(self, child: _Child) -> None:
         """Replies, in the order the worker made them: what they decided goes to the sink first."""
