@@ -35,11 +35,16 @@ def beta_sample_numpy(alpha: np.ndarray, beta: np.ndarray, *, seed: int, offset:
     return out.astype(np.float32)
 
 
-def beta_sample(alpha: Any, beta: Any, *, seed: int, offset: int = 0, backend: str | None = None) -> Any:
+def beta_sample(alpha: Any, beta: Any, *, seed: int, offset: int = 0, backend: str | None = None,
+                check: bool = True) -> Any:
     """Samples of Beta(alpha, beta), float32, same shape and array kind as ``alpha``.
 
     Counter-based: the same (seed, offset, shape) gives the same samples on the same backend; another
     offset gives independent ones. ``backend=None`` uses the resolver's automatic choice.
+
+    ``check`` raises ValueError for a parameter that is not > 0. On the device that waits for the
+    device, so callers passing their own valid tables (the engine) turn it off; the draws of a bad
+    parameter are then unspecified, but nothing is read out of bounds.
     """
     name = resolve_backend(backend)
     a, b = for_backend(alpha, name), for_backend(beta, name)
@@ -47,6 +52,8 @@ def beta_sample(alpha: Any, beta: Any, *, seed: int, offset: int = 0, backend: s
         raise ValueError(f"alpha and beta must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if int(seed) < 0 or int(offset) < 0:
         raise ValueError(f"seed and offset must be >= 0, got seed={seed}, offset={offset}")
-    if math.prod(a.shape) and not (bool((a > 0).all()) and bool((b > 0).all())):
+    if name == "triton":  # checked in the kernel, as it reads them
+        return like(implementation("beta_sample", name)(a, b, seed=seed, offset=offset, check=check), alpha)
+    if check and math.prod(a.shape) and not bool(((a > 0) & (b > 0)).all()):
         raise ValueError("alpha and beta must be > 0 everywhere (and not NaN)")
     return like(implementation("beta_sample", name)(a, b, seed=seed, offset=offset), alpha)

@@ -18,15 +18,15 @@ from .sequence_triton import BLOCK_ROWS, _sequence_scores_kernel
 KERNELS = {
     "beta_sample": (
         _beta_sample_kernel,
-        {"alpha_ptr": "*fp32", "beta_ptr": "*fp32", "out_ptr": "*fp32", "n": "i64", "key": "i64",
+        {"alpha_ptr": "*fp32", "beta_ptr": "*fp32", "out_ptr": "*fp32", "flag_ptr": "*i32", "n": "i64", "key": "i64",
          "BLOCK": "constexpr", "MAX_TRIES": "constexpr"},
         {"BLOCK": BLOCK, "MAX_TRIES": MAX_TRIES},
     ),
     "sequence_scores": (
         _sequence_scores_kernel,
         {"actions_ptr": "*i32", "ages_ptr": "*fp32", "lengths_ptr": "*i32", "theta_ptr": "*fp32",
-         "lift_ptr": "*fp32", "out_ptr": "*fp32", "n_rows": "i32", "n_actions": "i32", "window": "i32",
-         "half_life_s": "fp32", "BLOCK_ROWS": "constexpr", "WINDOW": "constexpr"},
+         "lift_ptr": "*fp32", "out_ptr": "*fp32", "flag_ptr": "*i32", "n_rows": "i32", "n_actions": "i32",
+         "window": "i32", "inv_half_life_s": "fp32", "BLOCK_ROWS": "constexpr", "WINDOW": "constexpr"},
         {"BLOCK_ROWS": BLOCK_ROWS, "WINDOW": 32},
     ),
 }

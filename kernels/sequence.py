@@ -45,8 +45,8 @@ def _arange_like(x: Any, n: int) -> Any:
     return np.arange(n)
 
 
-def _check(actions, ages_s, lengths, theta, lift) -> None:
-    """Shapes from metadata, ranges from a few reductions: works on device arrays without copying them."""
+def _check_shapes(actions, ages_s, lengths, theta, lift) -> None:
+    """From metadata alone: never waits for a device."""
     if actions.ndim != 2:
         raise ValueError(f"actions must be [B, K], got shape {tuple(actions.shape)}")
     batch, window = actions.shape
@@ -59,6 +59,11 @@ def _check(actions, ages_s, lengths, theta, lift) -> None:
     n_actions = theta.shape[1]
     if tuple(lift.shape) != (n_actions, n_actions):
         raise ValueError(f"lift must be [{n_actions}, {n_actions}], got {tuple(lift.shape)}")
+
+
+def _check_values(actions, lengths, n_actions) -> None:
+    """Lengths and codes in range, from a few reductions where the arrays are (NumPy and CuPy)."""
+    batch, window = actions.shape
     if batch and (int(lengths.min()) < 0 or int(lengths.max()) > window):
         raise ValueError(f"lengths must lie in [0, {window}]")
     valid = _arange_like(actions, window)[None, :] < lengths[:, None]
@@ -76,17 +81,25 @@ def sequence_scores(
     *,
     half_life_s: float,
     backend: str | None = None,
+    check: bool = True,
 ) -> Any:
     """Score per row, float32 [B], of the array kind of ``actions``.
 
     actions int32 [B, K] (codes, left-aligned, oldest first), ages_s float32 [B, K], lengths int32 [B],
     theta float32 [B, A] (each row's weights), lift float32 [A, A] (lift[prev, cur]).
     ``backend=None`` uses the resolver's automatic choice.
+
+    ``check`` raises ValueError for a length outside [0, K] or a code outside [0, A) within a row's
+    length. On a device that waits for the device, so callers passing their own valid windows (the
+    engine) turn it off. Shapes are always checked, from metadata.
     """
     if not half_life_s > 0:
         raise ValueError(f"half_life_s must be > 0, got {half_life_s}")
     name = resolve_backend(backend)
     args = [for_backend(x, name) for x in (actions, ages_s, lengths, theta, lift)]
-    # Checked before launch, where the data already is: a bad code would read out of bounds on a device.
-    _check(*args)
+    _check_shapes(*args)
+    if name == "triton":  # the kernel checks what it reads and never reads out of bounds
+        return like(implementation("sequence_scores", name)(*args, half_life_s=half_life_s, check=check), actions)
+    if check:
+        _check_values(args[0], args[2], args[3].shape[1])
     return like(implementation("sequence_scores", name)(*args, half_life_s=half_life_s), actions)

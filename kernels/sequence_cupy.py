@@ -14,11 +14,14 @@ extern "C" __global__ void sequence_scores_kernel(
     const long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= n_rows) return;
     const int* row = actions + r * window;
-    const int length = lengths[r];
+    /* Unchecked calls are safe: a bad length is clamped and a bad code is never an address. */
+    const int length = min(max(lengths[r], 0), window);
     float keep = 1.0f;
     for (int k = 0; k < length; ++k) {
         const int a = row[k];
-        const float step_lift = k > 0 ? lift[row[k - 1] * n_actions + a] : 1.0f;
+        if (a < 0 || a >= n_actions) continue;
+        const int p = k > 0 ? row[k - 1] : -1;
+        const float step_lift = (p >= 0 && p < n_actions) ? lift[p * n_actions + a] : 1.0f;
         const float decay = exp2f(-ages[r * window + k] / half_life_s);
         keep *= 1.0f - fminf(theta[r * n_actions + a] * step_lift * decay, 1.0f);
     }

@@ -1,11 +1,17 @@
-"""Triton: the engagement score of each row's action window, fused (gather, decay, product, reduce)."""
+"""Triton: the engagement score of each row's action window, fused (gather, decay, product, reduce).
+
+The kernel checks what it reads: a length outside [0, window] or a code outside [0, A) within a
+row's length sets a bit of a flag and is never used as an address, so unchecked calls are safe too.
+"""
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-BLOCK_ROWS = 32
+BLOCK_ROWS = 64
+NUM_WARPS = 4
+BAD_LENGTH, BAD_CODE = 1, 2  # the flag's bits, as the kernel writes them
 
 
 @triton.jit
@@ -15,8 +21,8 @@ def _multiply(a, b):
 
 @triton.jit
 def _sequence_scores_kernel(
-    actions_ptr, ages_ptr, lengths_ptr, theta_ptr, lift_ptr, out_ptr,
-    n_rows, n_actions, window, half_life_s,
+    actions_ptr, ages_ptr, lengths_ptr, theta_ptr, lift_ptr, out_ptr, flag_ptr,
+    n_rows, n_actions, window, inv_half_life_s,
     BLOCK_ROWS: tl.constexpr, WINDOW: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -24,33 +30,51 @@ def _sequence_scores_kernel(
     cols = tl.arange(0, WINDOW)
     row_ok = rows < n_rows
     length = tl.load(lengths_ptr + rows, mask=row_ok, other=0)
+    bad_length = row_ok & ((length < 0) | (length > window))
+    length = tl.minimum(tl.maximum(length, 0), window)
     valid = row_ok[:, None] & (cols[None, :] < length[:, None])
-    has_prev = valid & (cols[None, :] > 0)
     cell = rows[:, None] * window + cols[None, :]
-    action = tl.load(actions_ptr + cell, mask=valid, other=0).to(tl.int64)
-    prev = tl.load(actions_ptr + cell - 1, mask=has_prev, other=0).to(tl.int64)
+    action = tl.load(actions_ptr + cell, mask=valid, other=0)
+    prev = tl.load(actions_ptr + cell - 1, mask=valid & (cols[None, :] > 0), other=-1)
     age = tl.load(ages_ptr + cell, mask=valid, other=0.0)
-    theta = tl.load(theta_ptr + rows[:, None] * n_actions + action, mask=valid, other=0.0)
-    lift = tl.load(lift_ptr + prev * n_actions + action, mask=has_prev, other=1.0)
-    p = tl.minimum(theta * lift * tl.exp2(-age / half_life_s), 1.0)
-    keep = tl.where(valid, 1.0 - p, 1.0)
+    code_ok = (action >= 0) & (action < n_actions)
+    usable = valid & code_ok
+    prev_ok = (prev >= 0) & (prev < n_actions)
+    theta = tl.load(theta_ptr + rows[:, None] * n_actions + action, mask=usable, other=0.0)
+    lift = tl.load(lift_ptr + prev * n_actions + action, mask=usable & prev_ok, other=1.0)
+    p = tl.minimum(theta * lift * tl.exp2(-age * inv_half_life_s), 1.0)
+    keep = tl.where(usable, 1.0 - p, 1.0)
     tl.store(out_ptr + rows, 1.0 - tl.reduce(keep, 1, _multiply), mask=row_ok)
+    flags = tl.where(bad_length, 1, 0) | tl.max(tl.where(valid & (code_ok == 0), 2, 0), axis=1)
+    any_bad = tl.max(flags, axis=0)
+    if any_bad > 0:
+        tl.atomic_or(flag_ptr, any_bad)
 
 
 def sequence_scores_triton(
     actions: torch.Tensor, ages_s: torch.Tensor, lengths: torch.Tensor, theta: torch.Tensor, lift: torch.Tensor,
-    *, half_life_s: float,
+    *, half_life_s: float, check: bool = True, block_rows: int = BLOCK_ROWS, num_warps: int = NUM_WARPS,
 ) -> torch.Tensor:
-    """Score per row as float32 on the inputs' device (shapes checked by the caller)."""
+    """Score per row as float32 on the inputs' device (shapes checked by the caller).
+
+    With ``check``, a bad length or code raises ValueError after the launch (one device sync);
+    without it (the engine's own windows) nothing waits for the device.
+    """
     n_rows, window = actions.shape
     out = torch.empty(n_rows, dtype=torch.float32, device=actions.device)
     if n_rows:
-        grid = (triton.cdiv(n_rows, BLOCK_ROWS),)
-        _sequence_scores_kernel[grid](
+        flag = torch.zeros(1, dtype=torch.int32, device=actions.device)
+        _sequence_scores_kernel[(triton.cdiv(n_rows, block_rows),)](
             actions.to(torch.int32).contiguous(), ages_s.to(torch.float32).contiguous(),
             lengths.to(torch.int32).contiguous(), theta.to(torch.float32).contiguous(),
-            lift.to(torch.float32).contiguous(), out,
-            n_rows, theta.shape[1], window, float(half_life_s),
-            BLOCK_ROWS=BLOCK_ROWS, WINDOW=triton.next_power_of_2(max(window, 1)),
+            lift.to(torch.float32).contiguous(), out, flag,
+            n_rows, theta.shape[1], window, 1.0 / float(half_life_s),
+            BLOCK_ROWS=block_rows, WINDOW=triton.next_power_of_2(max(window, 1)), num_warps=num_warps,
         )
+        if check:
+            bits = int(flag.item())
+            if bits & BAD_LENGTH:
+                raise ValueError(f"lengths must lie in [0, {window}]")
+            if bits & BAD_CODE:
+                raise ValueError(f"action codes must lie in [0, {theta.shape[1]}) within each row's length")
     return out

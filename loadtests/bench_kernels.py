@@ -1,10 +1,13 @@
 """Kernel throughput: Beta draws and sequence scores per backend, beside the libraries a user would call.
 
-    python -m loadtests.bench_kernels [--sizes 1e3,1e4,1e5,1e6,1e7] [--repeats 5]
+    python -m loadtests.bench_kernels [--sizes 1e3,1e4,1e5,1e6,1e7] [--repeats 5] [--sweep]
 
 For each size: samples/s (or rows/s) and the achieved memory bandwidth (bytes the kernel must read
 and write / time). On a GPU, the device's measured copy bandwidth is printed and each figure is
 also given as a fraction of it. The Triton interpreter is never benchmarked: it is a test tool.
+"nudge" rows call the public function with its input checks (one device sync); "unchecked" rows
+call it as the engine does. ``--sweep`` also times the Triton kernels' other block sizes and warp
+counts at 1e6 and above, which is how their defaults were chosen.
 """
 from __future__ import annotations
 
@@ -70,7 +73,15 @@ def _arrays(backend: str, host: list[np.ndarray]):
     return [cupy.asarray(a) for a in host], "cupy"
 
 
-def beta_rows(sizes, repeats):
+BETA_SWEEP = [(block, warps) for block in (256, 512, 1024) for warps in (4, 8)]
+SEQUENCE_SWEEP = [(rows, warps) for rows in (32, 64, 128, 256) for warps in (4, 8)]
+
+
+def _on_gpu_triton(backends) -> bool:
+    return "triton" in backends and kernels.compute_device() == "cuda"
+
+
+def beta_rows(sizes, repeats, sweep=False):
     rng = np.random.default_rng(0)
     backends = [b for b in kernels.available_backends() if b == "numpy" or kernels.compute_device() == "cuda"]
     for n in sizes:
@@ -81,6 +92,18 @@ def beta_rows(sizes, repeats):
             (a, b), kind = _arrays(backend, [alpha, beta])
             s = _time(lambda: kernels.beta_sample(a, b, seed=1, offset=2, backend=backend), kind, repeats)
             yield "beta_sample", f"nudge {backend}", n, n / s, moved / s / 1e9
+            if backend != "numpy":
+                s = _time(lambda: kernels.beta_sample(a, b, seed=1, offset=2, backend=backend, check=False), kind,
+                          repeats)
+                yield "beta_sample", f"nudge {backend}, unchecked", n, n / s, moved / s / 1e9
+        if sweep and n >= 10**6 and _on_gpu_triton(backends):
+            from kernels.beta_triton import beta_sample_triton
+
+            (a, b), kind = _arrays("triton", [alpha, beta])
+            for block, warps in BETA_SWEEP:
+                s = _time(lambda: beta_sample_triton(a, b, seed=1, offset=2, check=False, block=block,
+                                                     num_warps=warps), kind, repeats)
+                yield "beta_sample", f"triton block {block}, {warps} warps", n, n / s, moved / s / 1e9
         gen = np.random.default_rng(1)
         s = _time(lambda: gen.beta(alpha, beta), "numpy", repeats)
         yield "beta_sample", "numpy Generator.beta (float64)", n, n / s, moved / s / 1e9
@@ -102,7 +125,7 @@ def beta_rows(sizes, repeats):
             yield "beta_sample", "cupy.random.beta", n, n / s, moved / s / 1e9
 
 
-def sequence_rows(sizes, repeats):
+def sequence_rows(sizes, repeats, sweep=False):
     rng = np.random.default_rng(0)
     backends = [b for b in kernels.available_backends() if b == "numpy" or kernels.compute_device() == "cuda"]
     for n in sizes:
@@ -120,12 +143,24 @@ def sequence_rows(sizes, repeats):
             arrays, kind = _arrays(backend, host)
             s = _time(lambda: kernels.sequence_scores(*arrays, half_life_s=1800.0, backend=backend), kind, repeats)
             yield "sequence_scores", f"nudge {backend}", n, n / s, moved / s / 1e9
+            s = _time(lambda: kernels.sequence_scores(*arrays, half_life_s=1800.0, backend=backend, check=False),
+                      kind, repeats)
+            yield "sequence_scores", f"nudge {backend}, unchecked", n, n / s, moved / s / 1e9
+        if sweep and n >= 10**6 and _on_gpu_triton(backends):
+            from kernels.sequence_triton import sequence_scores_triton
+
+            arrays, kind = _arrays("triton", host)
+            for block, warps in SEQUENCE_SWEEP:
+                s = _time(lambda: sequence_scores_triton(*arrays, half_life_s=1800.0, check=False, block_rows=block,
+                                                         num_warps=warps), kind, repeats)
+                yield "sequence_scores", f"triton {block} rows, {warps} warps", n, n / s, moved / s / 1e9
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1e3,1e4,1e5,1e6,1e7")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sweep", action="store_true", help="also time the Triton kernels' other launch shapes")
     args = parser.parse_args()
     sizes = [int(float(x)) for x in args.sizes.split(",")]
     copy = _copy_bandwidth()
@@ -137,7 +172,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {device}; backends here: {', '.join(kernels.available_backends())}")
     print("| kernel | implementation | size | items/s | GB/s" + (" | of copy bandwidth |" if copy else " |"))
     print("|---|---|---|---|---" + ("|---|" if copy else "|"))
-    for rows in (beta_rows(sizes, args.repeats), sequence_rows(sizes, args.repeats)):
+    for rows in (beta_rows(sizes, args.repeats, args.sweep), sequence_rows(sizes, args.repeats, args.sweep)):
         for kernel, impl, n, rate, gbs in rows:
             tail = f" | {gbs / copy:.1%} |" if copy else " |"
             print(f"| {kernel} | {impl} | {n:.0e} | {rate:.3g} | {gbs:.3g}{tail}", flush=True)

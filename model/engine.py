@@ -262,10 +262,10 @@ class Engine:
         half_life = self.config.recency_half_life_s
         tables = self.tables
         learned = kernels.sequence_scores(actions, ages, lengths, theta, tables.lift.astype(np.float32),
-                                          half_life_s=half_life, backend="numpy")
+                                          half_life_s=half_life, backend="numpy", check=False)
         prior = np.broadcast_to(tables.prior_mean, theta.shape).astype(np.float32)
         heuristic = kernels.sequence_scores(actions, ages, lengths, prior, np.ones_like(tables.lift, np.float32),
-                                            half_life_s=half_life, backend="numpy")
+                                            half_life_s=half_life, backend="numpy", check=False)
         items = self.windows.gather_ring(users, "item")
         session = session_item_features(actions, times, items, lengths, self.config.session_gap_s,
                                         self.config.conversion_code)
@@ -348,14 +348,14 @@ class Engine:
         of the score for what decides signals; unknown users score from priors."""
         users = self.windows.lookup(user_ids, create=False)
         windows = _Window(*self.windows.gather(users), self.windows.gather_ring(users, "item"))
-        x = self.current_features(users, now_s, windows)
+        modes = ("mean", "prior", "thompson") if draw else ("mean", "prior")
+        sequence = self._sequence_scores(users, now_s, modes, windows)
+        x = self.current_features(users, now_s, windows, sequence)
         score = self.combiners["score"].predict(x)
         score_draw = score
         if draw:
             drawn = x.copy()
-            default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0))
-            drawn[:, self.features.index["seq_learned"]] = log_odds(
-                self._sequence_scores(users, now_s, default_ctx, "thompson", True, windows))
+            drawn[:, self.features.index["seq_learned"]] = log_odds(sequence["thompson"])
             rng = np.random.default_rng([self.config.seed, self.draws])
             score_draw = self.combiners["score"].draw(drawn, rng)
         cur, _, last_ts, _, lengths = self.windows.last_two(users)
@@ -372,10 +372,14 @@ class Engine:
             users=users,
         )
 
-    def current_features(self, users: np.ndarray, now_s: float, windows: "_Window | None" = None) -> np.ndarray:
-        """The score's features of ``users`` (dense indexes, -1 unknown) read at ``now_s``."""
+    def current_features(self, users: np.ndarray, now_s: float, windows: "_Window | None" = None,
+                         sequence: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """The score's features of ``users`` (dense indexes, -1 unknown) read at ``now_s``; ``sequence`` holds
+        their windowed sequence scores ("mean" and "prior") where the caller already has them."""
         if windows is None:
             windows = _Window(*self.windows.gather(users), self.windows.gather_ring(users, "item"))
+        if sequence is None:
+            sequence = self._sequence_scores(users, now_s, ("mean", "prior"), windows)
         cur, before, last_ts, before_ts, _ = self.windows.last_two(users)
         in_session = (before >= 0) & (np.abs(last_ts - before_ts) <= self.config.session_gap_s)
         pair_prev = np.where(in_session, before, self.n_actions)
@@ -388,8 +392,8 @@ class Engine:
             items[known] = self.user_state.last_item[users[known]]
             categories[known] = self.user_state.last_category[users[known]]
         return self.features.assemble(
-            seq_learned=self._sequence_scores(users, now_s, default_ctx, "mean", True, windows),
-            seq_prior=self._sequence_scores(users, now_s, default_ctx, "prior", False, windows),
+            seq_learned=sequence["mean"],
+            seq_prior=sequence["prior"],
             context_weight=self.tables.theta[ctx, np.maximum(cur, 0)],
             markov=self._markov_rates(pair_prev, cur),
             last_action=cur.astype(np.int64),
@@ -406,43 +410,55 @@ class Engine:
         if mode not in SCORE_MODES:
             raise ValueError(f"mode must be one of {SCORE_MODES}, got {mode!r}")
         users = self.windows.lookup(user_ids, create=False)
+        lift = "lift" if use_lift else "flat"
+        return self._sequence_scores(users, now_s, (mode,), lifts={mode: lift})[mode]
+
+    def _sequence_scores(self, users: np.ndarray, now_s: float, modes: tuple[str, ...], windows=None,
+                         lifts: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+        """Windowed sequence scores of ``users`` per mode ("mean", "prior", "thompson"), in one pass over their
+        windows; the learned modes weigh transitions by the lifts and "prior" does not, unless ``lifts`` says."""
+        lifts = {mode: "flat" if mode == "prior" else "lift" for mode in modes} | (lifts or {})
         default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0))
-        return self._sequence_scores(users, now_s, default_ctx, mode, use_lift)
-
-    def _sequence_scores(self, users, now_s, default_ctx, mode, use_lift, windows=None) -> np.ndarray:
         if self.device_state is None:
-            return self._sequence_scores_host(users, now_s, default_ctx, mode, use_lift, windows)
-        return self._sequence_scores_device(users, now_s, default_ctx, mode, use_lift)
+            return self._sequence_scores_host(users, now_s, default_ctx, modes, lifts, windows)
+        return self._sequence_scores_device(users, now_s, default_ctx, modes, lifts)
 
-    def _sequence_scores_host(self, users, now_s, default_ctx, mode, use_lift, windows=None) -> np.ndarray:
+    def _sequence_scores_host(self, users, now_s, default_ctx, modes, lifts, windows=None) -> dict[str, np.ndarray]:
         actions, ts, lengths = self.windows.gather(users) if windows is None else windows[:3]
-        theta = self._theta(self.windows.last_context(users, default_ctx), mode)
-        lift = self.tables.lift if use_lift else np.ones_like(self.tables.lift)
+        ctx = self.windows.last_context(users, default_ctx)
         ages = np.maximum(now_s - ts, 0.0).astype(np.float32)
-        return np.asarray(kernels.sequence_scores(
-            actions, ages, lengths, theta, lift.astype(np.float32),
-            half_life_s=self.config.recency_half_life_s, backend=self.backend,
-        ))
+        tables = {"lift": self.tables.lift.astype(np.float32), "flat": np.ones_like(self.tables.lift, np.float32)}
+        return {mode: np.asarray(kernels.sequence_scores(
+            actions, ages, lengths, self._theta(ctx, mode), tables[lifts[mode]],
+            half_life_s=self.config.recency_half_life_s, backend=self.backend, check=False,
+        )) for mode in modes}
 
-    def _sequence_scores_device(self, users, now_s, default_ctx, mode, use_lift) -> np.ndarray:
+    def _sequence_scores_device(self, users, now_s, default_ctx, modes, lifts) -> dict[str, np.ndarray]:
+        """One copy in (the users' indexes), the kernels on the windows resident there, one copy out."""
+        import torch
+
         ds = self.device_state
         if ds.alpha is None:
             self._push_tables_to_device()
         actions, ages, lengths, ctx = ds.gather(users, now_s, default_ctx)
-        if mode == "prior":
-            theta = ds.prior_mean.expand(len(users), -1).contiguous()
-        else:
-            alpha, beta = ds.alpha[ctx], ds.beta[ctx]
-            if mode == "mean":
+        alpha, beta = ds.alpha[ctx], ds.beta[ctx]
+        tables = {"lift": ds.lift, "flat": ds.lift.new_ones(ds.lift.shape)}
+        scores = []
+        for mode in modes:
+            if mode == "prior":
+                theta = ds.prior_mean.expand(len(users), -1).contiguous()
+            elif mode == "mean":
                 theta = alpha / (alpha + beta)
             else:
                 self.draws += 1
-                theta = kernels.beta_sample(alpha, beta, seed=self.config.seed, offset=self.draws, backend=self.backend)
-        lift = ds.lift if use_lift else ds.lift.new_ones(ds.lift.shape)
-        scores = kernels.sequence_scores(
-            actions, ages, lengths, theta, lift, half_life_s=self.config.recency_half_life_s, backend=self.backend
-        )
-        return scores.cpu().numpy()
+                theta = kernels.beta_sample(alpha, beta, seed=self.config.seed, offset=self.draws,
+                                            backend=self.backend, check=False)
+            scores.append(kernels.sequence_scores(
+                actions, ages, lengths, theta, tables[lifts[mode]], half_life_s=self.config.recency_half_life_s,
+                backend=self.backend, check=False,
+            ))
+        out = torch.stack(scores).cpu().numpy()
+        return dict(zip(modes, out))
 
     def _theta(self, ctx: np.ndarray, mode: str) -> np.ndarray:
         tables = self.tables
@@ -453,7 +469,8 @@ class Engine:
             return beta_mean(alpha, beta).astype(np.float32)
         self.draws += 1
         return np.asarray(
-            kernels.beta_sample(alpha, beta, seed=self.config.seed, offset=self.draws, backend=self.backend)
+            kernels.beta_sample(alpha, beta, seed=self.config.seed, offset=self.draws, backend=self.backend,
+                                check=False)
         )
 
     def window_features(self, users: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:

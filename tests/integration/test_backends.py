@@ -42,6 +42,39 @@ def test_engine_scores_match_numpy_exactly_without_draws_and_in_distribution_wit
     assert stats.ks_2samp(ours.ravel(), theirs.ravel()).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("backend", [b for b in GPU_BACKENDS if b == "triton"])
+def test_a_scoring_batch_is_one_device_pass(backend, monkeypatch):
+    """The users' indexes go in once and the sequence scores of every mode come out once; no input check
+    waits for the device. The scores are NumPy's."""
+    import torch
+
+    from model.device_state import DeviceState
+
+    cfg = TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0)
+    events = _history(cfg)
+    reference, engine = Engine(cfg, backend="numpy"), Engine(cfg, backend=backend)
+    reference.apply(events)
+    engine.apply(events)
+    users = [f"u{i}" for i in range(120)] + ["stranger"]
+    now = float(events.ts.max()) + 60
+    engine.score(users, now)  # the posterior tables go to the device on the first score
+    calls = {"in": 0, "out": 0, "item": 0}
+    to_device, cpu, item = DeviceState._to_device, torch.Tensor.cpu, torch.Tensor.item
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(DeviceState, "_to_device", counted("in", to_device))
+    monkeypatch.setattr(torch.Tensor, "cpu", counted("out", cpu))
+    monkeypatch.setattr(torch.Tensor, "item", counted("item", item))
+    scored = engine.score(users, now)
+    assert calls == {"in": 1, "out": 1, "item": 0}
+    np.testing.assert_allclose(scored.score, reference.score(users, now).score, atol=1e-5)
+
+
 async def test_server_on_the_triton_backend_reports_it_and_scores_like_numpy(start, tmp_path):
     if "triton" not in GPU_BACKENDS:
         pytest.skip("triton is not available")

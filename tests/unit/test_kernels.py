@@ -83,17 +83,47 @@ def test_sequence_scores_decay_halves_contribution_per_half_life():
     assert fresh[0] == pytest.approx(0.4) and old[0] == pytest.approx(0.2)
 
 
-def test_sequence_scores_rejects_bad_shapes_and_codes():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sequence_scores_rejects_bad_shapes_codes_and_lengths(backend):
     case = _random_case(np.random.default_rng(0), 4, 3, 5)
     with pytest.raises(ValueError, match="lift"):
-        kernels.sequence_scores(*case[:4], np.ones((4, 4), np.float32), half_life_s=1.0)
+        kernels.sequence_scores(*case[:4], np.ones((4, 4), np.float32), half_life_s=1.0, backend=backend)
     bad = case[0].copy()
-    bad[:, 0] = 7
+    bad[2, 1] = 7
     lengths = np.full(4, 3, np.int32)
     with pytest.raises(ValueError, match="action codes"):
-        kernels.sequence_scores(bad, case[1], lengths, case[3], case[4], half_life_s=1.0)
+        kernels.sequence_scores(bad, case[1], lengths, case[3], case[4], half_life_s=1.0, backend=backend)
+    bad[2, 1] = -1
+    with pytest.raises(ValueError, match="action codes"):
+        kernels.sequence_scores(bad, case[1], lengths, case[3], case[4], half_life_s=1.0, backend=backend)
+    # A bad code past a row's length is never read, so it is no error.
+    lengths[2] = 1
+    kernels.sequence_scores(bad, case[1], lengths, case[3], case[4], half_life_s=1.0, backend=backend)
+    for length in (4, -1):
+        lengths[2] = length
+        with pytest.raises(ValueError, match="lengths"):
+            kernels.sequence_scores(case[0], case[1], lengths, case[3], case[4], half_life_s=1.0, backend=backend)
     with pytest.raises(ValueError, match="half_life_s"):
-        kernels.sequence_scores(*case, half_life_s=0.0)
+        kernels.sequence_scores(*case, half_life_s=0.0, backend=backend)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
+def test_unchecked_device_kernels_never_read_out_of_bounds(backend):
+    """The engine calls without checks (no device sync): bad rows must not touch memory or other rows."""
+    actions, ages, lengths, theta, lift = _random_case(np.random.default_rng(5), 64, 6, 5)
+    want = kernels.sequence_scores_numpy(actions, ages, lengths, theta, lift, half_life_s=600.0)
+    actions[3, :] = 10**9
+    actions[4, :] = -(10**9)
+    lengths[5], lengths[6] = 10**6, -(10**6)
+    got = kernels.sequence_scores(actions, ages, lengths, theta, lift, half_life_s=600.0, backend=backend,
+                                  check=False)
+    fine = np.setdiff1d(np.arange(64), [3, 4, 5, 6])
+    np.testing.assert_allclose(got[fine], want[fine], atol=TOLERANCE[backend])
+    clamped = lengths.copy()
+    clamped[5], clamped[6] = 6, 0
+    actions[3:5] = 0
+    np.testing.assert_allclose(got[[5, 6]], kernels.sequence_scores_numpy(actions, ages, clamped, theta, lift,
+                                                                           half_life_s=600.0)[[5, 6]], atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -171,11 +201,24 @@ def test_beta_sample_independent_across_offsets_in_bulk(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_beta_sample_unchecked_draws_are_the_checked_ones(backend):
+    rng = np.random.default_rng(8)
+    a, b = rng.uniform(0.05, 20, 3000), rng.uniform(0.05, 20, 3000)
+    checked = kernels.beta_sample(a, b, seed=5, offset=2, backend=backend)
+    np.testing.assert_array_equal(checked, kernels.beta_sample(a, b, seed=5, offset=2, backend=backend, check=False))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_beta_sample_rejects_non_positive_parameters(backend):
     with pytest.raises(ValueError, match="> 0"):
         kernels.beta_sample(np.array([1.0, 0.0]), np.array([1.0, 1.0]), seed=0, backend=backend)
     with pytest.raises(ValueError, match="> 0"):
         kernels.beta_sample(np.array([1.0, np.nan]), np.array([1.0, 1.0]), seed=0, backend=backend)
+    # One bad parameter in the last of many blocks is found too.
+    b = np.ones(5000)
+    b[-1] = -2.0
+    with pytest.raises(ValueError, match="> 0"):
+        kernels.beta_sample(np.ones(5000), b, seed=0, backend=backend)
     with pytest.raises(ValueError, match="same shape"):
         kernels.beta_sample(np.ones(2), np.ones(3), seed=0, backend=backend)
 
