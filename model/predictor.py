@@ -11,6 +11,7 @@ from .calibration import ModelCalibration
 from .config import TenantConfig
 from .score_features import ScoreFeatures
 from .training import CHECKPOINT_FORMAT, load_model
+from .transformer import TOKENS
 
 
 class ModelMismatch(ValueError):
@@ -115,17 +116,17 @@ class TransformerPredictor:
         pad = np.arange(longest)[None, :] >= used[:, None]
         cols = np.where(pad, 0, cols)
         rows = np.arange(len(lengths))[:, None]
-        batch = {}
-        for name, values in tokens.items():
-            picked = values[rows, cols]
-            fill = self.n_actions if name == "action" else 0
-            batch[name] = torch.from_numpy(np.where(pad, fill, picked)).to(self.device, torch.int64)
-        padding = torch.from_numpy(pad).to(self.device)
-        hidden = self.model.encode(batch, padding)
-        last = torch.from_numpy(used - 1).to(self.device)
+        # All token columns and each row's last position travel as one array: one copy to the device.
+        packed = np.empty((len(TOKENS), len(lengths), longest + 1), np.int32)
+        for i, name in enumerate(TOKENS):
+            packed[i, :, :longest] = np.where(pad, self.n_actions if name == "action" else 0, tokens[name][rows, cols])
+        packed[:, :, longest] = used - 1
+        on_device = torch.from_numpy(packed).to(self.device).long()
+        batch = {name: on_device[i, :, :longest] for i, name in enumerate(TOKENS)}
+        hidden = self.model.encode(batch, None)
         pick = torch.arange(len(lengths), device=self.device)
         state_t = torch.from_numpy(np.asarray(state, np.float32)).to(self.device)
-        next_logits, conv_logits = self.model.heads(hidden[pick, last], state_t)
-        next_probs = torch.softmax(next_logits.float(), -1)
-        conv = torch.sigmoid(conv_logits.float())
-        return next_probs.cpu().numpy(), conv.cpu().numpy()
+        next_logits, conv_logits = self.model.heads(hidden[pick, on_device[0, :, longest]], state_t)
+        probs = torch.cat([torch.softmax(next_logits.float(), -1), torch.sigmoid(conv_logits.float())], dim=1)
+        out = probs.cpu().numpy()
+        return out[:, :-2], out[:, -2:]

@@ -60,14 +60,19 @@ class NextActionTransformer(nn.Module):
         self.next_action = nn.Linear(d, config.n_actions + 1)
         self.conversion = nn.Linear(d, 2)
 
-    def encode(self, tokens: dict[str, torch.Tensor], padding: torch.Tensor) -> torch.Tensor:
-        """Hidden state per position [B, L, d]; position i sees events 0..i of its row only."""
+    def encode(self, tokens: dict[str, torch.Tensor], padding: torch.Tensor | None) -> torch.Tensor:
+        """Hidden state per position [B, L, d]; position i sees events 0..i of its row only.
+
+        Rows are left-aligned, so under the causal mask no real event ever sees a pad: ``padding=None``
+        gives the same hidden states at real events (pads get values nobody reads), and lets attention
+        run as one fused causal kernel instead of an explicit mask.
+        """
         length = tokens["action"].shape[1]
         x = (
             self.action(tokens["action"]) + self.gap(tokens["gap"]) + self.device_embedding(tokens["device"])
             + self.daypart(tokens["daypart"]) + self.category(tokens["category"])
         )
-        causal = torch.ones(length, length, dtype=torch.bool, device=padding.device).triu(1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
         return self.norm(self.encoder(x, mask=causal, src_key_padding_mask=padding, is_causal=True))
 
     def heads(self, hidden: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

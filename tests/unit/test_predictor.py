@@ -119,6 +119,28 @@ def test_predictor_keeps_the_last_events_of_a_long_window():
     np.testing.assert_allclose(full, cut, atol=1e-6)
 
 
+def test_a_row_predicts_the_same_alone_and_beside_longer_rows():
+    """Serving leaves out the padding mask (the causal mask keeps real events from pads): a short row padded in
+    a batch must predict what it predicts alone."""
+    checkpoint = trained(mixed_stream())
+    predictor = TransformerPredictor(checkpoint, CFG)
+    rng = np.random.default_rng(3)
+    n = 6
+    tokens = {
+        "action": rng.integers(0, 9, (n, 8)), "gap": rng.integers(0, 18, (n, 8)),
+        "device": rng.integers(0, 4, (n, 8)), "daypart": rng.integers(0, 4, (n, 8)),
+        "category": rng.integers(0, 1024, (n, 8)),
+    }
+    lengths = np.array([1, 8, 3, 5, 2, 7])
+    state = rng.random((n, checkpoint["model_config"]["state_dim"])).astype(np.float32)
+    together_next, together_conv = predictor.predict(tokens, lengths, state)
+    for i in range(n):
+        alone_next, alone_conv = predictor.predict({k: v[i:i + 1, :lengths[i]] for k, v in tokens.items()},
+                                                   lengths[i:i + 1], state[i:i + 1])
+        np.testing.assert_allclose(together_next[i], alone_next[0], atol=1e-5)
+        np.testing.assert_allclose(together_conv[i], alone_conv[0], atol=1e-5)
+
+
 def test_predictor_calibrates_its_conversion_probabilities_to_the_tenant_online():
     checkpoint = trained(mixed_stream())
     predictor = TransformerPredictor(checkpoint, CFG)
