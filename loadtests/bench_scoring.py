@@ -1,6 +1,7 @@
 """Scoring latency inside one process: the engine's learned score per array backend, and the Transformer per device.
 
     python -m loadtests.bench_scoring [--users 20000] [--events 200000] [--batches 1,64,1024,16384] [--repeats 5]
+                                      [--devices cpu,cuda] [--save-model PATH]
 
 A synthetic tenant (users with devices, time zones, categories, items and carts) is applied to one engine per
 backend that runs for real here (NumPy always; Triton and CuPy only on a CUDA device: their interpreter and
@@ -12,6 +13,7 @@ emulation are test tools). For each batch size it prints the best of ``--repeats
 - ``decide``: ``model.decisions.predict``, everything a scoring batch does, with the Transformer on that device.
 
 It also checks that every backend's posterior-mean score equals NumPy's (the draws differ by generator).
+``--save-model`` writes the trained checkpoint, which ``python -m loadtests.bench --model`` can serve.
 No HTTP: ``python -m loadtests.bench`` measures the server end to end.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 import kernels
 from model import Engine, EventBatch, TenantConfig
 from model.decisions import predict
-from model.predictor import TransformerPredictor
+from model.predictor import TransformerPredictor, write_checkpoint
 from model.training import TrainSettings, train
 
 T0 = 1_700_000_000.0
@@ -73,13 +75,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batches", default="1,64,1024,16384")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--devices", default="cpu,cuda", help="the Transformer's torch devices (cuda where present)")
+    parser.add_argument("--save-model", default=None, help="also write the trained checkpoint here")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 
     config = TenantConfig(allow_backfill=True)
     events = synthetic(config, args.users, args.events)
     backends = [b for b in kernels.available_backends() if b == "numpy" or torch.cuda.is_available()]
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = [d for d in args.devices.split(",") if d == "cpu" or (d == "cuda" and torch.cuda.is_available())]
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, GPU {gpu}; "
           f"torch {torch.__version__}; {args.events} events of {args.users} users")
@@ -88,6 +92,8 @@ def main() -> None:
     first = events.take(np.arange(min(len(events), 20_000)))
     checkpoint = train(first, config, TrainSettings(epochs=1, patience=1), log=lambda line: None, show_progress=False)
     print(f"a default-size Transformer trained 1 epoch on {len(first)} events in {time.perf_counter() - started:.1f} s")
+    if args.save_model:
+        write_checkpoint(checkpoint, args.save_model)
 
     engines = {}
     for backend in backends:

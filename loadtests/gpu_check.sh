@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# One session's checks on a lent GPU machine, run from the repository root:
-#   the unit tests and the backend integration tests with a real CUDA device (Triton compiled, CuPy, the
-#   Transformer on cuda, the `gpu` marker), then the scoring and kernel benchmarks, then the HTTP benchmark's
-#   scoring workloads on numpy and on triton on the same machine (no locust needed).
-# The client library's tests are left out: the client touches no GPU, and it needs httpx, which the image lacks.
-# Each step has its own time limit so that a slow one cannot starve the rest; logs go to $OUT (or
-# /tmp/gpu_check). Wheels in .whl (pytest, pytest-aiohttp, ... which the GPU image lacks) are installed
-# first where present. Exit status: that of the tests.
+# One session's checks on a lent GPU machine, run from the repository root, within 8 minutes:
+#   1. the machine, and the Triton kernels compiled for it;
+#   2. the tests that touch the device (kernels, engine, worker, Transformer, the backends' integration tests),
+#      with Triton compiled for real, CuPy and the `gpu` marker;
+#   3. the kernel benchmark beside torch and CuPy, with the Triton launch-shape sweep;
+#   4. the in-process scoring probe, batches of 1 to 8,192 users, each backend, the Transformer on cuda;
+#   5. the HTTP benchmark's scoring workloads on numpy and on triton, then on triton serving the probe's
+#      Transformer (no locust needed).
+# Each step has its own time limit so that a slow one cannot starve the rest. Logs go to $OUT (or
+# /tmp/gpu_check), seven files at most (the device tool brings back eight). Wheels in .whl (pytest,
+# pytest-aiohttp, ... which the GPU image lacks) are installed first where present.
+# Exit status: that of the tests.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
+MODEL=/tmp/gpu_check_model.pt
 
 if compgen -G ".whl/*.whl" >/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
@@ -23,21 +28,27 @@ fi
     nproc
     $PY -c "import sys, torch, triton, numpy; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())"
     $PY -c "import cupy; print('cupy', cupy.__version__)" || true
+    timeout 60 $PY -m kernels.compile_check
 } 2>&1 | tee "$OUT/machine.txt"
 
-timeout 120 $PY -m kernels.compile_check 2>&1 | tail -5 | tee "$OUT/compile_check.txt"
-
 set -o pipefail
-timeout 220 $PY -m pytest -q -p no:cacheprovider -rs --ignore-glob='tests/unit/test_client_*' \
-    tests/unit tests/integration/test_backends.py 2>&1 \
+timeout 150 $PY -m pytest -q -p no:cacheprovider -rs \
+    tests/unit/test_kernels.py tests/unit/test_engine.py tests/unit/test_learned_score.py \
+    tests/unit/test_score_parts.py tests/unit/test_predictor.py tests/unit/test_transformer.py \
+    tests/unit/test_worker.py tests/integration/test_backends.py 2>&1 \
     | tee "$OUT/pytest.log" | tail -25
 tests=$?
 set +o pipefail
 
-timeout 150 $PY -m loadtests.bench_scoring --repeats 5 2>&1 | tee "$OUT/bench_scoring.txt"
-timeout 60 $PY -m loadtests.bench_kernels --sizes 1e4,1e6,1e7 --repeats 5 2>&1 | tee "$OUT/bench_kernels.txt"
+timeout 90 $PY -m loadtests.bench_kernels --sizes 1e4,1e6,1e7 --repeats 5 --sweep 2>&1 | tee "$OUT/bench_kernels.txt"
+timeout 110 $PY -m loadtests.bench_scoring --users 20000 --events 100000 --batches 1,64,1024,8192 --repeats 5 \
+    --devices cuda --save-model "$MODEL" 2>&1 | tee "$OUT/bench_scoring.txt"
 for backend in numpy triton; do
-    timeout 75 $PY -m loadtests.bench --backend "$backend" --parts workloads --only score --seconds 4 \
-        --json "$OUT/bench_http_$backend.json" 2>&1 | tee "$OUT/bench_http_$backend.txt"
+    timeout 50 $PY -m loadtests.bench --backend "$backend" --parts workloads --only score --seconds 4 2>&1 \
+        | tee "$OUT/bench_http_$backend.txt"
 done
+if [ -f "$MODEL" ]; then
+    timeout 50 $PY -m loadtests.bench --backend triton --model "$MODEL" --parts workloads --only score --seconds 4 2>&1 \
+        | tee "$OUT/bench_http_triton_transformer.txt"
+fi
 exit $tests
