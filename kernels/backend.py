@@ -10,6 +10,9 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 KNOWN_BACKENDS = ("numpy", "triton", "cupy")
+# Below this many rows a device's fixed costs (launches, the copies, one sync) exceed NumPy's whole work:
+# on an H200 a 64-user score took 2.1 ms on Triton and 1.3 ms on NumPy, a 1,024-user one 5.7 and 8.4 ms.
+DEVICE_MIN_ROWS = 256
 
 
 class BackendUnavailable(RuntimeError):
@@ -83,6 +86,11 @@ def resolve_backend(name: str | None = "auto") -> str:
     if reason is not None:
         raise BackendUnavailable(reason)
     return name
+
+
+def for_rows(backend: str, rows: int) -> str:
+    """The backend to compute ``rows`` rows on: small batches stay on the host, whatever the backend."""
+    return backend if rows >= DEVICE_MIN_ROWS else "numpy"
 
 
 def implementation(kernel: str, backend: str) -> Callable:

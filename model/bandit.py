@@ -51,7 +51,7 @@ class ThompsonBandit:
         shape = (n, k)
         theta = kernels.beta_sample(
             np.broadcast_to(self.alpha, shape), np.broadcast_to(self.beta, shape),
-            seed=self.seed, offset=self.draws, backend=self.backend, check=False,
+            seed=self.seed, offset=self.draws, backend=kernels.for_rows(self.backend, n * k), check=False,
         )
         arms = np.asarray(theta).argmax(axis=1)
         explore = rng.random(n) < floor_share * k

@@ -419,7 +419,7 @@ class Engine:
         windows; the learned modes weigh transitions by the lifts and "prior" does not, unless ``lifts`` says."""
         lifts = {mode: "flat" if mode == "prior" else "lift" for mode in modes} | (lifts or {})
         default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0))
-        if self.device_state is None:
+        if self.device_state is None or kernels.for_rows(self.backend, len(users)) == "numpy":
             return self._sequence_scores_host(users, now_s, default_ctx, modes, lifts, windows)
         return self._sequence_scores_device(users, now_s, default_ctx, modes, lifts)
 
@@ -428,9 +428,10 @@ class Engine:
         ctx = self.windows.last_context(users, default_ctx)
         ages = np.maximum(now_s - ts, 0.0).astype(np.float32)
         tables = {"lift": self.tables.lift.astype(np.float32), "flat": np.ones_like(self.tables.lift, np.float32)}
+        # The host holds every window too: this is where a GPU backend's small batches go.
         return {mode: np.asarray(kernels.sequence_scores(
             actions, ages, lengths, self._theta(ctx, mode), tables[lifts[mode]],
-            half_life_s=self.config.recency_half_life_s, backend=self.backend, check=False,
+            half_life_s=self.config.recency_half_life_s, backend="numpy", check=False,
         )) for mode in modes}
 
     def _sequence_scores_device(self, users, now_s, default_ctx, modes, lifts) -> dict[str, np.ndarray]:
@@ -469,7 +470,7 @@ class Engine:
             return beta_mean(alpha, beta).astype(np.float32)
         self.draws += 1
         return np.asarray(
-            kernels.beta_sample(alpha, beta, seed=self.config.seed, offset=self.draws, backend=self.backend,
+            kernels.beta_sample(alpha, beta, seed=self.config.seed, offset=self.draws, backend="numpy",
                                 check=False)
         )
 

@@ -12,7 +12,7 @@ GPU_BACKENDS = [b for b in kernels.available_backends() if b != "numpy"]
 pytestmark = pytest.mark.skipif(not GPU_BACKENDS, reason="no Triton or CuPy backend can run here")
 
 
-def _history(cfg, n_users=120, seed=0):
+def _history(cfg, n_users=300, seed=0):
     rng = np.random.default_rng(seed)
     n = 4000
     ts = 1_700_000_000.0 + np.sort(rng.uniform(0, 30_000, n))
@@ -27,7 +27,7 @@ def test_engine_scores_match_numpy_exactly_without_draws_and_in_distribution_wit
     reference, other = Engine(cfg, backend="numpy"), Engine(cfg, backend=backend)
     reference.apply(events)
     other.apply(events)
-    users = [f"u{i}" for i in range(120)] + ["stranger"]
+    users = [f"u{i}" for i in range(300)] + ["stranger"]  # enough to be scored on the device
     now = float(events.ts.max()) + 60
     np.testing.assert_allclose(
         other.sequence_score(users, now, mode="mean"), reference.sequence_score(users, now, mode="mean"), atol=1e-5
@@ -55,7 +55,8 @@ def test_a_scoring_batch_is_one_device_pass(backend, monkeypatch):
     reference, engine = Engine(cfg, backend="numpy"), Engine(cfg, backend=backend)
     reference.apply(events)
     engine.apply(events)
-    users = [f"u{i}" for i in range(120)] + ["stranger"]
+    users = [f"u{i}" for i in range(300)] + ["stranger"]
+    assert len(users) >= kernels.DEVICE_MIN_ROWS
     now = float(events.ts.max()) + 60
     engine.score(users, now)  # the posterior tables go to the device on the first score
     calls = {"in": 0, "out": 0, "item": 0}
@@ -73,6 +74,11 @@ def test_a_scoring_batch_is_one_device_pass(backend, monkeypatch):
     scored = engine.score(users, now)
     assert calls == {"in": 1, "out": 1, "item": 0}
     np.testing.assert_allclose(scored.score, reference.score(users, now).score, atol=1e-5)
+    # A small batch costs less on the host, where every window also is: the device is not touched.
+    few = users[:kernels.DEVICE_MIN_ROWS - 1]
+    scored = engine.score(few, now)
+    assert calls == {"in": 1, "out": 1, "item": 0}
+    np.testing.assert_allclose(scored.score, reference.score(few, now).score, atol=1e-6)
 
 
 async def test_server_on_the_triton_backend_reports_it_and_scores_like_numpy(start, tmp_path):
