@@ -93,6 +93,23 @@ def for_rows(backend: str, rows: int) -> str:
     return backend if rows >= DEVICE_MIN_ROWS else "numpy"
 
 
+@functools.lru_cache(maxsize=None)
+def warm_up(backend: str) -> None:
+    """Compile ``backend``'s kernels now, once per process, so that no request waits for a compiler."""
+    if backend == "numpy":
+        return
+    import numpy as np
+
+    from .beta import beta_sample
+    from .sequence import sequence_scores
+
+    rows = np.ones(DEVICE_MIN_ROWS, np.float32)
+    beta_sample(rows, rows, seed=0, backend=backend, check=False)
+    window = np.zeros((DEVICE_MIN_ROWS, 1), np.int32)
+    sequence_scores(window, window.astype(np.float32), np.ones(DEVICE_MIN_ROWS, np.int32), rows[:, None],
+                    np.ones((1, 1), np.float32), half_life_s=1.0, backend=backend, check=False)
+
+
 def implementation(kernel: str, backend: str) -> Callable:
     """The function computing ``kernel`` (e.g. 'beta_sample') on ``backend``."""
     if backend == "numpy":

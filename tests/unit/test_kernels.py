@@ -269,3 +269,28 @@ def test_cupy_backend_runs_on_the_device():
     np.testing.assert_allclose(cupy.asnumpy(got), kernels.sequence_scores_numpy(*case, half_life_s=900.0), atol=1e-5)
     draws = kernels.beta_sample(cupy.full(20_000, 2.0), cupy.full(20_000, 5.0), seed=2, backend="cupy")
     assert abs(float(draws.mean()) - 2 / 7) < 0.005
+
+
+@pytest.mark.gpu
+def test_after_warm_up_no_call_compiles_a_kernel():
+    """Batch sizes and Philox keys change with every request: none of them may make Triton compile again."""
+    from kernels.beta_triton import _beta_sample_kernel
+    from kernels.sequence_triton import _sequence_scores_kernel
+
+    if not hasattr(_beta_sample_kernel, "device_caches"):
+        pytest.skip("this Triton keeps its compiled kernels elsewhere")
+
+    def compiled():
+        return sum(len(cache[0]) for fn in (_beta_sample_kernel, _sequence_scores_kernel)
+                   for cache in fn.device_caches.values())
+
+    kernels.warm_up("triton")
+    before = compiled()
+    for n in (1, 7, 16, 300, 4096):
+        for offset in range(20):
+            kernels.beta_sample(torch.ones(n, device="cuda"), torch.ones(n, device="cuda"), seed=3, offset=offset,
+                                backend="triton", check=False)
+        case = _random_case(np.random.default_rng(n), n, 1, 1)
+        kernels.sequence_scores(*case, half_life_s=60.0, backend="triton", check=False)
+    assert compiled() == before
+
