@@ -94,8 +94,9 @@ def for_rows(backend: str, rows: int) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def warm_up(backend: str) -> None:
-    """Compile ``backend``'s kernels now, once per process, so that no request waits for a compiler."""
+def warm_up(backend: str, window: int, n_actions: int) -> None:
+    """Compile ``backend``'s kernels for windows of ``window`` events over ``n_actions`` actions now, once per
+    process and shape, so that no request waits for a compiler."""
     if backend == "numpy":
         return
     import numpy as np
@@ -103,11 +104,11 @@ def warm_up(backend: str) -> None:
     from .beta import beta_sample
     from .sequence import sequence_scores
 
-    rows = np.ones(DEVICE_MIN_ROWS, np.float32)
-    beta_sample(rows, rows, seed=0, backend=backend, check=False)
-    window = np.zeros((DEVICE_MIN_ROWS, 1), np.int32)
-    sequence_scores(window, window.astype(np.float32), np.ones(DEVICE_MIN_ROWS, np.int32), rows[:, None],
-                    np.ones((1, 1), np.float32), half_life_s=1.0, backend=backend, check=False)
+    ones = np.ones((DEVICE_MIN_ROWS, n_actions), np.float32)
+    beta_sample(ones, ones, seed=0, backend=backend, check=False)
+    actions = np.zeros((DEVICE_MIN_ROWS, window), np.int32)
+    sequence_scores(actions, actions.astype(np.float32), np.ones(DEVICE_MIN_ROWS, np.int32), ones,
+                    np.ones((n_actions, n_actions), np.float32), half_life_s=1.0, backend=backend, check=False)
 
 
 def implementation(kernel: str, backend: str) -> Callable:

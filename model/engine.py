@@ -122,7 +122,7 @@ class Engine:
             from .device_state import DeviceState
 
             self.device_state = DeviceState(config.window_size, kernels.compute_device())
-            kernels.warm_up(backend)
+            kernels.warm_up(backend, config.window_size, self.n_actions)
         self.clock_s = -np.inf
         self.tick = -np.inf  # index of the last tick (floor(clock / TICK_S)) the tables were refreshed at
         self._evidence_changed = False  # since the tables were last frozen

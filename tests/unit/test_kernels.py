@@ -284,13 +284,13 @@ def test_after_warm_up_no_call_compiles_a_kernel():
         return sum(len(cache[0]) for fn in (_beta_sample_kernel, _sequence_scores_kernel)
                    for cache in fn.device_caches.values())
 
-    kernels.warm_up("triton")
+    kernels.warm_up("triton", 32, 9)
     before = compiled()
     for n in (1, 7, 16, 300, 4096):
         for offset in range(20):
-            kernels.beta_sample(torch.ones(n, device="cuda"), torch.ones(n, device="cuda"), seed=3, offset=offset,
-                                backend="triton", check=False)
-        case = _random_case(np.random.default_rng(n), n, 1, 1)
+            kernels.beta_sample(torch.ones(n, 9, device="cuda"), torch.ones(n, 9, device="cuda"), seed=3,
+                                offset=offset, backend="triton", check=False)
+        case = _random_case(np.random.default_rng(n), n, 32, 9)
         kernels.sequence_scores(*case, half_life_s=60.0, backend="triton", check=False)
     assert compiled() == before
 
