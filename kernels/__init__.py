@@ -6,7 +6,7 @@ once by :func:`resolve_backend`. Nothing here knows about HTTP or the model.
 from ._arrays import torch_device as compute_device
 from .backend import DEVICE_MIN_ROWS, BackendUnavailable, available_backends, for_rows, resolve_backend, warm_up
 from .beta import beta_sample, beta_sample_numpy
-from .sequence import sequence_scores, sequence_scores_numpy
+from .sequence import sequence_scores, sequence_scores_many, sequence_scores_numpy
 
 __all__ = [
     "BackendUnavailable",
@@ -18,6 +18,7 @@ __all__ = [
     "for_rows",
     "resolve_backend",
     "sequence_scores",
+    "sequence_scores_many",
     "sequence_scores_numpy",
     "warm_up",
 ]

@@ -19,16 +19,27 @@ def sequence_scores_numpy(
     half_life_s: float,
 ) -> np.ndarray:
     """NumPy reference of 1 - prod_k (1 - min(1, theta[a_k] * lift[a_{k-1}, a_k] * 2^(-age_k / half_life_s)))."""
+    return _sequence_scores_numpy_many(actions, ages_s, lengths, [(theta, lift)], half_life_s=half_life_s)[0]
+
+
+def _sequence_scores_numpy_many(actions, ages_s, lengths, weights, *, half_life_s: float) -> list[np.ndarray]:
+    """The reference for several (theta, lift) pairs over the same windows: what only depends on the windows
+    (codes, previous codes, decay) is computed once."""
     batch, window = actions.shape
     valid = np.arange(window)[None, :] < np.asarray(lengths)[:, None]
     codes = np.where(valid, actions, 0).astype(np.int64)
-    weight = np.take_along_axis(np.asarray(theta, dtype=np.float64), codes, axis=1)
     prev = np.concatenate([codes[:, :1], codes[:, :-1]], axis=1)
-    step_lift = np.asarray(lift, dtype=np.float64)[prev, codes]
-    step_lift[:, 0] = 1.0
-    decay = np.exp2(-np.asarray(ages_s, dtype=np.float64) / float(half_life_s))
-    p = np.where(valid, np.minimum(1.0, weight * step_lift * decay), 0.0)
-    return (1.0 - np.prod(1.0 - p, axis=1)).astype(np.float32)
+    decay = np.where(valid, np.exp2(-np.asarray(ages_s, dtype=np.float64) / float(half_life_s)), 0.0)
+    out = []
+    for theta, lift in weights:
+        n_actions = theta.shape[1]
+        # Flat indexes: a take on the raveled tables is cheaper than take_along_axis and 2-D fancy indexing.
+        weight = np.asarray(theta, dtype=np.float64).ravel().take(np.arange(batch)[:, None] * n_actions + codes)
+        step_lift = np.asarray(lift, dtype=np.float64).ravel().take(prev * n_actions + codes)
+        step_lift[:, 0] = 1.0
+        p = np.minimum(1.0, weight * step_lift * decay)  # 0 past each row's length, where decay is 0
+        out.append((1.0 - np.prod(1.0 - p, axis=1)).astype(np.float32))
+    return out
 
 
 def _arange_like(x: Any, n: int) -> Any:
@@ -103,3 +114,34 @@ def sequence_scores(
     if check:
         _check_values(args[0], args[2], args[3].shape[1])
     return like(implementation("sequence_scores", name)(*args, half_life_s=half_life_s), actions)
+
+
+def sequence_scores_many(
+    actions: Any,
+    ages_s: Any,
+    lengths: Any,
+    weights: list[tuple[Any, Any]],
+    *,
+    half_life_s: float,
+    backend: str | None = None,
+    check: bool = True,
+) -> list[Any]:
+    """:func:`sequence_scores` of the same windows under several (theta, lift) pairs, in that order.
+
+    NumPy computes what depends only on the windows once; the device backends launch once per pair.
+    """
+    name = resolve_backend(backend)
+    if name != "numpy":
+        return [sequence_scores(actions, ages_s, lengths, theta, lift, half_life_s=half_life_s, backend=name,
+                                check=check) for theta, lift in weights]
+    if not half_life_s > 0:
+        raise ValueError(f"half_life_s must be > 0, got {half_life_s}")
+    arrays = [for_backend(x, name) for x in (actions, ages_s, lengths)]
+    pairs = [(for_backend(theta, name), for_backend(lift, name)) for theta, lift in weights]
+    for theta, lift in pairs:
+        _check_shapes(*arrays, theta, lift)
+        if check:
+            _check_values(arrays[0], arrays[2], theta.shape[1])
+    scores = _sequence_scores_numpy_many(*arrays, pairs, half_life_s=half_life_s)
+    return [like(score, actions) for score in scores]
+

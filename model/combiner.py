@@ -51,15 +51,19 @@ class OnlineLogit:
         return np.asarray(x, np.float64) @ self.mean
 
     def draw(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Probability per row under its own draw of the weights (Thompson sampling)."""
+        """Probability per row under its own draw of the weights (Thompson sampling).
+
+        Only each row's logit is used, and under w ~ N(mean, S) it is N(x . mean, x S x'): one normal per row
+        draws it exactly, where a weight vector per row took a normal per feature (7.7 of 54 ms of an 8,192-user
+        score).
+        """
         x = np.asarray(x, np.float64)
         if self._draw_factor is None:
             lower = np.linalg.cholesky(self.precision)
             self._draw_factor = solve_triangular(lower, np.eye(len(lower)), lower=True).T
-        z = rng.standard_normal((len(self.mean), len(x)))
-        # w = mean + L^-T z has covariance (L L^T)^-1 = precision^-1.
-        weights = self.mean[:, None] + self._draw_factor @ z
-        return sigmoid(np.einsum("bd,db->b", x, weights))
+        # S = precision^-1 = (L L')^-1 = F F' with F = L^-T, so x S x' = |x F|^2.
+        spread = np.linalg.norm(x @ self._draw_factor, axis=1)
+        return sigmoid(x @ self.mean + spread * rng.standard_normal(len(x)))
 
     def update(self, x: np.ndarray, y: np.ndarray, weight: np.ndarray, now_s: float) -> None:
         """Learn from resolved outcomes (x, y) with example weights; ``now_s`` dates them for forgetting."""

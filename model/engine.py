@@ -430,10 +430,11 @@ class Engine:
         ages = np.maximum(now_s - ts, 0.0).astype(np.float32)
         tables = {"lift": self.tables.lift.astype(np.float32), "flat": np.ones_like(self.tables.lift, np.float32)}
         # The host holds every window too: this is where a GPU backend's small batches go.
-        return {mode: np.asarray(kernels.sequence_scores(
-            actions, ages, lengths, self._theta(ctx, mode), tables[lifts[mode]],
+        scores = kernels.sequence_scores_many(
+            actions, ages, lengths, [(self._theta(ctx, mode), tables[lifts[mode]]) for mode in modes],
             half_life_s=self.config.recency_half_life_s, backend="numpy", check=False,
-        )) for mode in modes}
+        )
+        return dict(zip(modes, scores))
 
     def _sequence_scores_device(self, users, now_s, default_ctx, modes, lifts) -> dict[str, np.ndarray]:
         """One copy in (the users' indexes), the kernels on the windows resident there, one copy out."""

@@ -65,6 +65,22 @@ def test_sequence_scores_match_the_formula(backend, batch, window):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_sequence_scores_many_is_each_pair_alone(backend):
+    actions, ages, lengths, theta, lift = _random_case(np.random.default_rng(12), 300, 32, 9)
+    other_theta = np.random.default_rng(13).beta(2.0, 5.0, theta.shape).astype(np.float32)
+    pairs = [(theta, lift), (other_theta, np.ones_like(lift)), (theta, lift.T.copy())]
+    got = kernels.sequence_scores_many(actions, ages, lengths, pairs, half_life_s=900.0, backend=backend)
+    assert len(got) == 3
+    for (t, l), scores in zip(pairs, got):
+        np.testing.assert_allclose(scores, kernels.sequence_scores_numpy(actions, ages, lengths, t, l, half_life_s=900.0),
+                                   atol=TOLERANCE[backend])
+        np.testing.assert_allclose(scores, _direct_scores(actions, ages, lengths, t, l, 900.0), atol=TOLERANCE[backend])
+    with pytest.raises(ValueError, match="lift"):
+        kernels.sequence_scores_many(actions, ages, lengths, [(theta, lift), (theta, lift[:3])], half_life_s=1.0,
+                                     backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sequence_scores_empty_row_scores_zero_and_first_event_has_no_lift(backend):
     actions = np.array([[2, 0], [2, 1]], np.int32)
     ages = np.zeros((2, 2), np.float32)
