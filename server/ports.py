@@ -4,8 +4,11 @@
 is the adapter that implements every one of them; ``tests/unit/test_ports.py`` checks that it does, method by method
 and parameter by parameter. A second adapter (the partitioned log of docs/scaling.md) implements the same ones.
 They are synchronous: each adapter is used from one thread at a time (the server gives storage threads of its own).
-Engine snapshots and model checkpoints are files (``server/snapshots.py``, ``server/models.py``) and not part of
-this port yet.
+
+Engine snapshots are a port of their own (:class:`Snapshots`), with ``server/snapshots.py``'s ``SnapshotFiles``
+as the embedded adapter: they are written beside the engine that captures them (a worker process), not through
+the server's store. Model checkpoints are files an operator drops in (``server/models.py``) and not part of
+this port.
 """
 
 from __future__ import annotations
@@ -186,6 +189,39 @@ class Subscriptions(Protocol):
         ...
 
     def redelivery_done(self, dead_letter_id: int, delivered: bool, attempts: int, error: str | None) -> None: ...
+
+
+@runtime_checkable
+class Snapshots(Protocol):
+    """Each tenant's latest engine snapshot, and the users erased since it was written.
+
+    A snapshot is only a shortcut: the event log rebuilds everything it holds. Erasures do not rewrite it;
+    they are journalled beside it, applied to it when it is loaded, and forgotten by the next snapshot.
+    """
+
+    def save_snapshot(self, tenant_id: int, state: dict, config: dict) -> None:
+        """Replace the tenant's snapshot durably and whole, then forget the erasures journalled before it."""
+        ...
+
+    def load_snapshot(self, tenant_id: int) -> tuple[dict, dict] | None:
+        """(state, engine settings), None without one; ``SnapshotUnreadable`` when it is damaged."""
+        ...
+
+    def set_aside_snapshot(self, tenant_id: int) -> str:
+        """Move an unusable snapshot out of the way, kept for a post-mortem; returns the name it is kept as."""
+        ...
+
+    def journal_erasure(self, tenant_id: int, user_id: str) -> None:
+        """Record, durably, that ``user_id`` must not come back from the tenant's current snapshot."""
+        ...
+
+    def erased_since_snapshot(self, tenant_id: int) -> list[str]:
+        """The user ids journalled since the tenant's snapshot was written."""
+        ...
+
+    def remove_interrupted_writes(self) -> int:
+        """Delete what writers killed mid-write left behind (at start-up, before any writer); how many."""
+        ...
 
 
 @runtime_checkable

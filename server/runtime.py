@@ -35,9 +35,9 @@ from .models import HISTORY_LIMIT, ModelRejected, ModelSlot, ModelUnavailable, f
 from .overload import LoopLag
 from .ratelimit import TokenBucket
 from .signal_writer import SignalWriter
-from .snapshots import journal_erasure, remove_temporaries, snapshot_path
+from .snapshots import SnapshotFiles, snapshots_folder
 from .stats import signal_stats_report
-from .ports import EventLog, Storage
+from .ports import EventLog, Snapshots, Storage
 from .storage import Store, Tenant, hash_key
 from .validation import Cursor
 from .worker_process import ProcessHost
@@ -171,8 +171,10 @@ class Runtime:
         # Config changes rebuild a tenant's engine from its log here, beside the live engine, so the device
         # thread (every tenant's scores and updates) never waits for a replay.
         self._rebuild_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-rebuild")
-        # Storage is reached through its port; Store (SQLite) is the adapter opened in start().
+        # Storage is reached through its ports; Store (SQLite) is the adapter opened in start(). The snapshots are
+        # files beside it, written by whichever process holds the engine (erasures are journalled from here).
         self.store: Storage | None = None
+        self.snapshots: Snapshots = SnapshotFiles(snapshots_folder(config.data_dir))
         self._rebuild_reader: Storage | None = None  # used only on the rebuild thread
         self._rebuild_child: concurrent.futures.ProcessPoolExecutor | None = None  # started on the first large rebuild
         self.tenants: dict[int, TenantState] = {}
@@ -331,7 +333,7 @@ class Runtime:
         started = time.perf_counter()
         self.recovery.state = "recovering"
         try:
-            stale = remove_temporaries(self.config.data_dir / "snapshots")
+            stale = self.snapshots.remove_interrupted_writes()
             if stale:
                 log.info("removed %d temporary snapshot files left by an interrupted write", stale)
             tenants = await self.on_storage(self.store.tenants)
@@ -694,9 +696,8 @@ class Runtime:
         The snapshot is not rewritten here: the user id goes into its journal first, so a restart at any
         later step drops the user from the old snapshot, and the next periodic snapshot replaces it.
         """
-        path = snapshot_path(self.config.data_dir, state.tenant.id)
         async with state.snapshot_lock:
-            await self.on_storage(journal_erasure, path, user_id)
+            await self.on_storage(self.snapshots.journal_erasure, state.tenant.id, user_id)
             deleted = await self.on_storage(self.store.erase_user, state.tenant.id, user_id)
 
             known = await self.command(cmd.Erase(state.tenant.id, user_id))

@@ -37,8 +37,12 @@ class SnapshotUnreadable(Exception):
     """A snapshot file exists but is torn, corrupt or not a snapshot."""
 
 
+def snapshots_folder(data_dir: Path) -> Path:
+    return Path(data_dir) / "snapshots"
+
+
 def snapshot_path(data_dir: Path, tenant_id: int) -> Path:
-    return data_dir / "snapshots" / f"tenant-{tenant_id}.npz"
+    return SnapshotFiles(snapshots_folder(data_dir))._path(tenant_id)
 
 
 def journal_path(snapshot: Path) -> Path:
@@ -153,3 +157,36 @@ def read_journal(snapshot: Path) -> list[str]:
 def clear_journal(snapshot: Path) -> None:
     """After a snapshot that no longer holds the journalled users has replaced the old one."""
     journal_path(snapshot).unlink(missing_ok=True)
+
+
+class SnapshotFiles:
+    """The embedded :class:`server.ports.Snapshots` adapter: one checksummed file per tenant in ``folder``, with
+    its erasure journal beside it. Its methods share no state, so the snapshot writer thread and the thread that
+    recovers tenants may use one instance."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def _path(self, tenant_id: int) -> Path:
+        return self.folder / f"tenant-{tenant_id}.npz"
+
+    def save_snapshot(self, tenant_id: int, state: dict, config: dict) -> None:
+        path = self._path(tenant_id)
+        save_snapshot(path, state, config)
+        clear_journal(path)  # the new snapshot was captured after every journalled erasure
+
+    def load_snapshot(self, tenant_id: int) -> tuple[dict, dict] | None:
+        return load_snapshot(self._path(tenant_id))
+
+    def set_aside_snapshot(self, tenant_id: int) -> str:
+        return set_aside(self._path(tenant_id)).name
+
+    def journal_erasure(self, tenant_id: int, user_id: str) -> None:
+        journal_erasure(self._path(tenant_id), user_id)
+
+    def erased_since_snapshot(self, tenant_id: int) -> list[str]:
+        return read_journal(self._path(tenant_id))
+
+    def remove_interrupted_writes(self) -> int:
+        return remove_temporaries(self.folder)
+

@@ -18,15 +18,8 @@ from core import Worker
 from core import commands as c
 from model import Engine, TenantConfig
 
-from .snapshots import (
-    SnapshotUnreadable,
-    clear_journal,
-    load_snapshot,
-    read_journal,
-    save_snapshot,
-    set_aside,
-    snapshot_path,
-)
+from .ports import Snapshots
+from .snapshots import SnapshotFiles, SnapshotUnreadable, snapshots_folder
 from .storage import Store
 
 log = logging.getLogger(__name__)
@@ -89,9 +82,10 @@ class Close:
 class Runner:
     """A worker and its log reader (opened on first use, on the thread that uses it)."""
 
-    def __init__(self, worker: Worker, data_dir: Path):
+    def __init__(self, worker: Worker, data_dir: Path, snapshots: Snapshots | None = None):
         self.worker = worker
         self.data_dir = Path(data_dir)
+        self.snapshots = snapshots if snapshots is not None else SnapshotFiles(snapshots_folder(self.data_dir))
         self._reader: Store | None = None
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-snapshot-writer")
 
@@ -106,21 +100,20 @@ class Runner:
         return step(self, command) if step is not None else self.worker.handle(command)
 
     def _recover(self, cmd: Recover) -> c.Reply:
-        tenant_id, config = cmd.tenant_id, cmd.config
-        path = snapshot_path(self.data_dir, tenant_id)
+        tenant_id, config, snapshots = cmd.tenant_id, cmd.config, self.snapshots
         aside: list[tuple[str, str]] = []
         try:
-            snap = load_snapshot(path)
+            snap = snapshots.load_snapshot(tenant_id)
         except SnapshotUnreadable as exc:
-            aside.append((set_aside(path).name, str(exc)))
+            aside.append((snapshots.set_aside_snapshot(tenant_id), str(exc)))
             snap = None
         # None, or made under other engine settings: the log rebuilds the state.
         usable = snap is not None and snap[1] == config.engine_dict()
-        journal = read_journal(path)  # users erased since the snapshot
+        journal = snapshots.erased_since_snapshot(tenant_id)
         opened: c.Opened = self.worker.handle(c.Open(tenant_id, config, snap[0] if usable else None,
                                                      tuple(journal) if usable else ())).result
         if opened.unreadable:
-            aside.append((set_aside(path).name, opened.problem))
+            aside.append((snapshots.set_aside_snapshot(tenant_id), opened.problem))
         elif opened.problem:
             log.warning("snapshot of tenant %d: %s; replaying the whole log", tenant_id, opened.problem)
         replayed, applied_seq, users = self._replay(tenant_id, config, opened.applied_seq)
@@ -166,11 +159,10 @@ class Runner:
 
     def _save_snapshot(self, cmd: SaveSnapshot) -> c.Reply:
         engine_state, applied_seq, settings = self.worker.handle(c.Snapshot(cmd.tenant_id)).result
-        path = snapshot_path(self.data_dir, cmd.tenant_id)
 
         def write() -> int:
-            save_snapshot(path, engine_state, settings)
-            clear_journal(path)  # the new snapshot was captured after every journalled erasure
+            # Captured after every erasure journalled so far: saving forgets them.
+            self.snapshots.save_snapshot(cmd.tenant_id, engine_state, settings)
             return applied_seq
 
         return c.Reply(self._writer.submit(write))

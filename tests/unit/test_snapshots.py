@@ -136,3 +136,31 @@ def test_an_engine_capture_written_later_holds_the_state_of_its_moment(tmp_path)
     assert set(written) == set(then)
     for key, value in then.items():
         np.testing.assert_array_equal(written[key], value, err_msg=key)
+
+
+def test_the_snapshot_port_over_files_keeps_each_tenant_and_its_erasures(tmp_path):
+    from server.snapshots import SnapshotFiles
+
+    snapshots = SnapshotFiles(tmp_path / "snapshots")
+    assert snapshots.load_snapshot(1) is None and snapshots.erased_since_snapshot(1) == []
+    snapshots.save_snapshot(1, state(1.0, 5), {"k": 1})
+    snapshots.save_snapshot(2, state(2.0, 5), {"k": 2})
+    snapshots.journal_erasure(1, "alice")
+    snapshots.journal_erasure(1, "bob")
+    assert snapshots.erased_since_snapshot(1) == ["alice", "bob"] and snapshots.erased_since_snapshot(2) == []
+    loaded, config = snapshots.load_snapshot(2)
+    assert config == {"k": 2}
+    np.testing.assert_array_equal(loaded["a"], np.full(5, 2.0))
+    # A new snapshot was captured after the journalled erasures: saving it forgets them.
+    snapshots.save_snapshot(1, state(3.0, 5), {"k": 1})
+    assert snapshots.erased_since_snapshot(1) == []
+    # Damage is reported, and the damaged file is kept aside under the name returned.
+    path = tmp_path / "snapshots" / "tenant-2.npz"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(SnapshotUnreadable):
+        snapshots.load_snapshot(2)
+    kept = snapshots.set_aside_snapshot(2)
+    assert (tmp_path / "snapshots" / kept).exists() and snapshots.load_snapshot(2) is None
+    (tmp_path / "snapshots" / "tenant-1.abc.tmp").write_bytes(b"half")
+    assert snapshots.remove_interrupted_writes() == 1
+    assert snapshots.load_snapshot(1)[1] == {"k": 1}
