@@ -41,7 +41,7 @@ from .ports import EventLog, Snapshots, Storage
 from .storage import Store, Tenant, hash_key
 from .validation import Cursor
 from .worker_process import ProcessHost
-from .worker_runner import Close, Recover, Recovered, Runner, SaveSnapshot, SwapIn, Sync
+from .worker_runner import Build, CatchUpBuild, Close, DropBuild, Recover, Recovered, Runner, SaveSnapshot, SwapIn, Sync
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class TenantState:
     activity: Activity = field(default_factory=Activity)
     rebuild_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one engine rebuild at a time per tenant
     logged_seq: int = 0  # the log position of the tenant's last committed event
-    catching_up: Engine | None = None  # a rebuilt engine being caught up with the log, before its swap
+    catching_up: Any = None  # a rebuilt engine (or its progress) being caught up with the log, before its swap
     catch_up_lag: int = 0  # while catching_up: how far the log may run ahead of it before ingest is held back
 
     @property
@@ -402,9 +402,7 @@ class Runtime:
 
     def _replay_into(self, engine: Engine, tenant: Tenant, reader: EventLog) -> int:
         """The tenant's log after what ``engine`` has applied (the rebuild thread, with its own reader)."""
-        replayed = rebuild.replay(engine, reader, tenant.id)
-        self.metrics.replayed_events.inc(replayed)
-        return replayed
+        return rebuild.replay(engine, reader, tenant.id)
 
     async def wait_ready(self) -> None:
         await self._recovered.wait()
@@ -752,10 +750,12 @@ class Runtime:
         """The engine and signal policy under the tenant's stored config, whatever it is by the time this runs.
 
         Changes that keep the engine's settings touch only the policy. Others build a new engine from the log (the
-        snapshot was made under other settings): a large log in the rebuild child process, so the replay holds
-        no GIL of the server's; then the rebuild thread catches it up with what was committed meanwhile, and it
-        is swapped in on the device thread after a last catch-up there: other tenants' scores and updates wait
-        for that last step only. Ten quick changes make one or two rebuilds, not ten.
+        snapshot was made under other settings), beside the live one: with worker processes, in the worker that
+        owns the tenant (its builder thread, a large log in a child of its own), so the server's process does none
+        of it and the engine never crosses a pipe; on the thread, in the rebuild child process and this process's
+        rebuild thread. It is caught up with what was committed meanwhile, then swapped in after a last catch-up
+        on the worker's thread: other tenants' scores and updates wait for that last step only. Ten quick changes
+        make one or two rebuilds, not ten.
         """
         async with state.rebuild_lock:
             config = state.tenant.config
@@ -765,70 +765,57 @@ class Runtime:
                 return
             # Sent, not awaited: it runs before any erasure sent after it, whatever the lane holds before it.
             self.host.send(cmd.Rebuilding(state.tenant.id, started=True))
-            swapped = False
+            swapped, in_worker = False, bool(self.config.workers)
             try:
                 started = time.monotonic()
-                engine, caught_up = await self._engine_from_log(state.tenant, config)
+                build = _WorkerBuild(self, state.tenant.id) if in_worker else _ServerBuild(self, state.tenant)
+                caught_up = await build.start(config)
+                self.metrics.replayed_events.inc(caught_up)
                 replayed = time.monotonic()
                 # What was committed during the replay. The tenant's ingest is held back while the log is far
                 # ahead (check_ingest_backlog), so the rounds shorten even under its flood.
-                state.catching_up, state.catch_up_lag = engine, _REBUILD_MAX_LAG_EVENTS
-                rounds = await self._catch_up(state, engine, caught_up, drain_pending=False)
-                # Then the swap replays the rest on the device thread, which every tenant shares, after the
-                # tenant's queued work. Before it, the tenant's ingest is held back to a short lead, its batches
-                # already admitted are committed, and those are caught up here.
+                state.catching_up, state.catch_up_lag = build, _REBUILD_MAX_LAG_EVENTS
+                rounds = await self._catch_up(state, build, caught_up, drain_pending=False)
+                # Then the swap replays the rest on the worker's thread, after the tenant's queued work. Before it,
+                # the tenant's ingest is held back to a short lead, its batches already admitted are committed, and
+                # those are caught up here.
                 state.catch_up_lag = _REBUILD_SWAP_EVENTS
-                rounds += await self._catch_up(state, engine, 0, drain_pending=True)
+                rounds += await self._catch_up(state, build, 0, drain_pending=True)
                 caught = time.monotonic()
-                last, swap_s = await self._swap_engine(state, engine, config)
+                last, swap_s = await self._swap_engine(state, build.engine, config)
                 swapped = True
-                log.info("tenant %s: engine rebuilt from its log in %.2f s, caught up in %d more rounds in %.2f s, "
-                         "swapped in after %.3f s (%.3f s of it on the device thread, replaying %d events)",
-                         state.tenant.name, replayed - started, rounds, caught - replayed, time.monotonic() - caught,
-                         swap_s, last)
+                log.info("tenant %s: engine rebuilt from its log (%s) in %.2f s, caught up in %d more rounds in "
+                         "%.2f s, swapped in after %.3f s (%.3f s of it on the worker's thread, replaying %d events)",
+                         state.tenant.name, "in its worker" if in_worker else "in the server", replayed - started,
+                         rounds, caught - replayed, time.monotonic() - caught, swap_s, last)
             finally:
                 state.catching_up = None
                 if not swapped:  # the erasures made meanwhile need no longer be remembered
+                    if in_worker:
+                        self.host.send(DropBuild(state.tenant.id))
                     self.host.send(cmd.Rebuilding(state.tenant.id, started=False))
                 self._made_room()
 
-    async def _catch_up(self, state: TenantState, engine: Engine, behind: int, drain_pending: bool) -> int:
-        """Replay what was committed since ``engine`` last read (rebuild thread) until a round finds at most
-        _REBUILD_SWAP_EVENTS, and with ``drain_pending`` until none of the tenant's batches waits for its commit;
-        returns the rounds. Ingest is held back to ``state.catch_up_lag`` meanwhile, so the rounds shorten."""
-        rounds, loop = 0, asyncio.get_running_loop()
+    async def _catch_up(self, state: TenantState, build: "_ServerBuild | _WorkerBuild", behind: int,
+                        drain_pending: bool) -> int:
+        """Replay what was committed since ``build`` last read until a round finds at most _REBUILD_SWAP_EVENTS, and
+        with ``drain_pending`` until none of the tenant's batches waits for its commit; returns the rounds. Ingest
+        is held back to ``state.catch_up_lag`` meanwhile, so the rounds shorten."""
+        rounds = 0
 
         def pending() -> int:
             return self.shares.pending.get(state.tenant.id, 0) if drain_pending else 0
 
         while behind > _REBUILD_SWAP_EVENTS or pending() or (drain_pending and not rounds):
             rounds += 1
-            behind = await loop.run_in_executor(
-                self._rebuild_thread, self._replay_into, engine, state.tenant, self._rebuild_reader)
+            behind = await build.catch_up()
+            self.metrics.replayed_events.inc(behind)
             self._made_room()
             if behind <= _REBUILD_SWAP_EVENTS and pending():
                 await asyncio.sleep(0.01)  # its admitted batches are being committed
         return rounds
 
-    async def _engine_from_log(self, tenant: Tenant, config: TenantConfig) -> tuple[Engine, int]:
-        """A new engine under ``config`` with the tenant's log applied, and how many events that was: a large
-        log replays in the rebuild child process, a small one on the rebuild thread."""
-        loop = asyncio.get_running_loop()
-        engine = Engine(config, backend=self.backend)
-        logged = await loop.run_in_executor(self._rebuild_thread, self._rebuild_reader.count_events, tenant.id)
-        if logged >= rebuild.CHILD_PROCESS_EVENTS:
-            if self._rebuild_child is None:
-                self._rebuild_child = rebuild.child_pool()
-            engine_state = await loop.run_in_executor(
-                self._rebuild_child, rebuild.replay_state, str(self.config.data_dir), tenant.id, config.to_dict(),
-                _REBUILD_SWAP_EVENTS)
-            await loop.run_in_executor(self._rebuild_thread, engine.load_state, engine_state)
-            logged = 0  # the child read to where the log was: the catch-up rounds take the rest
-        replayed = await loop.run_in_executor(
-            self._rebuild_thread, self._replay_into, engine, tenant, self._rebuild_reader)
-        return engine, logged + replayed
-
-    async def _swap_engine(self, state: TenantState, engine: Engine, config: TenantConfig) -> tuple[int, float]:
+    async def _swap_engine(self, state: TenantState, engine: Engine | None, config: TenantConfig) -> tuple[int, float]:
         """The rebuilt engine serves from now on, with the log's last events (replayed where the worker runs, after
         the tenant's commands sent before) and the erasures made meanwhile; returns how many events that last
         replay took, and the seconds the worker spent on it."""
@@ -1103,3 +1090,56 @@ class Runtime:
         while True:
             await asyncio.sleep(self.config.snapshot_interval_s)
             await self.snapshot_all()
+
+
+class _ServerBuild:
+    """A tenant's engine rebuilt in this process, for a worker on its thread: a large log replays in the rebuild
+    child process, the rest and the catch-up rounds on the rebuild thread, each with its own log reader."""
+
+    def __init__(self, runtime: Runtime, tenant: Tenant):
+        self.runtime, self.tenant = runtime, tenant
+        self.engine: Engine | None = None
+
+    @property
+    def applied_seq(self) -> int:
+        return self.engine.applied_seq
+
+    async def start(self, config: TenantConfig) -> int:
+        """Build it; returns how many events the last pass replayed."""
+        rt, loop = self.runtime, asyncio.get_running_loop()
+        self.engine = Engine(config, backend=rt.backend)
+        logged = await loop.run_in_executor(rt._rebuild_thread, rt._rebuild_reader.count_events, self.tenant.id)
+        if logged >= rebuild.CHILD_PROCESS_EVENTS:
+            if rt._rebuild_child is None:
+                rt._rebuild_child = rebuild.child_pool()
+            engine_state = await loop.run_in_executor(
+                rt._rebuild_child, rebuild.replay_state, str(rt.config.data_dir), self.tenant.id, config.to_dict(),
+                _REBUILD_SWAP_EVENTS)
+            await loop.run_in_executor(rt._rebuild_thread, self.engine.load_state, engine_state)
+        return await self.catch_up()
+
+    async def catch_up(self) -> int:
+        """Apply what the log gained; returns how many events that was."""
+        rt = self.runtime
+        return await asyncio.get_running_loop().run_in_executor(
+            rt._rebuild_thread, rt._replay_into, self.engine, self.tenant, rt._rebuild_reader)
+
+
+class _WorkerBuild:
+    """A tenant's engine rebuilt in the worker process that owns it (see worker_runner.Build); here, only how far
+    it has read, for the ingest hold-back."""
+
+    engine = None  # it never leaves the worker: SwapIn(engine=None) serves it there
+
+    def __init__(self, runtime: Runtime, tenant_id: int):
+        self.runtime, self.tenant_id = runtime, tenant_id
+        self.applied_seq = 0
+
+    async def start(self, config: TenantConfig) -> int:
+        replayed, self.applied_seq = await self.runtime.command(Build(self.tenant_id, config, _REBUILD_SWAP_EVENTS))
+        return replayed
+
+    async def catch_up(self) -> int:
+        replayed, self.applied_seq = await self.runtime.command(CatchUpBuild(self.tenant_id))
+        return replayed
+

@@ -26,10 +26,9 @@ from core import Outcome, Worker
 from core.fair_thread import FairThread, all_done
 from core.host import Sink
 from core import commands as c
-from model import Engine
 
 from . import gc_tuning
-from .worker_runner import Close, Recover, Runner, SwapIn
+from .worker_runner import Close, Recover, Runner
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +124,6 @@ class _Child:
 
     def _send_all(self) -> None:
         while (item := self.outbox.get()) is not None:
-            request, command = item
-            if isinstance(command, SwapIn) and isinstance(command.engine, Engine):
-                # A rebuilt engine travels as its arrays, copied here rather than on the event loop.
-                item = request, SwapIn(command.tenant_id, command.engine.state_dict(), command.config)
             try:
                 self.conn.send(item)
             except (OSError, ValueError):  # the process died: its reader fails what waits

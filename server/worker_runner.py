@@ -4,6 +4,10 @@ A worker holds no storage. Recovering a tenant (its snapshot, then the log after
 swapping in a rebuilt engine (after the log's last events) read the log between commands that must not let the
 tenant's other commands in between; the runner takes those steps where the worker runs, with a log reader of its
 own, and passes every other command to the worker.
+
+In a worker process the runner also builds a tenant's engine for a config change, beside the live one, on a builder
+thread of its own (a large log in a child process of its own): the new engine never crosses a pipe, and the
+server's process does none of its work.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from core import Worker
 from core import commands as c
 from model import Engine, TenantConfig
 
+from . import rebuild
 from .ports import Snapshots
 from .snapshots import SnapshotFiles, SnapshotUnreadable, snapshots_folder
 from .storage import Store
@@ -47,13 +52,38 @@ class Recovered:
 
 @dataclass(frozen=True)
 class SwapIn:
-    """Serve ``engine``, rebuilt under ``config``, once the log's last events are applied to it. ``engine`` is an
-    Engine where the worker runs in the same process, its ``state_dict()`` otherwise. Replies (events replayed,
-    seconds the step took, applied_seq, users)."""
+    """Serve ``engine``, rebuilt under ``config``, once the log's last events are applied to it: an Engine where the
+    worker runs in the server's process, None in a worker process for the one :class:`Build` made there. Replies
+    (events replayed, seconds the step took, applied_seq, users)."""
 
     tenant_id: int
     engine: Any
     config: TenantConfig
+
+
+@dataclass(frozen=True)
+class Build:
+    """Build the tenant's engine under ``config`` from its log, beside the live one and off the worker's thread; a
+    large log replays in a child process until a pass finds fewer than ``settle_events`` new events. Replies a
+    future of (events replayed after the child's passes, applied_seq). ``SwapIn(engine=None)`` serves it."""
+
+    tenant_id: int
+    config: TenantConfig
+    settle_events: int
+
+
+@dataclass(frozen=True)
+class CatchUpBuild:
+    """Apply what the log gained to the engine being built; replies a future of (events replayed, applied_seq)."""
+
+    tenant_id: int
+
+
+@dataclass(frozen=True)
+class DropBuild:
+    """Forget the engine being built for the tenant (its change was given up); replies a future of None."""
+
+    tenant_id: int
 
 
 @dataclass(frozen=True)
@@ -88,6 +118,12 @@ class Runner:
         self.snapshots = snapshots if snapshots is not None else SnapshotFiles(snapshots_folder(self.data_dir))
         self._reader: Store | None = None
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-snapshot-writer")
+        # Engines being built for config changes: only the builder thread touches them until their SwapIn, which
+        # the server sends once their last Build or CatchUpBuild has replied.
+        self._builder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-builder")
+        self._builder_reader: Store | None = None  # opened and used on the builder thread
+        self._builder_child: concurrent.futures.ProcessPoolExecutor | None = None
+        self._builds: dict[int, Engine] = {}
 
     @property
     def reader(self) -> Store:
@@ -145,12 +181,42 @@ class Runner:
                                                    converted))
         return reply.resolutions
 
+    def _build(self, cmd: Build) -> c.Reply:
+        def build() -> tuple[int, int]:
+            reader = self._builder_store()
+            engine = Engine(cmd.config, backend=self.worker.backend)
+            if reader.count_events(cmd.tenant_id) >= rebuild.CHILD_PROCESS_EVENTS:
+                if self._builder_child is None:
+                    self._builder_child = rebuild.child_pool()
+                engine.load_state(self._builder_child.submit(
+                    rebuild.replay_state, str(self.data_dir), cmd.tenant_id, cmd.config.to_dict(),
+                    cmd.settle_events).result())
+            self._builds[cmd.tenant_id] = engine
+            return rebuild.replay(engine, reader, cmd.tenant_id), engine.applied_seq
+
+        return c.Reply(self._builder.submit(build))
+
+    def _catch_up_build(self, cmd: CatchUpBuild) -> c.Reply:
+        def catch_up() -> tuple[int, int]:
+            engine = self._builds[cmd.tenant_id]
+            return rebuild.replay(engine, self._builder_store(), cmd.tenant_id), engine.applied_seq
+
+        return c.Reply(self._builder.submit(catch_up))
+
+    def _drop_build(self, cmd: DropBuild) -> c.Reply:
+        def drop() -> None:  # on the builder thread: after the build it drops, whatever stage that is at
+            self._builds.pop(cmd.tenant_id, None)
+
+        return c.Reply(self._builder.submit(drop))
+
+    def _builder_store(self) -> Store:
+        if self._builder_reader is None:
+            self._builder_reader = Store(self.data_dir)
+        return self._builder_reader
+
     def _swap_in(self, cmd: SwapIn) -> c.Reply:
         started = time.perf_counter()
-        engine = cmd.engine
-        if not isinstance(engine, Engine):
-            engine = Engine(cmd.config, backend=self.worker.backend)
-            engine.load_state(cmd.engine)
+        engine = cmd.engine if cmd.engine is not None else self._builds.pop(cmd.tenant_id)
         replayed = 0
         for batch, seqs in self.reader.read_events(cmd.tenant_id, cmd.config, after_seq=engine.applied_seq):
             replayed += engine.apply(batch, seqs)
@@ -172,6 +238,11 @@ class Runner:
 
     def _close(self, cmd: Close) -> c.Reply:
         self._writer.shutdown(wait=True)
+        if self._builder_child is not None:
+            self._builder_child.shutdown(wait=False, cancel_futures=True)
+        if self._builder_reader is not None:
+            self._builder.submit(self._builder_reader.close).result()
+        self._builder.shutdown(wait=True)
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -179,4 +250,5 @@ class Runner:
 
 
 _STEPS = {Recover: Runner._recover, SwapIn: Runner._swap_in, SaveSnapshot: Runner._save_snapshot, Sync: Runner._sync,
-          Close: Runner._close}
+          Close: Runner._close, Build: Runner._build, CatchUpBuild: Runner._catch_up_build,
+          DropBuild: Runner._drop_build}

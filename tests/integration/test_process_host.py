@@ -11,7 +11,7 @@ from core import commands as c
 from model import EventBatch, TenantConfig
 from server import Store
 from server.worker_process import ProcessHost, WorkerLost
-from server.worker_runner import Recover, SaveSnapshot, Sync
+from server.worker_runner import Build, CatchUpBuild, DropBuild, Recover, SaveSnapshot, SwapIn, Sync
 
 CFG = TenantConfig(holdout_share=0.0)
 T0 = time.time() - 3600
@@ -107,3 +107,31 @@ def test_a_caller_that_stops_waiting_does_not_stop_the_replies(logged, host_of):
     with pytest.raises(concurrent.futures.CancelledError):
         slow.result(timeout=0)
     assert result(host.send(c.View(tenant_id, "u1", T0 + 100)))["user_id"] == "u1"  # the recovery did run
+
+
+def test_an_engine_is_built_in_the_worker_beside_the_live_one_and_swapped_in_there(logged, host_of):
+    """A config change's engine is built on the worker's builder thread from the log, caught up with what was logged
+    meanwhile, and served by a SwapIn that carries no engine; the live engine answers until then, and a dropped
+    build leaves nothing behind."""
+    data_dir, tenant_id = logged
+    host = host_of()
+    result(host.send(Recover(tenant_id, CFG)))
+    wider = TenantConfig(holdout_share=0.0, window_size=8)
+    assert result(host.send(Build(tenant_id, wider, 2_000))) == (30, 30)
+    # More events are logged; the live engine has not applied them, the built one catches them up.
+    store = Store(data_dir)
+    late = EventBatch.build(np.array(["late"], object), np.array([CFG.actions.index("purchase")], np.int32),
+                            np.array([T0 + 40.0]))
+    store.append([(tenant_id, late, CFG)])
+    store.close()
+    assert result(host.send(CatchUpBuild(tenant_id))) == (1, 31)
+    assert result(host.send(c.Weights(tenant_id)))["events_applied"] == 30  # still the live engine
+    replayed, _, applied_seq, users = result(host.send(SwapIn(tenant_id, None, wider)))
+    assert (replayed, applied_seq, users) == (0, 31, 8)
+    assert result(host.send(c.Weights(tenant_id)))["events_applied"] == 31
+    # A build given up is forgotten: a SwapIn without an engine then has nothing to serve.
+    assert result(host.send(Build(tenant_id, CFG, 2_000))) == (31, 31)
+    assert result(host.send(DropBuild(tenant_id))) is None
+    with pytest.raises(KeyError):
+        result(host.send(SwapIn(tenant_id, None, CFG)))
+

@@ -56,10 +56,27 @@ async def test_two_worker_processes_serve_each_tenant_what_it_sent(start):
     assert (await s.globex.call("GET", "/v1/users/a3")).status == 404  # tenants never share users
 
 
-async def test_a_config_change_rebuilds_and_swaps_the_engine_in_the_worker_process(start):
+async def test_a_config_change_rebuilds_and_swaps_the_engine_in_the_worker_process(start, monkeypatch):
+    """The new engine is built in the worker that owns the tenant: the server's process replays nothing, and no
+    engine crosses the pipe."""
     s = await start(workers=1)
+    runtime, sent = s.runtime, []
+    send = runtime.host.send
+
+    def recorded(command):
+        sent.append(command)
+        return send(command)
+
+    def no_replay_here(*args):
+        raise AssertionError("the server's process replayed a log for a rebuild")
+
+    monkeypatch.setattr(runtime.host, "send", recorded)
+    monkeypatch.setattr(runtime, "_replay_into", no_replay_here)
     assert (await s.acme.events([view(f"a{i}") for i in range(50)])).status == 200
     assert (await s.acme.call("PUT", "/v1/config", {"window_size": 16})).status == 200
+    kinds = [type(command).__name__ for command in sent]
+    assert "Build" in kinds and "SwapIn" in kinds
+    assert all(command.engine is None for command in sent if type(command).__name__ == "SwapIn")
     assert (await s.acme.events([view("late", "add_to_cart")])).status == 200
     weights = await served_weights(s.acme)
     assert weights["events_applied"] == 51
