@@ -751,9 +751,8 @@ class Runtime:
 
         Changes that keep the engine's settings touch only the policy. Others build a new engine from the log (the
         snapshot was made under other settings), beside the live one: with worker processes, in the worker that
-        owns the tenant (its builder thread, a large log in a child of its own), so the server's process does none
-        of it and the engine never crosses a pipe; on the thread, in the rebuild child process and this process's
-        rebuild thread. It is caught up with what was committed meanwhile, then swapped in after a last catch-up
+        owns the tenant (on a builder thread of its), so the server's process does none of it and the engine never
+        crosses a pipe; on the thread, in the rebuild child process and this process's rebuild thread. It is caught up with what was committed meanwhile, then swapped in after a last catch-up
         on the worker's thread: other tenants' scores and updates wait for that last step only. Ten quick changes
         make one or two rebuilds, not ten.
         """
@@ -1136,7 +1135,7 @@ class _WorkerBuild:
         self.applied_seq = 0
 
     async def start(self, config: TenantConfig) -> int:
-        replayed, self.applied_seq = await self.runtime.command(Build(self.tenant_id, config, _REBUILD_SWAP_EVENTS))
+        replayed, self.applied_seq = await self.runtime.command(Build(self.tenant_id, config))
         return replayed
 
     async def catch_up(self) -> int:

@@ -6,8 +6,9 @@ tenant's other commands in between; the runner takes those steps where the worke
 own, and passes every other command to the worker.
 
 In a worker process the runner also builds a tenant's engine for a config change, beside the live one, on a builder
-thread of its own (a large log in a child process of its own): the new engine never crosses a pipe, and the
-server's process does none of its work.
+thread of its own: the new engine never crosses a pipe, and the server's process does none of its work. (A worker
+process is a daemon, which may not start a child of its own: the replay shares the worker's GIL, and so slows only
+the tenants of that worker.)
 """
 from __future__ import annotations
 
@@ -63,13 +64,11 @@ class SwapIn:
 
 @dataclass(frozen=True)
 class Build:
-    """Build the tenant's engine under ``config`` from its log, beside the live one and off the worker's thread; a
-    large log replays in a child process until a pass finds fewer than ``settle_events`` new events. Replies a
-    future of (events replayed after the child's passes, applied_seq). ``SwapIn(engine=None)`` serves it."""
+    """Build the tenant's engine under ``config`` from its log, beside the live one and off the worker's thread.
+    Replies a future of (events replayed, applied_seq). ``SwapIn(engine=None)`` serves it."""
 
     tenant_id: int
     config: TenantConfig
-    settle_events: int
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,6 @@ class Runner:
         # the server sends once their last Build or CatchUpBuild has replied.
         self._builder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-builder")
         self._builder_reader: Store | None = None  # opened and used on the builder thread
-        self._builder_child: concurrent.futures.ProcessPoolExecutor | None = None
         self._builds: dict[int, Engine] = {}
 
     @property
@@ -183,16 +181,8 @@ class Runner:
 
     def _build(self, cmd: Build) -> c.Reply:
         def build() -> tuple[int, int]:
-            reader = self._builder_store()
-            engine = Engine(cmd.config, backend=self.worker.backend)
-            if reader.count_events(cmd.tenant_id) >= rebuild.CHILD_PROCESS_EVENTS:
-                if self._builder_child is None:
-                    self._builder_child = rebuild.child_pool()
-                engine.load_state(self._builder_child.submit(
-                    rebuild.replay_state, str(self.data_dir), cmd.tenant_id, cmd.config.to_dict(),
-                    cmd.settle_events).result())
-            self._builds[cmd.tenant_id] = engine
-            return rebuild.replay(engine, reader, cmd.tenant_id), engine.applied_seq
+            engine = self._builds[cmd.tenant_id] = Engine(cmd.config, backend=self.worker.backend)
+            return rebuild.replay(engine, self._builder_store(), cmd.tenant_id), engine.applied_seq
 
         return c.Reply(self._builder.submit(build))
 
@@ -238,8 +228,6 @@ class Runner:
 
     def _close(self, cmd: Close) -> c.Reply:
         self._writer.shutdown(wait=True)
-        if self._builder_child is not None:
-            self._builder_child.shutdown(wait=False, cancel_futures=True)
         if self._builder_reader is not None:
             self._builder.submit(self._builder_reader.close).result()
         self._builder.shutdown(wait=True)

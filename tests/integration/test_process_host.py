@@ -117,7 +117,7 @@ def test_an_engine_is_built_in_the_worker_beside_the_live_one_and_swapped_in_the
     host = host_of()
     result(host.send(Recover(tenant_id, CFG)))
     wider = TenantConfig(holdout_share=0.0, window_size=8)
-    assert result(host.send(Build(tenant_id, wider, 2_000))) == (30, 30)
+    assert result(host.send(Build(tenant_id, wider))) == (30, 30)
     # More events are logged; the live engine has not applied them, the built one catches them up.
     store = Store(data_dir)
     late = EventBatch.build(np.array(["late"], object), np.array([CFG.actions.index("purchase")], np.int32),
@@ -130,8 +130,29 @@ def test_an_engine_is_built_in_the_worker_beside_the_live_one_and_swapped_in_the
     assert (replayed, applied_seq, users) == (0, 31, 8)
     assert result(host.send(c.Weights(tenant_id)))["events_applied"] == 31
     # A build given up is forgotten: a SwapIn without an engine then has nothing to serve.
-    assert result(host.send(Build(tenant_id, CFG, 2_000))) == (31, 31)
+    assert result(host.send(Build(tenant_id, CFG))) == (31, 31)
     assert result(host.send(DropBuild(tenant_id))) is None
     with pytest.raises(KeyError):
         result(host.send(SwapIn(tenant_id, None, CFG)))
+
+
+def test_a_large_log_is_built_in_the_worker_process_too(tmp_path):
+    """Past the size that the server's rebuild gives a child process: a worker process (a daemon, which may start
+    no child) builds it on its builder thread."""
+    from server import rebuild
+
+    store = Store(tmp_path)
+    tenant, _ = store.create_tenant("big", CFG)
+    n = rebuild.CHILD_PROCESS_EVENTS + 1
+    batch = EventBatch.build(np.array([f"u{i % 5000}" for i in range(n)], object),
+                             np.full(n, CFG.actions.index("view"), np.int32), T0 + np.arange(n) * 0.01)
+    last = int(store.append([(tenant.id, batch, CFG)])[0].seqs[-1])
+    store.close()
+    host = ProcessHost(1, tmp_path, "numpy", lambda *args: None, lambda index: None)
+    try:
+        result(host.send(Recover(tenant.id, CFG)))
+        assert result(host.send(Build(tenant.id, TenantConfig(holdout_share=0.0, window_size=8)))) == (n, last)
+        assert result(host.send(SwapIn(tenant.id, None, TenantConfig(holdout_share=0.0, window_size=8))))[2] == last
+    finally:
+        host.shutdown()
 
