@@ -169,19 +169,50 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="nudge"'})
 
 
-async def _body(request: web.Request):
-    """The decoded body: read within the time limit, inflated (after authentication) within the size limit."""
-    fmt = request_format(request)
+async def _raw_body(request: web.Request) -> bytes:
+    """The body's bytes, read within the time limit."""
     config = request.app[RUNTIME].config
     try:
         async with asyncio.timeout(config.body_read_timeout_s):
-            raw = await request.read()
+            return await request.read()
     except TimeoutError:
         raise ApiError(408, "body_timeout",
                        f"the request body did not arrive within {config.body_read_timeout_s:g} s") from None
     except (ConnectionError, ClientPayloadError, HttpProcessingError):
         raise _ClientGone() from None
-    return decode(inflate(raw, request.headers.get("Content-Encoding"), config.max_body_bytes), fmt)
+
+
+def _decoded(request: web.Request, raw: bytes):
+    """``raw`` inflated (after authentication) within the size limit, and decoded."""
+    max_bytes = request.app[RUNTIME].config.max_body_bytes
+    return decode(inflate(raw, request.headers.get("Content-Encoding"), max_bytes), request_format(request))
+
+
+async def _body(request: web.Request):
+    """The decoded body: read within the time limit, inflated (after authentication) within the size limit."""
+    return _decoded(request, await _raw_body(request))
+
+
+# From this size up, while other tenants are active, a tenant's event bodies are decoded and validated one per turn of
+# the event loop (TenantState.parse_turn).
+_TAKES_TURNS_BYTES = 32 * 1024
+
+
+async def _events_batch(request: web.Request, state):
+    runtime = request.app[RUNTIME]
+    raw = await _raw_body(request)
+
+    def parse():
+        return parse_events(_decoded(request, raw), state.config, time.time(), runtime.config.max_items_per_request)
+
+    if len(raw) < _TAKES_TURNS_BYTES or not runtime.shares.others_active(state.tenant.id):
+        return parse()
+    async with state.parse_turn:
+        batch = parse()
+        # The turn is held into the loop's next iteration: the loop polls its sockets between iterations, so other
+        # requests are read and served between two of this tenant's parses, not after all of them.
+        await asyncio.sleep(0)
+    return batch
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -192,7 +223,7 @@ async def post_events(request: web.Request) -> web.Response:
         await runtime.admit_ingest(state)  # before the body is read and validated: waiting and refusing stay cheap
     except Overloaded as exc:
         raise _overloaded(exc) from None
-    batch = parse_events(await _body(request), state.config, time.time(), runtime.config.max_items_per_request)
+    batch = await _events_batch(request, state)
     beyond = await runtime.new_users_beyond_limit(state, batch)
     if beyond is not None:
         known, new = beyond

@@ -139,3 +139,35 @@ async def test_a_tenants_updates_run_in_shorter_calls_while_others_are_active(st
     await s.runtime.on_device(lambda: None)
     assert alone == [runtime_module._APPLY_CHUNK, 3000 - runtime_module._APPLY_CHUNK]
     assert sizes == [runtime_module._APPLY_CHUNK_SHARED] * (3000 // runtime_module._APPLY_CHUNK_SHARED)
+
+
+async def test_while_others_are_active_a_tenants_large_bodies_are_parsed_one_per_turn_of_the_loop(start, monkeypatch):
+    """A burst of one tenant's large batches must not hold the event loop for all of them at once: between two of
+    its parses the loop polls its sockets and serves the others. A ticker counts the loop's turns."""
+    from server import handlers
+
+    s = await start()
+    turns, parsed_at = [0], []
+    parse = handlers.parse_events
+
+    def counted(*args, **kwargs):
+        parsed_at.append(turns[0])
+        return parse(*args, **kwargs)
+
+    async def ticker():
+        while True:
+            turns[0] += 1
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(handlers, "parse_events", counted)
+    big = views("a", 1000)  # well past 32 KiB as a request body
+    assert (await s.acme.events(big)).status == 200  # alone: parsed at once, no turn taken
+    assert (await s.globex.events(views("g", 10))).status == 200  # globex is active from now on
+    parsed_at.clear()
+    tick = asyncio.ensure_future(ticker())
+    try:
+        answers = await asyncio.gather(*(s.acme.events(big) for _ in range(5)))
+    finally:
+        tick.cancel()
+    assert all(a.status == 200 for a in answers)
+    assert len(parsed_at) == 5 and all(b > a for a, b in zip(parsed_at, parsed_at[1:])), parsed_at
