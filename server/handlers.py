@@ -194,8 +194,10 @@ async def _body(request: web.Request):
 
 
 # From this size up, while other tenants are active, a tenant's event bodies are decoded and validated one per turn of
-# the event loop (TenantState.parse_turn).
+# the event loop (TenantState.parse_turn); past _MAX_TURN_WAITERS of them waiting, the tenant's next are refused, so
+# its flood is answered with 429 rather than queued for ever.
 _TAKES_TURNS_BYTES = 32 * 1024
+_MAX_TURN_WAITERS = 8
 
 
 async def _events_batch(request: web.Request, state):
@@ -207,11 +209,20 @@ async def _events_batch(request: web.Request, state):
 
     if len(raw) < _TAKES_TURNS_BYTES or not runtime.shares.others_active(state.tenant.id):
         return parse()
-    async with state.parse_turn:
+    if state.parse_waiting >= _MAX_TURN_WAITERS:
+        raise _overloaded(OverShare(state.parse_waiting, retry_after_s=1.0))
+    state.parse_waiting += 1
+    try:
+        await state.parse_turn.acquire()
+    finally:
+        state.parse_waiting -= 1
+    try:
         batch = parse()
         # The turn is held into the loop's next iteration: the loop polls its sockets between iterations, so other
         # requests are read and served between two of this tenant's parses, not after all of them.
         await asyncio.sleep(0)
+    finally:
+        state.parse_turn.release()
     return batch
 
 

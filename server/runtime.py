@@ -101,6 +101,7 @@ class TenantState:
     # One large body decoded and validated at a time per tenant: a burst of a tenant's admitted batches (about 5 ms of
     # Python each, on the event loop) then takes turns with every other request instead of holding them all.
     parse_turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    parse_waiting: int = 0  # this tenant's bodies waiting for a turn (bounded: the rest are refused)
     logged_seq: int = 0  # the log position of the tenant's last committed event
     catching_up: Any = None  # a rebuilt engine (or its progress) being caught up with the log, before its swap
     catch_up_lag: int = 0  # while catching_up: how far the log may run ahead of it before ingest is held back

@@ -171,3 +171,15 @@ async def test_while_others_are_active_a_tenants_large_bodies_are_parsed_one_per
         tick.cancel()
     assert all(a.status == 200 for a in answers)
     assert len(parsed_at) == 5 and all(b > a for a, b in zip(parsed_at, parsed_at[1:])), parsed_at
+
+
+async def test_a_tenants_bodies_waiting_for_their_turn_are_bounded_and_the_rest_refused(start):
+    s = await start(max_pending_events=10**6, max_apply_delay_ms=0)  # no other bound refuses first
+    assert (await s.globex.events(views("g", 10))).status == 200  # globex is active
+    big = views("a", 1000)
+    answers = await asyncio.gather(*(s.acme.events(big) for _ in range(30)))
+    statuses = [a.status for a in answers]
+    refused = [a for a in answers if a.status == 429]
+    assert statuses.count(200) >= 9 and refused, statuses
+    assert all(a.body["error"]["code"] == "tenant_over_share" and a.headers["Retry-After"] == "1" for a in refused)
+    assert (await s.globex.score("g1")).status == 200
