@@ -140,8 +140,9 @@ def sequence_scores_many(
     pairs = [(for_backend(theta, name), for_backend(lift, name)) for theta, lift in weights]
     for theta, lift in pairs:
         _check_shapes(*arrays, theta, lift)
-        if check:
-            _check_values(arrays[0], arrays[2], theta.shape[1])
+    if check:  # the windows once per vocabulary size, not once per pair
+        for n_actions in {theta.shape[1] for theta, _ in pairs}:
+            _check_values(arrays[0], arrays[2], n_actions)
     scores = _sequence_scores_numpy_many(*arrays, pairs, half_life_s=half_life_s)
     return [like(score, actions) for score in scores]
 

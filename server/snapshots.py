@@ -41,8 +41,12 @@ def snapshots_folder(data_dir: Path) -> Path:
     return Path(data_dir) / "snapshots"
 
 
+def _tenant_file(folder: Path, tenant_id: int) -> Path:
+    return Path(folder) / f"tenant-{tenant_id}.npz"
+
+
 def snapshot_path(data_dir: Path, tenant_id: int) -> Path:
-    return SnapshotFiles(snapshots_folder(data_dir))._path(tenant_id)
+    return _tenant_file(snapshots_folder(data_dir), tenant_id)
 
 
 def journal_path(snapshot: Path) -> Path:
@@ -168,7 +172,7 @@ class SnapshotFiles:
         self.folder = Path(folder)
 
     def _path(self, tenant_id: int) -> Path:
-        return self.folder / f"tenant-{tenant_id}.npz"
+        return _tenant_file(self.folder, tenant_id)
 
     def save_snapshot(self, tenant_id: int, state: dict, config: dict) -> None:
         path = self._path(tenant_id)
