@@ -3,16 +3,23 @@ product recommendations, and each user's latest category, item and query for sig
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import msgpack
 import numpy as np
 
 from .events import EventBatch
+from .interner import Interner
+from .pair_counts import PairCounts
+from .recent_items import walk
+
+ALL = 0  # the popularity row of every category; a category's row is its id + 1
 
 
 class ItemCatalog:
     """Learns which items are viewed together in sessions, and what is popular per category.
+
+    A batch is learned as columns, with no loop per event, and what is learned does not depend on how the stream
+    was batched: a replay of the log in other chunks, in another process, equals the live state.
 
     Parameters
     ----------
@@ -20,106 +27,198 @@ class ItemCatalog:
     recent_items : how many of a user's latest session items recommendations start from.
     max_neighbors : co-visited items kept per item (the most frequent), so memory stays bounded per item.
     max_popular : items kept per category ranking.
+    prune_every : the rankings are cut back to those bounds (from four times them) after every so many events with
+        an item: at fixed places in the stream, so that batching cannot change what is kept.
     """
 
-    def __init__(self, session_gap_s: float, recent_items: int = 3, max_neighbors: int = 50, max_popular: int = 200):
+    def __init__(self, session_gap_s: float, recent_items: int = 3, max_neighbors: int = 50, max_popular: int = 200,
+                 prune_every: int = 4096) -> None:
+        if recent_items < 1:
+            raise ValueError("recent_items must be at least 1")
         self.session_gap_s = session_gap_s
-        self.recent_items = recent_items
         self.max_neighbors = max_neighbors
         self.max_popular = max_popular
-        self.covisits: dict[str, Counter] = {}
-        self.popular: dict[str, Counter] = {}  # category ("" = all) -> item counts
-        self.users: dict[str, dict] = {}  # user -> {"items": [[item, ts], ...], "category", "query", "ts"}
+        self.prune_every = prune_every
+        self.items, self.categories, self.users = Interner(), Interner(), Interner()
+        self.covisits = PairCounts()  # (item, item)
+        self.popular = PairCounts()  # (ALL or category id + 1, item)
+        self.item_events = 0  # events with an item learned so far: where the stream's pruning places are
+        self.user_ts = np.zeros(0)  # per user id: the latest event time (-inf: none)
+        self.user_items = np.zeros((0, recent_items), dtype=np.int64)  # the session's items, latest first; -1
+        self.user_category = np.zeros(0, dtype=object)
+        self.user_query = np.zeros(0, dtype=object)
 
     def observe(self, batch: EventBatch) -> None:
-        """Learn from a batch, in order; events without item, category or query are skipped quickly.
-
-        Event by event, so what is learned does not depend on how the stream was batched (a replay of the log
-        equals the live state). The loop is written for speed: it runs for every event ingested.
-        """
+        """Learn from a batch, in order; events without item, category or query change nothing."""
         rows = np.flatnonzero((batch.item_ids != None) | (batch.categories != None) | (batch.queries != None))  # noqa: E711
         if not len(rows):
             return
-        users, gap, keep_recent = self.users, self.session_gap_s, self.recent_items - 1
-        covisits, popular, neighbors, top = self.covisits, self.popular, self.max_neighbors, self.max_popular
-        count = self._count
-        for user, item, category, query, ts in zip(
-            batch.user_ids[rows].tolist(), batch.item_ids[rows].tolist(), batch.categories[rows].tolist(),
-            batch.queries[rows].tolist(), batch.ts[rows].tolist(),
-        ):
-            state = users.get(user)
-            if state is None:
-                state = users[user] = {"items": [], "category": None, "query": None, "ts": ts}
-            if ts - state["ts"] > gap:
-                state["items"] = []  # a new session: earlier items are not co-visited with this one
-            if ts > state["ts"]:
-                state["ts"] = ts
-            if category is not None:
-                state["category"] = category
-            if query is not None:
-                state["query"] = query
-            if item is None:
-                continue
-            recent = state["items"]
-            kept = [pair for pair in recent if pair[0] != item]  # the session's other items (at most a few)
-            for other, _ in kept:
-                count(covisits, item, other, neighbors)
-                count(covisits, other, item, neighbors)
-            count(popular, "", item, top)
-            if category is not None:
-                count(popular, category, item, top)
-            state["items"] = (kept[-keep_recent:] if keep_recent > 0 else []) + [[item, ts]]
+        users = self.users.intern(batch.user_ids[rows].tolist())
+        self._grow_users(len(self.users))
+        item_names, categories = batch.item_ids[rows], batch.categories[rows]
+        has_item, has_category = item_names != None, categories != None  # noqa: E711
+        items = np.full(len(rows), -1, dtype=np.int64)
+        items[has_item] = self.items.intern(item_names[has_item].tolist())
+        category_rows = np.full(len(rows), ALL, dtype=np.int64)
+        category_rows[has_category] = self.categories.intern(categories[has_category].tolist()) + 1
 
-    @staticmethod
-    def _count(table: dict[str, Counter], key: str, item: str, keep: int) -> None:
-        counts = table.get(key)
-        if counts is None:
-            counts = table[key] = Counter()
-        counts[item] = counts.get(item, 0) + 1
-        if len(counts) > 4 * keep:  # amortized: the next prune is 3 x ``keep`` new items away
-            table[key] = Counter(dict(counts.most_common(keep)))
+        walked = walk(users, batch.ts[rows], items, self.user_ts, self.user_items, self.session_gap_s)
+        self.user_ts[walked.users] = walked.last_ts
+        self.user_items[walked.users] = walked.recent
+        for column, values in ((self.user_category, categories), (self.user_query, batch.queries[rows])):
+            given = np.flatnonzero(values != None)  # noqa: E711
+            last = np.unique(users[given][::-1], return_index=True)[1]  # each user's last given value
+            column[users[given][::-1][last]] = values[given][::-1][last]
+
+        # Each event with an item, by its place among them in the stream: its co-visits both ways, and its
+        # popularity overall and in its category.
+        place = np.cumsum(has_item) - 1 + self.item_events
+        item_rows = np.flatnonzero(has_item)
+        pop_rows = np.concatenate([item_rows, item_rows[category_rows[item_rows] != ALL]])
+        pop_keys = np.concatenate([np.full(len(item_rows), ALL), category_rows[pop_rows[len(item_rows):]]])
+        co = (place[walked.rows], items[walked.rows], walked.others)
+        pop = (place[pop_rows], pop_keys, items[pop_rows])
+        start, self.item_events = self.item_events, self.item_events + len(item_rows)
+        cuts = range(start // self.prune_every * self.prune_every + self.prune_every, self.item_events + 1,
+                     self.prune_every)
+        lo = start
+        for hi in [*cuts, self.item_events]:
+            for table, (at, a, b), both_ways in ((self.covisits, co, True), (self.popular, pop, False)):
+                part = (at >= lo) & (at < hi)
+                a, b = a[part], b[part]
+                table.add(*((np.concatenate([a, b]), np.concatenate([b, a])) if both_ways else (a, b)))
+            if hi in cuts:
+                self.covisits.prune(self.max_neighbors, 4 * self.max_neighbors)
+                self.popular.prune(self.max_popular, 4 * self.max_popular)
+            lo = hi
+
+    def _grow_users(self, n: int) -> None:
+        have = len(self.user_ts)
+        if n <= have:
+            return
+        more = max(n, 2 * have) - have
+        self.user_ts = np.concatenate([self.user_ts, np.full(more, -np.inf)])
+        self.user_items = np.concatenate([self.user_items, np.full((more, self.user_items.shape[1]), -1)])
+        self.user_category = np.concatenate([self.user_category, np.full(more, None, dtype=object)])
+        self.user_query = np.concatenate([self.user_query, np.full(more, None, dtype=object)])
+
+    def _recent(self, uid: int | None) -> list[int]:
+        return [] if uid is None else [int(i) for i in self.user_items[uid] if i >= 0]
 
     def recommend(self, user: str, n: int, category: str | None = None) -> tuple[list[str], str]:
-        """Up to ``n`` items for ``user`` and where they came from: co-visitation, category or overall popularity."""
-        state = self.users.get(user)
-        seen = {it for it, _ in state["items"]} if state else set()
-        scores: Counter = Counter()
-        for item, _ in state["items"] if state else ():
-            scores.update(self.covisits.get(item, {}))
-        picked = [it for it, _ in scores.most_common() if it not in seen][:n]
+        """Up to ``n`` items for ``user`` and where they came from: co-visitation, category or overall popularity.
+
+        Ranked by count, ties to the item seen first in the stream."""
+        uid = self.users.find(user)
+        recent = self._recent(uid)
+        seen = set(recent)
+        picked = [int(i) for i in self.covisits.ranked(recent) if i not in seen][:n]
         if picked:
-            return picked, "co_visitation"
-        category = category or (state["category"] if state else None)
-        for key, source in ((category, "category_popularity"), ("", "popularity")):
-            if key is not None and key in self.popular:
-                picked = [it for it, _ in self.popular[key].most_common() if it not in seen][:n]
+            return self._names(picked), "co_visitation"
+        category = category or (self.user_category[uid] if uid is not None else None)
+        category_id = self.categories.find(category) if category is not None else None
+        for row, source in ((None if category_id is None else category_id + 1, "category_popularity"),
+                            (ALL, "popularity")):
+            if row is not None:
+                picked = [int(i) for i in self.popular.ranked([row]) if i not in seen][:n]
                 if picked:
-                    return picked, source
+                    return self._names(picked), source
         return [], "none"
+
+    def _names(self, ids: list[int]) -> list[str]:
+        return [self.items.names[i] for i in ids]
 
     def context(self, user: str) -> dict[str, str]:
         """The user's latest category, item and query, where known."""
-        state = self.users.get(user)
-        if not state:
+        uid = self.users.find(user)
+        if uid is None:
             return {}
-        out = {"category": state["category"], "item_id": state["items"][-1][0] if state["items"] else None,
-               "query": state["query"]}
+        recent = self._recent(uid)
+        out = {"category": self.user_category[uid], "item_id": self.items.names[recent[0]] if recent else None,
+               "query": self.user_query[uid]}
         return {k: v for k, v in out.items() if v is not None}
 
     def erase(self, user: str) -> None:
         """Forget one user's items; co-visitation and popularity counts are anonymous aggregates."""
-        self.users.pop(user, None)
+        uid = self.users.forget(user)
+        if uid is not None:
+            self.user_ts[uid] = -np.inf
+            self.user_items[uid] = -1
+            self.user_category[uid] = self.user_query[uid] = None
+
+    def learned(self) -> dict:
+        """Everything learned, by name: for comparing two catalogs, and for reading one."""
+        names = self.items.names
+        categories = ["", *self.categories.names]
+
+        def table(counts: PairCounts, row_names: list) -> dict:
+            return _nested(*counts.state(), row_names, names)
+
+        users = {name: {"items": [names[i] for i in self._recent(uid)], "ts": float(self.user_ts[uid]),
+                        "category": self.user_category[uid], "query": self.user_query[uid]}
+                 for uid, name in enumerate(self.users.names) if name is not None}
+        return {"covisits": table(self.covisits, names), "popular": table(self.popular, categories), "users": users}
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        # msgpack: a snapshot captures this on the device thread, and it packs twice as fast as JSON.
-        blob = msgpack.packb({"covisits": self.covisits, "popular": self.popular, "users": self.users})
-        return {"msgpack": np.frombuffer(blob, dtype=np.uint8)}
+        n = len(self.users)
+        names = msgpack.packb({"items": self.items.names, "categories": self.categories.names,
+                               "users": self.users.names, "user_category": self.user_category[:n].tolist(),
+                               "user_query": self.user_query[:n].tolist()})
+        co_keys, co_counts = self.covisits.state()
+        pop_keys, pop_counts = self.popular.state()
+        return {"names": np.frombuffer(names, dtype=np.uint8), "covisit_keys": co_keys, "covisit_counts": co_counts,
+                "popular_keys": pop_keys, "popular_counts": pop_counts, "user_ts": self.user_ts[:n].copy(),
+                "user_items": self.user_items[:n].copy(), "item_events": np.array([self.item_events])}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        if "msgpack" in state:
-            data = msgpack.unpackb(bytes(state["msgpack"]))
-        else:  # written by an older nudge
-            data = json.loads(bytes(state["json"]).decode())
-        self.covisits = {k: Counter(v) for k, v in data["covisits"].items()}
-        self.popular = {k: Counter(v) for k, v in data["popular"].items()}
-        self.users = data["users"]
+        if "names" not in state:  # written by an older nudge, as nested tables
+            return self._load_tables(msgpack.unpackb(bytes(state["msgpack"])) if "msgpack" in state
+                                     else json.loads(bytes(state["json"]).decode()))
+        names = msgpack.unpackb(bytes(state["names"]))
+        self.items, self.categories = Interner(names["items"]), Interner(names["categories"])
+        self.users = Interner(names["users"])
+        self.covisits.load(state["covisit_keys"], state["covisit_counts"])
+        self.popular.load(state["popular_keys"], state["popular_counts"])
+        self.item_events = int(state["item_events"][0])
+        depth = self.user_items.shape[1]
+        self.user_ts, self.user_items = np.zeros(0), np.zeros((0, depth), dtype=np.int64)
+        self.user_category, self.user_query = np.zeros(0, dtype=object), np.zeros(0, dtype=object)
+        self._grow_users(len(self.users))
+        n = len(self.users)
+        self.user_ts[:n] = state["user_ts"]
+        self.user_items[:n] = state["user_items"][:, :depth] if state["user_items"].shape[1] >= depth else -1
+        self.user_category[:n] = names["user_category"]
+        self.user_query[:n] = names["user_query"]
+
+    def _load_tables(self, data: dict) -> None:
+        """The nested tables of nudge before the catalog was columnar: {"covisits": {item: {item: n}},
+        "popular": {category or "": {item: n}}, "users": {user: {"items": [[item, ts], ...], ...}}}."""
+        for table, counts, row_id in (
+            ("covisits", self.covisits, lambda key: self.items.intern([key])[0]),
+            ("popular", self.popular, lambda key: ALL if key == "" else self.categories.intern([key])[0] + 1),
+        ):
+            rows, cols, values = [], [], []
+            for key, ranked in data[table].items():
+                row = row_id(key)
+                for item, n in ranked.items():
+                    rows.append(row)
+                    cols.append(self.items.intern([item])[0])
+                    values.append(n)
+            loaded = PairCounts.of(np.array(rows, np.int64), np.array(cols, np.int64), np.array(values, np.int64))
+            counts.load(*loaded.state())
+        users = data["users"]
+        uids = self.users.intern(list(users))
+        self._grow_users(len(self.users))
+        depth = self.user_items.shape[1]
+        for uid, state in zip(uids.tolist(), users.values()):
+            self.user_ts[uid] = state["ts"]
+            recent = [self.items.intern([item])[0] for item, _ in state["items"]][::-1][:depth]
+            self.user_items[uid, :len(recent)] = recent
+            self.user_category[uid], self.user_query[uid] = state.get("category"), state.get("query")
+
+
+def _nested(keys: np.ndarray, values: np.ndarray, row_names: list, col_names: list) -> dict:
+    out: dict = {}
+    for key, value in zip(keys.tolist(), values.tolist()):
+        out.setdefault(f"{row_names[key >> 32]}", {})[col_names[key & 0xFFFFFFFF]] = value
+    return out

@@ -92,13 +92,11 @@ users = [f"u{x}" for x in rng.integers(0, 60, n)]
 items = [None if x < 3 else f"i{x}" for x in rng.integers(0, 80, n)]
 cats = [None if x < 2 else f"c{x}" for x in rng.integers(0, 6, n)]
 batch = EventBatch.build(users, [0] * n, 1.7e9 + np.sort(rng.uniform(0, 20000, n)), item_ids=items, categories=cats)
-catalog = ItemCatalog(1800.0, max_neighbors=3, max_popular=4)  # small: pruning (and its ties) happens often
+catalog = ItemCatalog(1800.0, max_neighbors=3, max_popular=4, prune_every=50)  # pruning (and its ties) often
 cuts = sorted(set(int(c) for c in rng.integers(0, n, int(sys.argv[1])))) if int(sys.argv[1]) else []
 for lo, hi in zip([0, *cuts], [*cuts, n]):
     catalog.observe(batch.take(slice(lo, hi)))
-state = {"covisits": catalog.covisits, "popular": catalog.popular, "users": catalog.users}
-print(json.dumps({k: {a: list(b.items()) if hasattr(b, "items") else b for a, b in v.items()}
-                  for k, v in state.items()}))
+print(json.dumps(catalog.learned()))
 """
 
 
@@ -212,13 +210,15 @@ def test_engine_snapshot_keeps_the_catalog():
 
 def test_a_catalog_snapshot_of_an_older_nudge_in_json_still_loads():
     catalog = catalog_with_sessions()
-    old = json.dumps({"covisits": catalog.covisits, "popular": catalog.popular, "users": catalog.users})
+    learned = catalog.learned()
+    users = {u: {**s, "items": [[item, s["ts"]] for item in s["items"][::-1]]} for u, s in learned["users"].items()}
+    old = json.dumps({"covisits": learned["covisits"], "popular": learned["popular"], "users": users})
     restored = ItemCatalog(1800.0)
     restored.load_state({"json": np.frombuffer(old.encode(), np.uint8)})
     again = ItemCatalog(1800.0)
     again.load_state(catalog.state_dict())
     for c in (restored, again):
-        assert c.covisits == catalog.covisits and c.popular == catalog.popular and c.users == catalog.users
+        assert c.learned() == learned
         assert c.recommend("a", 3) == catalog.recommend("a", 3)
 
 

@@ -1,0 +1,40 @@
+"""Names to dense integer ids, numbered in order of first appearance."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Interner:
+    """Gives each name an id, in the order the stream first shows them: ids (and ties broken by them) depend on
+    the stream alone, not on how it was batched or on the hash seed. An id is never given to another name."""
+
+    def __init__(self, names: list[str | None] | None = None) -> None:
+        self.names: list[str | None] = list(names or [])  # id -> name; None once forgotten
+        self.ids: dict[str, int] = {name: i for i, name in enumerate(self.names) if name is not None}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def intern(self, names: list[str]) -> np.ndarray:
+        """The id of each name, new names numbered in order."""
+        get = self.ids.get
+        out = [get(name) for name in names]
+        if None in out:
+            ids, known = self.ids, self.names
+            for i in [i for i, found in enumerate(out) if found is None]:
+                found = ids.get(names[i])
+                if found is None:
+                    found = ids[names[i]] = len(known)
+                    known.append(names[i])
+                out[i] = found
+        return np.array(out, dtype=np.int64)
+
+    def find(self, name: str) -> int | None:
+        return self.ids.get(name)
+
+    def forget(self, name: str) -> int | None:
+        """Drop ``name``; its id (returned) stays unused."""
+        found = self.ids.pop(name, None)
+        if found is not None:
+            self.names[found] = None
+        return found
