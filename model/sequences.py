@@ -5,7 +5,6 @@ so the two cannot drift apart.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,13 +28,24 @@ def category_buckets(categories: np.ndarray) -> np.ndarray:
     return stable_buckets(categories, CATEGORY_BUCKETS)
 
 
+_HASHES: dict = {}  # value -> _stable_hash(value), for the values seen lately (emptied past _MAX_HASHES)
+_MAX_HASHES = 1 << 18
+
+
 def stable_buckets(values: np.ndarray, buckets: int) -> np.ndarray:
     """Stable hash of each value into [1, buckets); 0 where there is none (None)."""
-    hashes = np.fromiter((_stable_hash(v) for v in values), np.int64, count=len(values))
-    return np.where(hashes < 0, 0, 1 + hashes % (buckets - 1)).astype(np.int32)
+    names = values.tolist() if isinstance(values, np.ndarray) else list(values)
+    get = _HASHES.get
+    hashes = [get(v) for v in names]  # a dictionary read per value, in C, once the values are known
+    if None in hashes:
+        if len(_HASHES) > _MAX_HASHES:
+            _HASHES.clear()
+        for i in [i for i, h in enumerate(hashes) if h is None]:
+            hashes[i] = _HASHES[names[i]] = _stable_hash(names[i])
+    out = np.array(hashes, dtype=np.int64)
+    return np.where(out < 0, 0, 1 + out % (buckets - 1)).astype(np.int32)
 
 
-@functools.lru_cache(maxsize=1 << 18)
 def _stable_hash(value) -> int:
     # FNV-1a: stable across processes and Python versions, unlike hash().
     if value is None:

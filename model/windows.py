@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._rings import grow, plan_ring_append, ring_write
+from .interner import dense_ids
 from .sequences import gap_buckets
 
 # Per-event columns kept beside action and time, for the next-action Transformer's inputs.
@@ -32,15 +33,12 @@ class UserWindows:
 
     def lookup(self, user_ids, *, create: bool) -> np.ndarray:
         """Dense index per user id; -1 for unknown ids unless ``create``."""
-        index = self.index
+        # First-appearance order, so the numbering does not depend on how events were batched.
+        names = user_ids.tolist() if isinstance(user_ids, np.ndarray) else list(user_ids)
+        rows = dense_ids(names, self.index, self.ids if create else None)
         if create:
-            # First-appearance order, so the numbering does not depend on how events were batched.
-            for uid in dict.fromkeys(user_ids):
-                if uid not in index:
-                    index[uid] = len(self.ids)
-                    self.ids.append(uid)
             self._ensure(len(self.ids))
-        return np.fromiter((index.get(u, -1) for u in user_ids), dtype=np.int64, count=len(user_ids))
+        return rows
 
     def _ensure(self, rows: int) -> None:
         self.actions = grow(self.actions, rows, 0)
