@@ -104,6 +104,19 @@ def test_parse_score_request_keeps_order_and_reports_bad_users():
     assert {(d["index"], d["field"]) for d in info.value.details} == {(0, "user_id"), (1, "user_id"), (1, "state"), (2, "state.x")}
 
 
+def test_parse_score_request_fast_and_slow_paths_agree_on_ids():
+    ids = ["plain_1", "with-dash", "00441234567890", "+441234567890", "a@b.co", "x" * 129, "", "tab\there"]
+    for uid in ids:
+        for body in ({"users": [{"user_id": "ok"}, {"user_id": uid}]},  # the fast path's shape
+                     {"users": [{"user_id": "ok", "state": {}}, {"user_id": uid}]}):  # the per-user path
+            try:
+                got = parse_score_request(body, 10)[0]
+            except ApiError as err:
+                got = err.details
+            assert got == (["ok", uid] if user_id_problem(uid) is None
+                           else [{"index": 1, "field": "user_id", "reason": user_id_problem(uid)}]), (uid, body)
+
+
 def test_parse_events_requires_user_and_action_even_when_every_event_lacks_them():
     err = invalid({"events": [{"ts": NOW}, {"ts": NOW}]})
     assert {(d["index"], d["field"]) for d in err.details} == {(0, "user_id"), (1, "user_id"), (0, "action"), (1, "action")}
