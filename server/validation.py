@@ -269,12 +269,24 @@ def parse_events(body: Any, config: TenantConfig, now_s: float, max_items: int) 
     def members(choices):
         return lambda values: set(values) <= choices.keys() | {None}
 
+    def ascii_texts(max_chars: int):
+        def check(values):
+            texts = [v for v in values if v is not None]
+            return (all(type(v) is str for v in texts) and max(map(len, texts), default=0) <= max_chars
+                    and "".join(texts).isascii())  # ASCII text holds no lone surrogate
+
+        return check
+
     fast = {
         "user_id": lambda values: all(map(_PLAIN_ID.fullmatch, values)),
         "action": lambda values: set(values) <= vocab.keys(),
         "ts": lambda values: numbers_within(earliest, now_s + FUTURE_SKEW_S)([v for v in values if v is not None]),
         "device": members(devices),
         "segment": members(segments),
+        "event_id": ascii_texts(MAX_ID_CHARS),
+        "item_id": ascii_texts(MAX_ID_CHARS),
+        "category": ascii_texts(MAX_ID_CHARS),
+        "query": ascii_texts(MAX_QUERY_CHARS),
         "tz_offset_min": lambda values: numbers_within(-MAX_TZ_OFFSET_MIN, MAX_TZ_OFFSET_MIN, True)(
             [v for v in values if v is not None]
         ),

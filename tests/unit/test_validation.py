@@ -2,7 +2,9 @@ import pytest
 
 from model import TenantConfig
 from server.errors import ApiError
-from server.validation import parse_events, parse_score_request, user_id_problem
+from server.validation import (
+    _ID_TEXT, _QUERY_TEXT, MAX_ID_CHARS, MAX_QUERY_CHARS, parse_events, parse_score_request, user_id_problem,
+)
 
 NOW = 1_700_000_000.0
 CFG = TenantConfig(segments=("vip",))
@@ -122,6 +124,20 @@ def test_parse_events_requires_user_and_action_even_when_every_event_lacks_them(
     assert {(d["index"], d["field"]) for d in err.details} == {(0, "user_id"), (1, "user_id"), (0, "action"), (1, "action")}
     err = invalid({"columns": {"user_id": [None], "action": [None]}})
     assert {d["field"] for d in err.details} == {"user_id", "action"}
+
+
+@pytest.mark.parametrize("field", ["event_id", "item_id", "category", "query"])
+def test_parse_events_fast_and_slow_paths_agree_on_optional_text(field):
+    longest = MAX_QUERY_CHARS if field == "query" else MAX_ID_CHARS
+    for value in ["ok", "", "x" * longest, "x" * (longest + 1), "caf\u00e9", "\ud800", 12345, True, 1.5, None]:
+        body = {"events": [{"user_id": "a", "action": "view", field: "plain"}, {"user_id": "a", "action": "view",
+                                                                                field: value}]}
+        try:
+            parse_events(body, CFG, NOW, 10)
+            accepted = True
+        except ApiError:
+            accepted = False
+        assert accepted == ((_QUERY_TEXT if field == "query" else _ID_TEXT)(value) is None), (field, value)
 
 
 def test_parse_events_fast_and_slow_paths_agree_on_ids():
