@@ -29,17 +29,21 @@ class ItemCatalog:
     max_popular : items kept per category ranking.
     prune_every : the rankings are cut back to those bounds (from four times them) after every so many events with
         an item: at fixed places in the stream, so that batching cannot change what is kept.
+    users : the user numbering to share (the engine's), which then owns the names, their snapshot and their
+        erasure; :meth:`observe` is then given each event's row. By default the catalog numbers its own users.
     """
 
     def __init__(self, session_gap_s: float, recent_items: int = 3, max_neighbors: int = 50, max_popular: int = 200,
-                 prune_every: int = 4096) -> None:
+                 prune_every: int = 4096, users: Interner | None = None) -> None:
         if recent_items < 1:
             raise ValueError("recent_items must be at least 1")
         self.session_gap_s = session_gap_s
         self.max_neighbors = max_neighbors
         self.max_popular = max_popular
         self.prune_every = prune_every
-        self.items, self.categories, self.users = Interner(), Interner(), Interner()
+        self.items, self.categories = Interner(), Interner()
+        self.owns_users = users is None
+        self.users = Interner() if users is None else users
         self.covisits = PairCounts()  # (item, item)
         self.popular = PairCounts()  # (ALL or category id + 1, item)
         self.item_events = 0  # events with an item learned so far: where the stream's pruning places are
@@ -48,12 +52,13 @@ class ItemCatalog:
         self.user_category = np.zeros(0, dtype=object)
         self.user_query = np.zeros(0, dtype=object)
 
-    def observe(self, batch: EventBatch) -> None:
-        """Learn from a batch, in order; events without item, category or query change nothing."""
+    def observe(self, batch: EventBatch, user_rows: np.ndarray | None = None) -> None:
+        """Learn from a batch, in order; events without item, category or query change nothing. ``user_rows``:
+        each event's user in the shared numbering (required when it is shared)."""
         rows = np.flatnonzero((batch.item_ids != None) | (batch.categories != None) | (batch.queries != None))  # noqa: E711
         if not len(rows):
             return
-        users = self.users.intern(batch.user_ids[rows].tolist())
+        users = self.users.intern(batch.user_ids[rows].tolist()) if user_rows is None else user_rows[rows]
         self._grow_users(len(self.users))
         item_names, categories = batch.item_ids[rows], batch.categories[rows]
         has_item, has_category = item_names != None, categories != None  # noqa: E711
@@ -102,6 +107,11 @@ class ItemCatalog:
         self.user_category = np.concatenate([self.user_category, np.full(more, None, dtype=object)])
         self.user_query = np.concatenate([self.user_query, np.full(more, None, dtype=object)])
 
+    def _row(self, user: str) -> int | None:
+        """The user's row, None if the catalog has learned nothing about them."""
+        uid = self.users.find(user)
+        return uid if uid is not None and uid < len(self.user_ts) and self.user_ts[uid] > -np.inf else None
+
     def _recent(self, uid: int | None) -> list[int]:
         return [] if uid is None else [int(i) for i in self.user_items[uid] if i >= 0]
 
@@ -109,7 +119,7 @@ class ItemCatalog:
         """Up to ``n`` items for ``user`` and where they came from: co-visitation, category or overall popularity.
 
         Ranked by count, ties to the item seen first in the stream."""
-        uid = self.users.find(user)
+        uid = self._row(user)
         recent = self._recent(uid)
         seen = set(recent)
         picked = [int(i) for i in self.covisits.ranked(recent) if i not in seen][:n]
@@ -130,7 +140,7 @@ class ItemCatalog:
 
     def context(self, user: str) -> dict[str, str]:
         """The user's latest category, item and query, where known."""
-        uid = self.users.find(user)
+        uid = self._row(user)
         if uid is None:
             return {}
         recent = self._recent(uid)
@@ -140,8 +150,11 @@ class ItemCatalog:
 
     def erase(self, user: str) -> None:
         """Forget one user's items; co-visitation and popularity counts are anonymous aggregates."""
-        uid = self.users.forget(user)
-        if uid is not None:
+        self.erase_row(self.users.forget(user))
+
+    def erase_row(self, uid: int | None) -> None:
+        """Forget the items of the user numbered ``uid`` (whose name the shared numbering has forgotten)."""
+        if uid is not None and uid < len(self.user_ts):
             self.user_ts[uid] = -np.inf
             self.user_items[uid] = -1
             self.user_category[uid] = self.user_query[uid] = None
@@ -156,14 +169,17 @@ class ItemCatalog:
 
         users = {name: {"items": [names[i] for i in self._recent(uid)], "ts": float(self.user_ts[uid]),
                         "category": self.user_category[uid], "query": self.user_query[uid]}
-                 for uid, name in enumerate(self.users.names) if name is not None}
+                 for uid, name in enumerate(self.users.names[:len(self.user_ts)])
+                 if name is not None and self.user_ts[uid] > -np.inf}
         return {"covisits": table(self.covisits, names), "popular": table(self.popular, categories), "users": users}
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        n = len(self.users)
-        names = msgpack.packb({"items": self.items.names, "categories": self.categories.names,
-                               "users": self.users.names, "user_category": self.user_category[:n].tolist(),
-                               "user_query": self.user_query[:n].tolist()})
+        n = min(len(self.users), len(self.user_ts))
+        names = {"items": self.items.names, "categories": self.categories.names,
+                 "user_category": self.user_category[:n].tolist(), "user_query": self.user_query[:n].tolist()}
+        if self.owns_users:
+            names["users"] = self.users.names
+        names = msgpack.packb(names)
         co_keys, co_counts = self.covisits.state()
         pop_keys, pop_counts = self.popular.state()
         return {"names": np.frombuffer(names, dtype=np.uint8), "covisit_keys": co_keys, "covisit_counts": co_counts,
@@ -176,15 +192,16 @@ class ItemCatalog:
                                      else json.loads(bytes(state["json"]).decode()))
         names = msgpack.unpackb(bytes(state["names"]))
         self.items, self.categories = Interner(names["items"]), Interner(names["categories"])
-        self.users = Interner(names["users"])
+        if self.owns_users:
+            self.users.load(names["users"])
         self.covisits.load(state["covisit_keys"], state["covisit_counts"])
         self.popular.load(state["popular_keys"], state["popular_counts"])
         self.item_events = int(state["item_events"][0])
         depth = self.user_items.shape[1]
         self.user_ts, self.user_items = np.zeros(0), np.zeros((0, depth), dtype=np.int64)
         self.user_category, self.user_query = np.zeros(0, dtype=object), np.zeros(0, dtype=object)
-        self._grow_users(len(self.users))
-        n = len(self.users)
+        n = len(state["user_ts"])
+        self._grow_users(n)
         self.user_ts[:n] = state["user_ts"]
         self.user_items[:n] = state["user_items"][:, :depth] if state["user_items"].shape[1] >= depth else -1
         self.user_category[:n] = names["user_category"]
@@ -207,10 +224,13 @@ class ItemCatalog:
             loaded = PairCounts.of(np.array(rows, np.int64), np.array(cols, np.int64), np.array(values, np.int64))
             counts.load(*loaded.state())
         users = data["users"]
-        uids = self.users.intern(list(users))
+        uids = (self.users.intern(list(users)).tolist() if self.owns_users
+                else [self.users.find(name) for name in users])
         self._grow_users(len(self.users))
         depth = self.user_items.shape[1]
-        for uid, state in zip(uids.tolist(), users.values()):
+        for uid, state in zip(uids, users.values()):
+            if uid is None:  # not a user of the shared numbering (erased since)
+                continue
             self.user_ts[uid] = state["ts"]
             recent = [self.items.intern([item])[0] for item, _ in state["items"]][::-1][:depth]
             self.user_items[uid, :len(recent)] = recent

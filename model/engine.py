@@ -103,7 +103,7 @@ class Engine:
         # Row n_actions of the previous-action axis means "first action of a session".
         self.transition_evidence = Evidence((len(self.horizons_s), n_actions + 1, n_actions))
         self.markov = MarkovChain(n_actions)
-        self.catalog = ItemCatalog(config.session_gap_s)
+        self.catalog = ItemCatalog(config.session_gap_s, users=self.windows.users)
         self.user_state = UserState(n_actions, config.conversion_code, config.session_gap_s)
         self.items = HashedRates(ITEM_BUCKETS, config.forget_half_life_s)
         self.categories = HashedRates(CATEGORY_BUCKETS, config.forget_half_life_s)
@@ -227,7 +227,7 @@ class Engine:
         self.items.add(item_keys, converted, batch.ts)
         self.categories.add(category_keys, converted, batch.ts)
         self.events_applied += len(batch)
-        self.catalog.observe(batch)
+        self.catalog.observe(batch, users)
         self._push_users_to_device(np.unique(users))
         return Observed(x, predictions)
 
@@ -513,7 +513,7 @@ class Engine:
         self.user_state.erase(idx)
         for queue in self.examples.values():
             queue.drop_user(idx)
-        self.catalog.erase(user_id)
+        self.catalog.erase_row(idx)
         self._push_users_to_device(np.array([idx]))
         return True
 

@@ -24,8 +24,15 @@ class Interner:
     the stream alone, not on how it was batched or on the hash seed. An id is never given to another name."""
 
     def __init__(self, names: list[str | None] | None = None) -> None:
-        self.names: list[str | None] = list(names or [])  # id -> name; None once forgotten
-        self.ids: dict[str, int] = {name: i for i, name in enumerate(self.names) if name is not None}
+        self.names: list[str | None] = []  # id -> name; None once forgotten
+        self.ids: dict[str, int] = {}
+        self.load(names or [])
+
+    def load(self, names: list[str | None]) -> None:
+        """Hold ``names`` (by id; None for a forgotten one) instead, in place: whoever shares this sees them."""
+        self.names[:] = names
+        self.ids.clear()
+        self.ids.update((name, i) for i, name in enumerate(names) if name is not None)
 
     def __len__(self) -> int:
         return len(self.names)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._rings import grow, plan_ring_append, ring_write
-from .interner import dense_ids
+from .interner import Interner, dense_ids
 from .sequences import gap_buckets
 
 # Per-event columns kept beside action and time, for the next-action Transformer's inputs.
@@ -19,8 +19,7 @@ class UserWindows:
 
     def __init__(self, size: int):
         self.size = size
-        self.index: dict[str, int] = {}
-        self.ids: list[str] = []
+        self.users = Interner()  # shared with the item catalog, which keeps its per-user columns by these rows
         self.actions = np.zeros((0, size), np.int32)
         self.ts = np.zeros((0, size), np.float64)
         self.head = np.zeros(0, np.int32)
@@ -31,11 +30,21 @@ class UserWindows:
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def index(self) -> dict[str, int]:
+        """User id -> row."""
+        return self.users.ids
+
+    @property
+    def ids(self) -> list[str | None]:
+        """Row -> user id (None once erased)."""
+        return self.users.names
+
     def lookup(self, user_ids, *, create: bool) -> np.ndarray:
         """Dense index per user id; -1 for unknown ids unless ``create``."""
         # First-appearance order, so the numbering does not depend on how events were batched.
         names = user_ids.tolist() if isinstance(user_ids, np.ndarray) else list(user_ids)
-        rows = dense_ids(names, self.index, self.ids if create else None)
+        rows = dense_ids(names, self.users.ids, self.users.names if create else None)
         if create:
             self._ensure(len(self.ids))
         return rows
@@ -132,9 +141,8 @@ class UserWindows:
 
     def erase(self, user_id: str) -> int | None:
         """Forget a user; their index is never reused. Returns the index, or None if unknown."""
-        idx = self.index.pop(user_id, None)
+        idx = self.users.forget(user_id)
         if idx is not None:
-            self.ids[idx] = ""
             self.length[idx] = 0
             self.actions[idx] = 0
             self.ts[idx] = 0.0
@@ -144,7 +152,7 @@ class UserWindows:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         n = len(self.ids)
-        blob = "\n".join(self.ids).encode()
+        blob = "\n".join(uid or "" for uid in self.ids).encode()
         return {
             "user_ids": np.frombuffer(blob, dtype=np.uint8).copy(),
             "n_users": np.array(n),
@@ -158,8 +166,7 @@ class UserWindows:
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         n = int(state["n_users"])
-        self.ids = bytes(state["user_ids"]).decode().split("\n") if n else []
-        self.index = {uid: i for i, uid in enumerate(self.ids) if uid}
+        self.users.load([uid or None for uid in bytes(state["user_ids"]).decode().split("\n")] if n else [])
         self.actions, self.ts = state["actions"].copy(), state["ts"].copy()
         self.head, self.length = state["head"].copy(), state["length"].copy()
         self.last_ctx = state["last_ctx"].copy()

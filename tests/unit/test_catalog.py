@@ -139,3 +139,28 @@ def test_pair_counts_prune_keeps_the_largest_counts_ties_to_the_smaller_column()
     assert len(table) == 4
     table.merge()
     assert table.ranked([0, 1]).tolist() == [4, 1, 5, 9]
+
+
+def test_in_an_engine_the_catalog_shares_its_user_rows_through_erasure_and_snapshots():
+    from model import Engine, TenantConfig
+
+    cfg = TenantConfig()
+    engine = Engine(cfg)
+    view = cfg.actions.index("view")
+    engine.apply(EventBatch.build(["quiet"], [view], [T0]), np.array([1]))  # no item, category or query
+    engine.apply(EventBatch.build(["a", "a", "b"], [view] * 3, [T0 + 1, T0 + 2, T0 + 3], item_ids=["i1", "i2", "i1"],
+                                  categories=["shoes"] * 3), np.array([2, 3, 4]))
+    catalog = engine.catalog
+    assert catalog.users is engine.windows.users
+    assert catalog.context("quiet") == {} and catalog.recommend("quiet", 2) == (["i1", "i2"], "popularity")
+    assert catalog.context("b") == {"category": "shoes", "item_id": "i1"}
+    assert catalog.recommend("b", 2) == (["i2"], "co_visitation")
+    assert engine.erase_user("a")
+    assert catalog.context("a") == {} and "a" not in catalog.learned()["users"]
+    again = Engine(cfg)
+    again.load_state(engine.state_dict())
+    assert again.catalog.users is again.windows.users
+    assert again.catalog.learned() == catalog.learned()
+    assert again.catalog.context("a") == {} and again.catalog.context("b") == catalog.context("b")
+    again.apply(EventBatch.build(["a"], [view], [T0 + 5], item_ids=["i3"]), np.array([5]))  # back as a new user
+    assert again.catalog.context("a") == {"item_id": "i3"}
