@@ -262,11 +262,10 @@ class Engine:
         ages = np.maximum(ts[:, None] - times, 0.0).astype(np.float32)
         half_life = self.config.recency_half_life_s
         tables = self.tables
-        learned = kernels.sequence_scores(actions, ages, lengths, theta, tables.lift.astype(np.float32),
-                                          half_life_s=half_life, backend="numpy", check=False)
         prior = np.broadcast_to(tables.prior_mean, theta.shape).astype(np.float32)
-        heuristic = kernels.sequence_scores(actions, ages, lengths, prior, np.ones_like(tables.lift, np.float32),
-                                            half_life_s=half_life, backend="numpy", check=False)
+        learned, heuristic = kernels.sequence_scores_many(
+            actions, ages, lengths, [(theta, tables.lift.astype(np.float32)), (prior, np.ones_like(tables.lift))],
+            half_life_s=half_life, backend="numpy", check=False)
         items = self.windows.gather_ring(users, "item")
         session = session_item_features(actions, times, items, lengths, self.config.session_gap_s,
                                         self.config.conversion_code)
