@@ -68,7 +68,8 @@ class EventLogStore:
         insert_record(self.db, tenant_id, r)
 
     def read_events(
-        self, tenant_id: int, config: TenantConfig, after_seq: int = 0, chunk: int = 50_000
+        self, tenant_id: int, config: TenantConfig, after_seq: int = 0, chunk: int = 50_000,
+        until_seq: int | None = None,
     ) -> Iterator[tuple[EventBatch, np.ndarray]]:
         """The tenant's log after ``after_seq`` in order, as (batch, seqs) chunks of about ``chunk`` events.
 
@@ -76,10 +77,11 @@ class EventLogStore:
         chunks, so a reader beside the server never holds the write-ahead log back).
         """
         last, parts, size = after_seq, [], 0
+        until = 2**63 - 1 if until_seq is None else until_seq
         while True:
             rows = self.db.execute(
                 "SELECT last_seq, users, columns FROM event_batches WHERE tenant_id = ? AND last_seq > ? "
-                "ORDER BY last_seq LIMIT 64", (tenant_id, last)).fetchall()
+                "AND first_seq <= ? ORDER BY last_seq LIMIT 64", (tenant_id, last, until)).fetchall()
             for _, users, columns in rows:
                 batch, seqs = log_records.decode(users, columns, config)
                 if seqs[0] <= after_seq:  # a record that straddles the position asked for

@@ -56,9 +56,11 @@ class EventLog(Protocol):
         ...
 
     def read_events(
-        self, tenant_id: int, config: TenantConfig, after_seq: int = 0, chunk: int = 50000
+        self, tenant_id: int, config: TenantConfig, after_seq: int = 0, chunk: int = 50000,
+        until_seq: int | None = None,
     ) -> Iterator[tuple[EventBatch, np.ndarray]]:
-        """The tenant's log after ``after_seq`` in order, as (batch, seqs) chunks."""
+        """The tenant's log after ``after_seq`` in order, as (batch, seqs) chunks; with ``until_seq``, only the
+        batches that start at or before it (a reader that must finish while the log grows)."""
         ...
 
     def recent_events(self, tenant_id: int, config: TenantConfig, n: int) -> EventBatch:

@@ -23,10 +23,11 @@ CHILD_PROCESS_EVENTS = 50_000
 MAX_PASSES = 4
 
 
-def replay(engine: Engine, log: EventLog, tenant_id: int) -> int:
-    """Apply the tenant's log after what ``engine`` has applied; returns how many events that was."""
+def replay(engine: Engine, log: EventLog, tenant_id: int, until_seq: int | None = None) -> int:
+    """Apply the tenant's log after what ``engine`` has applied (up to the batch holding ``until_seq``); returns
+    how many events that was."""
     replayed = 0
-    for batch, seqs in log.read_events(tenant_id, engine.config, after_seq=engine.applied_seq):
+    for batch, seqs in log.read_events(tenant_id, engine.config, after_seq=engine.applied_seq, until_seq=until_seq):
         replayed += engine.apply(batch, seqs)
     return replayed
 

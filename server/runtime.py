@@ -404,9 +404,10 @@ class Runtime:
         log.info("tenant %s recovered: %d users, log applied to seq %d", tenant.name, state.users, state.applied_seq)
         return state
 
-    def _replay_into(self, engine: Engine, tenant: Tenant, reader: EventLog) -> int:
-        """The tenant's log after what ``engine`` has applied (the rebuild thread, with its own reader)."""
-        return rebuild.replay(engine, reader, tenant.id)
+    def _replay_into(self, engine: Engine, tenant: Tenant, reader: EventLog, until_seq: int | None = None) -> int:
+        """The tenant's log after what ``engine`` has applied, up to ``until_seq`` (the rebuild thread, with its
+        own reader)."""
+        return rebuild.replay(engine, reader, tenant.id, until_seq)
 
     async def wait_ready(self) -> None:
         await self._recovered.wait()
@@ -771,7 +772,7 @@ class Runtime:
             swapped, in_worker = False, bool(self.config.workers)
             try:
                 started = time.monotonic()
-                build = _WorkerBuild(self, state.tenant.id) if in_worker else _ServerBuild(self, state.tenant)
+                build = _WorkerBuild(self, state) if in_worker else _ServerBuild(self, state)
                 caught_up = await build.start(config)
                 self.metrics.replayed_events.inc(caught_up)
                 replayed = time.monotonic()
@@ -1099,8 +1100,8 @@ class _ServerBuild:
     """A tenant's engine rebuilt in this process, for a worker on its thread: a large log replays in the rebuild
     child process, the rest and the catch-up rounds on the rebuild thread, each with its own log reader."""
 
-    def __init__(self, runtime: Runtime, tenant: Tenant):
-        self.runtime, self.tenant = runtime, tenant
+    def __init__(self, runtime: Runtime, state: TenantState):
+        self.runtime, self.state, self.tenant = runtime, state, state.tenant
         self.engine: Engine | None = None
 
     @property
@@ -1122,10 +1123,10 @@ class _ServerBuild:
         return await self.catch_up()
 
     async def catch_up(self) -> int:
-        """Apply what the log gained; returns how many events that was."""
+        """Apply what the log had gained when called; returns how many events that was."""
         rt = self.runtime
         return await asyncio.get_running_loop().run_in_executor(
-            rt._rebuild_thread, rt._replay_into, self.engine, self.tenant, rt._rebuild_reader)
+            rt._rebuild_thread, rt._replay_into, self.engine, self.tenant, rt._rebuild_reader, self.state.logged_seq)
 
 
 class _WorkerBuild:
@@ -1134,15 +1135,17 @@ class _WorkerBuild:
 
     engine = None  # it never leaves the worker: SwapIn(engine=None) serves it there
 
-    def __init__(self, runtime: Runtime, tenant_id: int):
-        self.runtime, self.tenant_id = runtime, tenant_id
+    def __init__(self, runtime: Runtime, state: TenantState):
+        self.runtime, self.state, self.tenant_id = runtime, state, state.tenant.id
         self.applied_seq = 0
 
     async def start(self, config: TenantConfig) -> int:
-        replayed, self.applied_seq = await self.runtime.command(Build(self.tenant_id, config))
+        """Build it from the log as committed now (what comes meanwhile is caught up after, ingest held back)."""
+        replayed, self.applied_seq = await self.runtime.command(Build(self.tenant_id, config, self.state.logged_seq))
         return replayed
 
     async def catch_up(self) -> int:
-        replayed, self.applied_seq = await self.runtime.command(CatchUpBuild(self.tenant_id))
+        """Apply what the log had gained when called; returns how many events that was."""
+        replayed, self.applied_seq = await self.runtime.command(CatchUpBuild(self.tenant_id, self.state.logged_seq))
         return replayed
 

@@ -64,18 +64,23 @@ class SwapIn:
 
 @dataclass(frozen=True)
 class Build:
-    """Build the tenant's engine under ``config`` from its log, beside the live one and off the worker's thread.
-    Replies a future of (events replayed, applied_seq). ``SwapIn(engine=None)`` serves it."""
+    """Build the tenant's engine under ``config`` from its log up to ``until_seq`` (where the log ended when the
+    change came: a log growing as fast as a replay reads must not keep the build from replying), beside the live
+    one and off the worker's thread. Replies a future of (events replayed, applied_seq). ``SwapIn(engine=None)``
+    serves it."""
 
     tenant_id: int
     config: TenantConfig
+    until_seq: int | None = None
 
 
 @dataclass(frozen=True)
 class CatchUpBuild:
-    """Apply what the log gained to the engine being built; replies a future of (events replayed, applied_seq)."""
+    """Apply what the log gained (up to ``until_seq``) to the engine being built; replies a future of (events
+    replayed, applied_seq)."""
 
     tenant_id: int
+    until_seq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -182,14 +187,14 @@ class Runner:
     def _build(self, cmd: Build) -> c.Reply:
         def build() -> tuple[int, int]:
             engine = self._builds[cmd.tenant_id] = Engine(cmd.config, backend=self.worker.backend)
-            return rebuild.replay(engine, self._builder_store(), cmd.tenant_id), engine.applied_seq
+            return rebuild.replay(engine, self._builder_store(), cmd.tenant_id, cmd.until_seq), engine.applied_seq
 
         return c.Reply(self._builder.submit(build))
 
     def _catch_up_build(self, cmd: CatchUpBuild) -> c.Reply:
         def catch_up() -> tuple[int, int]:
             engine = self._builds[cmd.tenant_id]
-            return rebuild.replay(engine, self._builder_store(), cmd.tenant_id), engine.applied_seq
+            return rebuild.replay(engine, self._builder_store(), cmd.tenant_id, cmd.until_seq), engine.applied_seq
 
         return c.Reply(self._builder.submit(catch_up))
 

@@ -25,13 +25,13 @@ class HeldRebuild:
         self.swaps, replays = [], []
         replay, swap = runtime._replay_into, runtime._swap_engine
 
-        def held_replay(engine, tenant, reader=None):
+        def held_replay(engine, tenant, reader=None, until_seq=None):
             if threading.current_thread().name.startswith("nudge-rebuild"):
                 replays.append(1)
                 if len(replays) >= from_replay:
                     self.entered.set()
                     assert self.release.wait(HELD_S), "the test never released the rebuild"
-            return replay(engine, tenant, reader)
+            return replay(engine, tenant, reader, until_seq)
 
         def counted_swap(state, engine, config):
             self.swaps.append(config)
@@ -184,6 +184,27 @@ def test_the_rebuild_child_stops_reading_after_its_passes_when_the_log_keeps_gro
     monkeypatch.setattr(rebuild, "replay", lambda engine, log, tenant_id: passes.append(1) or 10_000)
     state = rebuild.replay_state(str(tmp_path), 1, TenantConfig().to_dict(), settle_events=2_000)
     assert len(passes) == rebuild.MAX_PASSES and "scalars" in state
+
+
+def test_a_build_reads_the_log_only_as_far_as_it_reached_when_the_change_came(tmp_path):
+    # In a worker, the build replays beside the live engine on the same core: chasing a log that grows as fast as
+    # it reads, it would not reply until the tenant stopped sending. It stops where the log was; the catch-up
+    # rounds that follow hold the tenant's ingest back.
+    from model import Engine, EventBatch, TenantConfig
+    from server import rebuild
+    from server.storage import Store
+
+    cfg = TenantConfig()
+    store = Store(tmp_path)
+    tenant, _ = store.create_tenant("acme", cfg)
+    for k in range(3):
+        batch = EventBatch.build([f"u{k}"] * 3, [0] * 3, time.time() - 60 + np.arange(3) + 3 * k)
+        store.append([(tenant.id, batch, cfg)])
+    engine = Engine(cfg)
+    assert rebuild.replay(engine, store, tenant.id, until_seq=3) == 3 and engine.applied_seq == 3
+    assert rebuild.replay(engine, store, tenant.id, until_seq=4) == 3 and engine.applied_seq == 6  # whole batches
+    assert rebuild.replay(engine, store, tenant.id) == 3 and engine.applied_seq == 9
+    store.close()
 
 
 async def test_while_the_swap_waits_for_its_turn_the_changing_tenant_cannot_pile_up_a_replay(start, monkeypatch):

@@ -76,6 +76,8 @@ async def test_a_config_change_rebuilds_and_swaps_the_engine_in_the_worker_proce
     assert (await s.acme.call("PUT", "/v1/config", {"window_size": 16})).status == 200
     kinds = [type(command).__name__ for command in sent]
     assert "Build" in kinds and "SwapIn" in kinds
+    (build,) = [command for command in sent if type(command).__name__ == "Build"]
+    assert build.until_seq == runtime.tenants[build.tenant_id].logged_seq  # the log's end when the change came
     assert all(command.engine is None for command in sent if type(command).__name__ == "SwapIn")
     assert (await s.acme.events([view("late", "add_to_cart")])).status == 200
     weights = await served_weights(s.acme)
