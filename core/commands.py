@@ -94,6 +94,8 @@ class Scored:
         """How many users the Transformer predicted for (the Markov chain the rest)."""
         return int(self.prediction.by_model.sum())
 
+    packed: list[bytes] | None = None  # the rows, packed by the worker (score_rows.packed_rows), when it made them
+
     def rows(self, user_ids: list[str]) -> list[dict[str, Any]]:
         return result_rows(self.actions, user_ids, self.prediction, self.signals)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from model.decisions import Prediction
@@ -12,6 +13,22 @@ def shown_signals(decisions, shown: list[dict[str, Any] | None]) -> list[dict[st
     """Per user, the signal a score answers with: the one decided now, else the user's latest open one (decided at
     ingest, or at an earlier score): one truth per user. A withheld (holdout) decision shows as none."""
     return [d.signal() if d is not None and not d.withheld else open_signal for d, open_signal in zip(decisions, shown)]
+
+
+def plain(value: Any) -> Any:
+    """NumPy values as the Python values msgpack packs (its ``default`` hook)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def packed_rows(rows: list[dict[str, Any]]) -> list[bytes]:
+    """Each result row packed on its own (msgpack), where it is made: the server splices a request's rows into its
+    answer instead of building and packing them on its event loop."""
+    pack = msgpack.Packer(default=plain, use_bin_type=True).pack
+    return [pack(row) for row in rows]
 
 
 def result_rows(actions: tuple[str, ...], user_ids: list[str], p: Prediction,

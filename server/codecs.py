@@ -178,6 +178,22 @@ def encode(payload: Any, fmt: str) -> bytes:
         return json.dumps(_finite(json.loads(json.dumps(payload, default=_plain))), separators=(",", ":")).encode()
 
 
+_RESULTS_KEY = msgpack.packb({"results": []})[:-1]  # a map of one entry, and its key: the array follows
+
+
+def encode_results(rows: list[bytes], fmt: str) -> bytes:
+    """``{"results": rows}`` from rows already packed: spliced as they are for msgpack, decoded for JSON."""
+    if fmt == MSGPACK:
+        return _RESULTS_KEY + msgpack.Packer().pack_array_header(len(rows)) + b"".join(rows)
+    return encode({"results": [msgpack.unpackb(row) for row in rows]}, fmt)
+
+
+def respond_results(request: web.Request, rows: list[bytes]) -> web.Response:
+    """:func:`respond` for a score's packed result rows."""
+    fmt = response_format(request)
+    return web.Response(body=encode_results(rows, fmt), content_type=fmt)
+
+
 def respond(request: web.Request, payload: Any, status: int = 200, headers: dict[str, str] | None = None):
     """A response in the format the client asked for."""
     fmt = response_format(request)

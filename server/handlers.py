@@ -20,7 +20,7 @@ from model import ConfigError, TenantConfig
 from model.events import ConfigChanged
 
 from .batcher import Overloaded
-from .codecs import decode, inflate, request_format, respond
+from .codecs import decode, inflate, request_format, respond, respond_results
 from .delivery import TestDeliveryLimited
 from .errors import ApiError, invalid_field
 from .keys import METRICS, REQUEST_ID, RUNTIME, SPEC, TENANT
@@ -273,7 +273,7 @@ async def post_score(request: web.Request) -> web.Response:
     except Overloaded as exc:
         raise _overloaded(exc) from None
     state.activity.record_score(len(user_ids), time.perf_counter() - started)
-    return respond(request, {"results": results})
+    return respond_results(request, results)
 
 
 async def post_feedback(request: web.Request) -> web.Response:

@@ -16,11 +16,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import msgpack
 import numpy as np
 
 import kernels
 from core import Outcome, Shard, ThreadHost, Worker
 from core import commands as cmd
+from core.score_rows import packed_rows
 from model import Engine, EventBatch, TenantConfig
 from model.events import ConfigChanged, recode_events
 
@@ -633,36 +635,37 @@ class Runtime:
 
     # ---- scoring ------------------------------------------------------------------------------
 
-    async def _score_batch(self, tenant_id: int, items: list[tuple[str, dict | None]]) -> list[dict[str, Any]]:
-        """One micro-batch, scored by the worker: results with ``_written`` on the rows whose decision is being
-        written to the signal log."""
+    async def _score_batch(self, tenant_id: int, items: list[tuple[str, dict | None]]
+                           ) -> list[tuple[bytes, concurrent.futures.Future | None]]:
+        """One micro-batch, scored by the worker: each user's packed result row, with the write of its decision to
+        the signal log where one is being written."""
         user_ids = [uid for uid, _ in items]
         outcome: Outcome = await asyncio.wrap_future(self.host.send(cmd.Score(
             tenant_id, user_ids, [hint for _, hint in items])))
         scored: cmd.Scored = outcome.result
         self.metrics.predictions.labels("transformer").inc(scored.by_model)
         self.metrics.predictions.labels("markov").inc(len(items) - scored.by_model)
-        rows = scored.rows(user_ids)
-        if outcome.written is not None:
-            for row in scored.decided:
-                rows[row]["_written"] = outcome.written
-        return rows
+        rows = scored.packed if scored.packed is not None else packed_rows(scored.rows(user_ids))
+        written = [None] * len(rows)
+        for row in scored.decided if outcome.written is not None else ():
+            written[row] = outcome.written
+        return list(zip(rows, written))
 
     async def score(
         self, state: TenantState, user_ids: list[str], explain: bool, hints: list[dict | None] | None = None
-    ) -> list[dict[str, Any]]:
-        """Results in request order; a signal in them is durable in the signal log before this returns."""
+    ) -> list[bytes]:
+        """Results in request order, each packed (msgpack: see ``codecs.encode_results``); a signal in them is
+        durable in the signal log before this returns."""
         self.shares.seen(state.tenant.id)
         self.metrics.score_queue_users.set(state.batcher.queued_items + len(user_ids))
         results = await state.batcher.submit(list(zip(user_ids, hints or [None] * len(user_ids))))
-        writes = {id(w): w for w in (r.pop("_written", None) for r in results) if w is not None}
-        for written in writes.values():
+        for written in {id(w): w for _, w in results if w is not None}.values():
             await asyncio.wrap_future(written)
+        rows = [row for row, _ in results]
         if explain:
             details = await self.command(cmd.Explain(state.tenant.id, user_ids, time.time()))
-            for result, detail in zip(results, details):
-                result["explain"] = detail
-        return results
+            rows = packed_rows([{**msgpack.unpackb(row), "explain": detail} for row, detail in zip(rows, details)])
+        return rows
 
     async def score_histogram(self, state: TenantState, bins: int) -> dict[str, Any]:
         """How the tenant's known users' scores (posterior means, as ``GET /v1/users/{id}`` gives them) spread

@@ -45,6 +45,24 @@ async def test_column_wise_ingest_and_explain(start):
     assert explain["context"]["device"] == "mobile"
 
 
+async def test_a_score_answers_the_same_in_msgpack_and_json(start):
+    # The worker packs each user's row in msgpack; a msgpack answer splices them, a JSON one decodes them.
+    s = await start()
+    await s.acme.events([view("m1"), view("m1", "add_to_cart"), view("m2", "search")])
+    for explain in (False, True):
+        body = {"users": [{"user_id": "m1"}, {"user_id": "nobody"}, {"user_id": "m2"}], "explain": explain}
+        packed = await s.acme.call("POST", "/v1/score", body, fmt=MSGPACK, accept=MSGPACK)
+        text = await s.acme.call("POST", "/v1/score", body, fmt=JSON, accept=JSON)
+        assert packed.headers["Content-Type"].startswith(MSGPACK) and text.headers["Content-Type"].startswith(JSON)
+        for a, b in zip(packed.body["results"], text.body["results"], strict=True):
+            assert a["user_id"] == b["user_id"] and a["predicted"]["probs"] == b["predicted"]["probs"]
+            assert ("explain" in a) == ("explain" in b) == explain
+            if explain:  # the windows' ages are taken when each answer is made
+                assert [w["action"] for w in a["explain"]["window"]] == [w["action"] for w in b["explain"]["window"]]
+                assert (a["explain"]["known"], a["explain"]["context"]) == (b["explain"]["known"], b["explain"]["context"])
+        assert [r["user_id"] for r in packed.body["results"]] == ["m1", "nobody", "m2"]
+
+
 async def test_retries_with_event_ids_are_idempotent(start):
     s = await start()
     batch = [view(f"r{i}", event_id=f"evt-{i}") for i in range(20)]
