@@ -8,8 +8,9 @@ import zlib
 from typing import Any
 
 import msgpack
-import numpy as np
 from aiohttp import web
+
+from core.score_rows import plain as _plain  # NumPy values as Python ones, where answers are packed
 
 from .errors import ApiError
 
@@ -135,14 +136,6 @@ def decode(body: bytes, fmt: str) -> Any:
 def _printable(text: str) -> str:
     """``text`` with anything that is not valid Unicode replaced, so that an answer can always carry it."""
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def _finite(value: Any) -> Any:
