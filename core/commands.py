@@ -82,19 +82,19 @@ class Score:
 
 @dataclass(frozen=True)
 class Scored:
-    """What a score answers, as arrays (cheap to send to another process); ``rows`` builds the answer's rows."""
+    """What a score answers: its rows, packed where they were made, and the arrays they came from (``rows`` builds
+    them again as dicts)."""
 
     actions: tuple[str, ...]  # the engine's vocabulary, in its order
     prediction: Prediction
     signals: list[dict[str, Any] | None]  # per user: the signal decided now, else the user's open one, or None
     decided: list[int]  # the rows whose user was decided for now: their reply's decisions, in order
+    packed: list[bytes]  # the rows, packed by the worker that made them (score_rows.packed_rows)
 
     @property
     def by_model(self) -> int:
         """How many users the Transformer predicted for (the Markov chain the rest)."""
         return int(self.prediction.by_model.sum())
-
-    packed: list[bytes] | None = None  # the rows, packed by the worker (score_rows.packed_rows), when it made them
 
     def rows(self, user_ids: list[str]) -> list[dict[str, Any]]:
         return result_rows(self.actions, user_ids, self.prediction, self.signals)

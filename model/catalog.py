@@ -87,7 +87,7 @@ class ItemCatalog:
         cuts = range(start // self.prune_every * self.prune_every + self.prune_every, self.item_events + 1,
                      self.prune_every)
         lo = start
-        for hi in [*cuts, self.item_events]:
+        for hi in [*cuts, self.item_events] if self.item_events not in cuts else cuts:
             for table, (at, a, b), both_ways in ((self.covisits, co, True), (self.popular, pop, False)):
                 part = (at >= lo) & (at < hi)
                 a, b = a[part], b[part]

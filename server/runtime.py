@@ -645,7 +645,7 @@ class Runtime:
         scored: cmd.Scored = outcome.result
         self.metrics.predictions.labels("transformer").inc(scored.by_model)
         self.metrics.predictions.labels("markov").inc(len(items) - scored.by_model)
-        rows = scored.packed if scored.packed is not None else packed_rows(scored.rows(user_ids))
+        rows = scored.packed
         written = [None] * len(rows)
         for row in scored.decided if outcome.written is not None else ():
             written[row] = outcome.written
