@@ -58,12 +58,16 @@ class OnlineLogit:
         score).
         """
         x = np.asarray(x, np.float64)
+        spread = np.linalg.norm(x @ self.draw_factor(), axis=1)
+        return sigmoid(x @ self.mean + spread * rng.standard_normal(len(x)))
+
+    def draw_factor(self) -> np.ndarray:
+        """F with F F' = S, the weights' covariance, so that a row's logit has spread |x F|."""
         if self._draw_factor is None:
+            # S = precision^-1 = (L L')^-1 = F F' with F = L^-T.
             lower = np.linalg.cholesky(self.precision)
             self._draw_factor = solve_triangular(lower, np.eye(len(lower)), lower=True).T
-        # S = precision^-1 = (L L')^-1 = F F' with F = L^-T, so x S x' = |x F|^2.
-        spread = np.linalg.norm(x @ self._draw_factor, axis=1)
-        return sigmoid(x @ self.mean + spread * rng.standard_normal(len(x)))
+        return self._draw_factor
 
     def update(self, x: np.ndarray, y: np.ndarray, weight: np.ndarray, now_s: float) -> None:
         """Learn from resolved outcomes (x, y) with example weights; ``now_s`` dates them for forgetting."""

@@ -30,16 +30,19 @@ def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Predi
     """Score with the engine; the Transformer (when loaded) predicts for users with a window, calibrated online
     to the tenant (its predictions are recorded to learn from once their horizon has passed)."""
     # The Thompson draw only gates signals on ``min_score``: at 0 (the default) every draw passes, so none is made.
-    scores = engine.score(user_ids, now, draw=engine.config.min_score > 0)
-    users = scores.users
+    draw = engine.config.min_score > 0
+    users = engine.windows.lookup(user_ids, create=False)
+    if engine.scores_on_device(len(users)) and (predictor is None or predictor.device == engine.device_state.device):
+        scores, model_out, lengths = _predict_on_device(engine, predictor, users, now, draw)
+    else:
+        scores, model_out, lengths = _predict_on_host(engine, predictor, user_ids, now, draw)
     next_probs, p5, p60 = scores.next_probs, scores.purchase_5m, scores.purchase_60m
     by_model = np.zeros(len(user_ids), bool)
-    if predictor is not None:
-        tokens, lengths = engine.window_features(users)
+    if model_out is not None:
         by_model = lengths > 0
         if by_model.any():
-            model_next, conv = predictor.predict({k: v[by_model] for k, v in tokens.items()}, lengths[by_model],
-                                                 scores.features[by_model])
+            model_next, conv = model_out
+            model_next, conv = model_next[by_model], conv[by_model]
             calibration = predictor.calibration
             calibration.resolve(engine.clock_s - engine.config.allowed_lateness_s, _converted(engine))
             calibration.record(users[by_model], now, conv)
@@ -49,6 +52,33 @@ def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Predi
             p5, p60 = p5.copy(), p60.copy()
             p5[by_model], p60[by_model] = conv[:, 0], conv[:, 1]
     return Prediction(scores.score, scores.score_draw, next_probs, p5, p60, by_model, users)
+
+
+def _predict_on_host(engine: Engine, predictor, user_ids, now, draw):
+    """(the engine's scores, the Transformer's (next-action, conversion) probabilities per user or None, window
+    lengths), computed on the host (the Transformer on its own device)."""
+    scores = engine.score(user_ids, now, draw=draw)
+    if predictor is None:
+        return scores, None, None
+    tokens, lengths = engine.window_features(scores.users)
+    next_probs = np.zeros((len(user_ids), engine.n_actions + 1))
+    conv = np.zeros((len(user_ids), 2))
+    has = lengths > 0
+    if has.any():
+        next_probs[has], conv[has] = predictor.predict({k: v[has] for k, v in tokens.items()}, lengths[has],
+                                                       scores.features[has])
+    return scores, (next_probs, conv), lengths
+
+
+def _predict_on_device(engine: Engine, predictor, users, now, draw):
+    """As :func:`_predict_on_host`, in one device pass: the users' indexes in, every result out in one copy."""
+    on_device = engine.score_on_device(users, now, draw=draw)
+    if predictor is None:
+        return on_device.fetch()[0], None, None
+    tokens, lengths = on_device.tokens()
+    model = predictor.predict_on_device(tokens, lengths, on_device.features)
+    scores, (model, lengths) = on_device.fetch(model, lengths)
+    return scores, (model[:, :-2], model[:, -2:]), lengths[:, 0].astype(np.int64)
 
 
 def _converted(engine: Engine):

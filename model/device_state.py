@@ -1,76 +1,131 @@
-"""The engine state that the scoring kernels read, resident on the device of a GPU backend.
+"""What scoring reads, resident on the device of a GPU backend: one packed row per user, and the tenant's tables.
 
-The host arrays stay the source of truth (snapshots, the Markov chain, attribution). After each
-applied batch the rows of the users it touched, and the small posterior and lift tables, are
-copied to the device; a scoring batch then sends only user indexes in and brings scores out.
+The host arrays stay the source of truth (snapshots, attribution, the catalog). After each applied batch the
+rows of the users it touched are packed on the host into one byte array and sent in one copy; the device
+scatters them into place. A row holds the user's window oldest first (the Transformer's per-event inputs
+among it, computed when the event arrived), and their state on several time scales. The tenant-wide tables
+(posteriors, lifts, the chain's conversion rates, item and category shares, the learned predictions'
+weights) change only at ticks of event time, and go to the device before the first score after one.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .contexts import context_parts
+from .user_state import SCALES_S, UserState
 from .windows import UserWindows
+
+_TORCH = {np.dtype(np.int8): torch.int8, np.dtype(np.int16): torch.int16, np.dtype(np.int32): torch.int32,
+          np.dtype(np.int64): torch.int64, np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+def row_layout(window: int, n_actions: int) -> np.dtype:
+    """The packed row of one user: the window oldest first, then the user's state (C-aligned, so that every
+    field can be viewed in place on the device)."""
+    k = (window,)
+    return np.dtype([
+        ("row", np.int64),  # where the row goes on the device: user index + 1 (row 0 is the blank user)
+        ("ts", np.float64, k), ("touched", np.float64), ("first_ts", np.float64), ("last_ts", np.float64),
+        ("session_start", np.float64), ("last_conversion", np.float64),
+        ("counts", np.float32, (len(SCALES_S) * n_actions,)), ("last_gap", np.float32),
+        ("session_events", np.float32),
+        ("action", np.int32, k), ("category", np.int32, k), ("item", np.int32, k),
+        ("length", np.int32), ("last_ctx", np.int32), ("last_item", np.int32), ("last_category", np.int32),
+        ("gap", np.int16, k), ("device", np.int8, k), ("daypart", np.int8, k),
+    ], align=True)
+
+
+class Rows:
+    """Typed views of packed rows [n, bytes] on the device: ``rows.ts`` is [n, K] float64, and so on."""
+
+    def __init__(self, raw: torch.Tensor, layout: np.dtype):
+        self.raw = raw
+        for name, (dtype, offset) in layout.fields.items():
+            base = dtype.base
+            width = int(np.prod(dtype.shape)) if dtype.shape else 1
+            view = raw[:, offset:offset + width * base.itemsize].view(_TORCH[base])
+            setattr(self, name, view if dtype.shape else view[:, 0])
+
+
+@dataclass
+class Tables:
+    """The tenant-wide tables on the device, as of the last tick."""
+
+    alpha: torch.Tensor  # [contexts, actions] float32
+    beta: torch.Tensor
+    theta: torch.Tensor  # alpha / (alpha + beta)
+    lift: torch.Tensor  # [actions, actions]
+    prior_mean: torch.Tensor  # [actions]
+    conversion_pair: torch.Tensor  # [3, actions + 1, actions] float64: the chain's conversion rates per horizon
+    conversion_overall: torch.Tensor  # [3]
+    item_rate: torch.Tensor  # [buckets, 2] float32: shrunk conversion share and events seen
+    category_rate: torch.Tensor
+    weights: torch.Tensor  # [3, width] float64: the learned predictions' posterior means (score, 5 m, 60 m)
+    draw_factor: torch.Tensor  # [width, width] float64: the score's posterior spread, S = F F'
 
 
 class DeviceState:
-    """User windows, per-context posteriors and lifts as torch tensors on one device."""
+    """Users' packed rows and the tenant's tables as torch tensors on one device."""
 
-    def __init__(self, window_size: int, device: str):
+    def __init__(self, window_size: int, n_actions: int, device: str):
         self.device = torch.device(device)
         self.size = window_size
-        z = dict(device=self.device)
-        self.actions = torch.zeros((0, window_size), dtype=torch.int32, **z)
-        self.ts = torch.zeros((0, window_size), dtype=torch.float64, **z)
-        self.head = torch.zeros(0, dtype=torch.int64, **z)
-        self.length = torch.zeros(0, dtype=torch.int64, **z)
-        self.last_ctx = torch.zeros(0, dtype=torch.int64, **z)
-        self.alpha = self.beta = self.lift = self.prior_mean = None
+        self.layout = row_layout(window_size, n_actions)
+        self.raw = torch.zeros((1, self.layout.itemsize), dtype=torch.uint8, device=self.device)
+        self.rows = Rows(self.raw, self.layout)
+        self.tables: Tables | None = None
+        self.next_probs: torch.Tensor | None = None  # [actions + 1, actions]: the chain's P(next | prev)
 
-    def _to_device(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device=self.device, dtype=dtype)
+    def to_device(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One host-to-device copy (the one place a copy in is made, so that tests can count them)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+        return tensor if dtype is None else tensor.to(dtype)
 
-    def _ensure(self, rows: int) -> None:
-        have = self.actions.shape[0]
-        if rows <= have:
+    def _ensure(self, users: int) -> None:
+        have = self.raw.shape[0]
+        if users + 1 <= have:
             return
-        grow = max(rows, 2 * have, 1024) - have
-        cat = lambda t: torch.cat([t, torch.zeros((grow, *t.shape[1:]), dtype=t.dtype, device=self.device)])  # noqa: E731
-        self.actions, self.ts = cat(self.actions), cat(self.ts)
-        self.head, self.length, self.last_ctx = cat(self.head), cat(self.length), cat(self.last_ctx)
+        grow = max(users + 1, 2 * have, 1024) - have
+        self.raw = torch.cat([self.raw, self.raw.new_zeros((grow, self.raw.shape[1]))])
+        self.rows = Rows(self.raw, self.layout)
 
-    def push_users(self, windows: UserWindows, rows: np.ndarray) -> None:
-        """Copy these users' windows from the host."""
+    def push_users(self, windows: UserWindows, state: UserState, users: np.ndarray) -> None:
+        """Copy these users' rows from the host: packed there, one copy in, scattered here."""
         self._ensure(len(windows.ids))
-        if not len(rows):
+        if not len(users):
             return
-        index = self._to_device(rows, torch.int64)
-        self.actions[index] = self._to_device(windows.actions[rows], torch.int32)
-        self.ts[index] = self._to_device(windows.ts[rows], torch.float64)
-        self.head[index] = self._to_device(windows.head[rows], torch.int64)
-        self.length[index] = self._to_device(windows.length[rows], torch.int64)
-        self.last_ctx[index] = self._to_device(windows.last_ctx[rows], torch.int64)
+        packed = pack_rows(self.layout, windows, state, users)
+        rows = self.to_device(packed.view(np.uint8).reshape(len(users), -1))
+        self.raw[Rows(rows, self.layout).row] = rows
 
-    def push_tables(self, alpha: np.ndarray, beta: np.ndarray, lift: np.ndarray, prior_mean: np.ndarray) -> None:
-        """Copy the posterior tables [contexts, actions], the lifts [actions, actions] and the prior means."""
-        self.alpha = self._to_device(alpha, torch.float32)
-        self.beta = self._to_device(beta, torch.float32)
-        self.lift = self._to_device(lift, torch.float32)
-        self.prior_mean = self._to_device(prior_mean, torch.float32)
+    def push_tables(self, tables: Tables) -> None:
+        self.tables = tables
 
-    def gather(self, users: np.ndarray, now_s: float, default_ctx: int):
-        """Windows oldest first, ages, lengths and contexts of ``users`` (-1 = unknown), on the device."""
-        u = self._to_device(users, torch.int64)
-        known = u >= 0
-        rows = torch.where(known, u, torch.zeros_like(u))
-        if self.actions.shape[0] == 0:
-            shape = (len(users), self.size)
-            zeros = torch.zeros(shape, dtype=torch.int32, device=self.device)
-            return zeros, zeros.float(), torch.zeros(len(users), dtype=torch.int32, device=self.device), \
-                torch.full((len(users),), default_ctx, dtype=torch.int64, device=self.device)
-        lengths = torch.where(known, self.length[rows], torch.zeros_like(rows))
-        offsets = torch.arange(self.size, device=self.device)
-        slots = (self.head[rows, None] - lengths[:, None] + offsets[None, :]) % self.size
-        actions = self.actions[rows[:, None], slots]
-        ages = (now_s - self.ts[rows[:, None], slots]).clamp(min=0.0).to(torch.float32)
-        ctx = torch.where(known, self.last_ctx[rows], torch.full_like(rows, default_ctx))
-        return actions, ages, lengths.to(torch.int32), ctx
+    def push_next_probs(self, probabilities: np.ndarray) -> None:
+        self.next_probs = self.to_device(probabilities)
+
+    def gather(self, users: torch.Tensor) -> Rows:
+        """The packed rows of ``users`` (dense indexes on the device, -1 unknown: the blank row)."""
+        return Rows(self.raw[users + 1], self.layout)
+
+
+def pack_rows(layout: np.dtype, windows: UserWindows, state: UserState, users: np.ndarray) -> np.ndarray:
+    """The packed rows of ``users`` (dense indexes), from the host arrays."""
+    out = np.zeros(len(users), layout)
+    out["row"] = users + 1
+    actions, ts, lengths = windows.gather(users)
+    rings = windows.gather_features(users)
+    _, device, daypart = context_parts(rings["ctx"])
+    out["action"], out["ts"], out["length"] = actions, ts, lengths
+    out["gap"], out["category"], out["item"] = rings["gap"], rings["category"], rings["item"]
+    out["device"], out["daypart"] = device, daypart
+    out["last_ctx"] = windows.last_ctx[users]
+    state.reserve(int(users.max()) + 1)
+    for name in ("touched", "first_ts", "last_ts", "session_start", "last_conversion", "last_gap",
+                 "session_events", "last_item", "last_category"):
+        out[name] = getattr(state, name)[users]
+    out["counts"] = state.counts[users].reshape(len(users), -1)
+    return out

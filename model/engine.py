@@ -19,7 +19,7 @@ from .events import EventBatch
 from .item_rates import CATEGORY_BUCKETS, ITEM_BUCKETS, HashedRates
 from .markov import MarkovChain
 from .posteriors import Evidence, beta_mean, prior_params, shrunk_rate, transition_lift
-from .score_features import HEURISTIC, ScoreFeatures, log_odds, session_item_features
+from .score_features import HEURISTIC, MARKOV_TABLES, ScoreFeatures, log_odds, session_item_features
 from .sequences import category_buckets
 from .user_state import UserState
 from .windows import UserWindows
@@ -49,7 +49,8 @@ class Scores:
     purchase_5m: np.ndarray
     purchase_60m: np.ndarray
     known: np.ndarray
-    features: np.ndarray  # [B, d] the users' state now, as the learned predictions and the Transformer read it
+    features: "np.ndarray | torch.Tensor"  # [B, d] the users' state now, as the learned predictions and the Transformer
+    # read it; where the batch was scored on a device, it stays there (a torch tensor)
     users: np.ndarray  # dense indexes, -1 for unknown users
 
 
@@ -121,8 +122,9 @@ class Engine:
         if backend != "numpy":
             from .device_state import DeviceState
 
-            self.device_state = DeviceState(config.window_size, kernels.compute_device())
+            self.device_state = DeviceState(config.window_size, n_actions, kernels.compute_device())
             kernels.warm_up(backend, config.window_size, self.n_actions)
+        self._device_tables_stale = True  # the device's tables are older than the last tick
         self.clock_s = -np.inf
         self.tick = -np.inf  # index of the last tick (floor(clock / TICK_S)) the tables were refreshed at
         self._evidence_changed = False  # since the tables were last frozen
@@ -192,7 +194,7 @@ class Engine:
         if self._evidence_changed or not np.isfinite(self.tick):
             self.tables = self._freeze_tables()
             self._evidence_changed = False
-            self._push_tables_to_device()
+        self._device_tables_stale = True
         self.tick = tick
 
     def _freeze_tables(self) -> _Tables:
@@ -229,6 +231,8 @@ class Engine:
         self.events_applied += len(batch)
         self.catalog.observe(batch, users)
         self._push_users_to_device(np.unique(users))
+        if self.device_state is not None:
+            self.device_state.push_next_probs(self.markov.probabilities())
         return Observed(x, predictions)
 
     def _event_features(self, batch: EventBatch, users, ctx, prev, item_keys, category_keys) -> np.ndarray:
@@ -274,19 +278,37 @@ class Engine:
     def _markov_rates(self, prev: np.ndarray, cur: np.ndarray) -> dict[str, np.ndarray]:
         """The chain's conversion rates after prev -> cur, for the tenant's, the 5- and the 60-minute horizons."""
         out = {}
-        for name, h in (("horizon", 0), ("5m", 1), ("60m", 2)):
+        for name, h in MARKOV_TABLES.items():
             pair, overall = self.tables.conversion[h]
             out[name] = np.where(cur >= 0, pair[prev, np.maximum(cur, 0)], overall)
         return out
 
     def _push_users_to_device(self, users: np.ndarray) -> None:
         if self.device_state is not None:
-            self.device_state.push_users(self.windows, users)
+            self.device_state.push_users(self.windows, self.user_state, users)
 
-    def _push_tables_to_device(self) -> None:
-        if self.device_state is not None:
-            t = self.tables
-            self.device_state.push_tables(t.alpha, t.beta, t.lift, t.prior_mean)
+    def _device_tables(self):
+        """The tables on the device, sent there on the first use after a tick."""
+        ds = self.device_state
+        if self._device_tables_stale or ds.tables is None:
+            from .device_state import Tables
+
+            t, up = self.tables, ds.to_device
+            f32 = np.float32
+            ds.push_tables(Tables(
+                alpha=up(t.alpha.astype(f32)), beta=up(t.beta.astype(f32)), theta=up(t.theta.astype(f32)),
+                lift=up(t.lift.astype(f32)), prior_mean=up(t.prior_mean.astype(f32)),
+                conversion_pair=up(np.stack([pair for pair, _ in t.conversion])),
+                conversion_overall=up(np.array([overall for _, overall in t.conversion])),
+                item_rate=up(np.stack(self.items.rates(np.arange(self.items.buckets)), axis=1)),
+                category_rate=up(np.stack(self.categories.rates(np.arange(self.categories.buckets)), axis=1)),
+                weights=up(np.stack([self.combiners[role].mean for role in ("score", "purchase_5m", "purchase_60m")])),
+                draw_factor=up(self.combiners["score"].draw_factor()),
+            ))
+            if ds.next_probs is None:
+                ds.push_next_probs(self.markov.probabilities())
+            self._device_tables_stale = False
+        return ds.tables
 
     def _advance_clock(self, ts_max: float) -> None:
         if ts_max <= self.clock_s:
@@ -345,8 +367,13 @@ class Engine:
 
     def score(self, user_ids, now_s: float, *, draw: bool = True) -> Scores:
         """Score users at ``now_s``: the learned predictions (posterior means), and with ``draw`` a Thompson draw
-        of the score for what decides signals; unknown users score from priors."""
+        of the score for what decides signals; unknown users score from priors.
+
+        On a GPU backend a batch of at least ``kernels.DEVICE_MIN_ROWS`` users is scored on the device, and its
+        ``features`` stay there (a torch tensor), for the Transformer to read."""
         users = self.windows.lookup(user_ids, create=False)
+        if self.scores_on_device(len(users)):
+            return self.score_on_device(users, now_s, draw=draw).fetch()[0]
         windows = _Window(*self.windows.gather(users), self.windows.gather_ring(users, "item"))
         modes = ("mean", "prior", "thompson") if draw else ("mean", "prior")
         sequence = self._sequence_scores(users, now_s, modes, windows)
@@ -371,6 +398,18 @@ class Engine:
             features=x,
             users=users,
         )
+
+    def scores_on_device(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` users is scored on the device (a GPU backend, and a batch large enough)."""
+        return self.device_state is not None and kernels.for_rows(self.backend, rows) != "numpy"
+
+    def score_on_device(self, users: np.ndarray, now_s: float, *, draw: bool = True):
+        """:meth:`score` of ``users`` (dense indexes) on the device, not yet brought back:
+        a :class:`~model.device_scoring.DeviceScores`."""
+        from .device_scoring import score_on_device
+
+        self._device_tables()
+        return score_on_device(self, users, now_s, draw)
 
     def current_features(self, users: np.ndarray, now_s: float, windows: "_Window | None" = None,
                          sequence: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -419,7 +458,7 @@ class Engine:
         windows; the learned modes weigh transitions by the lifts and "prior" does not, unless ``lifts`` says."""
         lifts = {mode: "flat" if mode == "prior" else "lift" for mode in modes} | (lifts or {})
         default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0))
-        if self.device_state is None or kernels.for_rows(self.backend, len(users)) == "numpy":
+        if not self.scores_on_device(len(users)):
             return self._sequence_scores_host(users, now_s, default_ctx, modes, lifts, windows)
         return self._sequence_scores_device(users, now_s, default_ctx, modes, lifts)
 
@@ -440,17 +479,20 @@ class Engine:
         import torch
 
         ds = self.device_state
-        if ds.alpha is None:
-            self._push_tables_to_device()
-        actions, ages, lengths, ctx = ds.gather(users, now_s, default_ctx)
-        alpha, beta = ds.alpha[ctx], ds.beta[ctx]
-        tables = {"lift": ds.lift, "flat": ds.lift.new_ones(ds.lift.shape)}
+        t = self._device_tables()
+        u = ds.to_device(users)
+        rows = ds.gather(u)
+        ctx = torch.where(u >= 0, rows.last_ctx, default_ctx).long()
+        actions, lengths = rows.action.contiguous(), rows.length
+        ages = (now_s - rows.ts).clamp(min=0.0).float()
+        alpha, beta = t.alpha[ctx], t.beta[ctx]
+        tables = {"lift": t.lift, "flat": torch.ones_like(t.lift)}
         scores = []
         for mode in modes:
             if mode == "prior":
-                theta = ds.prior_mean.expand(len(users), -1).contiguous()
+                theta = t.prior_mean.expand(len(users), -1).contiguous()
             elif mode == "mean":
-                theta = alpha / (alpha + beta)
+                theta = t.theta[ctx]
             else:
                 self.draws += 1
                 theta = kernels.beta_sample(alpha, beta, seed=self.config.seed, offset=self.draws,
@@ -580,4 +622,6 @@ class Engine:
                               tuple((pair.copy(), float(overall)) for pair, overall in
                                     zip(state["tables.conversion_pair"], state["tables.conversion_overall"])))
         self._push_users_to_device(np.arange(len(self.windows.ids)))
-        self._push_tables_to_device()
+        self._device_tables_stale = True
+        if self.device_state is not None:
+            self.device_state.push_next_probs(self.markov.probabilities())

@@ -123,10 +123,32 @@ class TransformerPredictor:
         packed[:, :, longest] = used - 1
         on_device = torch.from_numpy(packed).to(self.device).long()
         batch = {name: on_device[i, :, :longest] for i, name in enumerate(TOKENS)}
-        hidden = self.model.encode(batch, None)
-        pick = torch.arange(len(lengths), device=self.device)
-        state_t = torch.from_numpy(np.asarray(state, np.float32)).to(self.device)
-        next_logits, conv_logits = self.model.heads(hidden[pick, on_device[0, :, longest]], state_t)
-        probs = torch.cat([torch.softmax(next_logits.float(), -1), torch.sigmoid(conv_logits.float())], dim=1)
-        out = probs.cpu().numpy()
+        state_t = torch.as_tensor(state).to(self.device, torch.float32)
+        out = self._forward(batch, on_device[0, :, longest], state_t).cpu().numpy()
         return out[:, :-2], out[:, -2:]
+
+    @torch.no_grad()
+    def predict_on_device(self, tokens: dict[str, torch.Tensor], lengths: torch.Tensor,
+                          state: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict` of tokens already on the model's device, left there: [B, A + 1 + 2] (the next-action
+        probabilities, then the two conversion probabilities).
+
+        Shapes do not depend on the values (every row keeps its last min(K, window) positions), so nothing
+        waits for the device. Rows without events get values nobody should read.
+        """
+        span = min(tokens["action"].shape[1], self.window)
+        lengths = lengths.long()
+        used = lengths.clamp(max=self.window)
+        positions = torch.arange(span, device=lengths.device)[None, :]
+        pad = positions >= used[:, None]
+        cols = torch.where(pad, 0, (lengths - used)[:, None] + positions)
+        batch = {name: torch.where(pad, self.n_actions if name == "action" else 0, tokens[name].long().gather(1, cols))
+                 for name in TOKENS}
+        return self._forward(batch, (used - 1).clamp(min=0), state.float())
+
+    def _forward(self, batch: dict[str, torch.Tensor], last: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Probabilities [B, A + 1 + 2] after each row's position ``last``."""
+        hidden = self.model.encode(batch, None)
+        pick = torch.arange(len(last), device=last.device)
+        next_logits, conv_logits = self.model.heads(hidden[pick, last], state)
+        return torch.cat([torch.softmax(next_logits.float(), -1), torch.sigmoid(conv_logits.float())], dim=1)

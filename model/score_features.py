@@ -16,6 +16,8 @@ from .user_state import SUMMARY
 _EPS = 1e-4
 # The Markov chain's conversion rates are features for each of these horizons (the predicted ones).
 MARKOV_HORIZONS = ("5m", "60m", "horizon")
+# Where each of them is in the engine's horizons (the tenant's, then the predicted ones).
+MARKOV_TABLES = {"horizon": 0, "5m": 1, "60m": 2}
 HEURISTIC = "seq_prior"
 SESSION_ITEMS = ("same_item", "session_items", "session_items_converted", "session_items_open")
 

@@ -45,7 +45,8 @@ class UserState:
         self.last_item = np.zeros(0, np.int32)
         self.last_category = np.zeros(0, np.int32)
 
-    def _ensure(self, rows: int) -> None:
+    def reserve(self, rows: int) -> None:
+        """Make room for users 0..rows-1 (those without events read as unknown)."""
         self.counts = grow(self.counts, rows, 0.0)
         self.touched = grow(self.touched, rows, 0.0)
         self.first_ts = grow(self.first_ts, rows, 0.0)
@@ -65,7 +66,7 @@ class UserState:
         Events of different users are independent, so a batch is applied in rounds: the first event of
         every user in it, then the second, and so on. The result does not depend on how events are batched.
         """
-        self._ensure(int(users.max()) + 1 if len(users) else 0)
+        self.reserve(int(users.max()) + 1 if len(users) else 0)
         out = np.zeros((len(users), self.width()), np.float32)
         last_item = np.zeros(len(users), np.int32)
         last_category = np.zeros(len(users), np.int32)
@@ -149,7 +150,7 @@ class UserState:
                "last_conversion", "last_item", "last_category")
 
     def state_dict(self, n_users: int) -> dict[str, np.ndarray]:
-        self._ensure(n_users)
+        self.reserve(n_users)
         return {name: getattr(self, name)[:n_users].copy() for name in self._ARRAYS}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:

@@ -42,25 +42,14 @@ def test_engine_scores_match_numpy_exactly_without_draws_and_in_distribution_wit
     assert stats.ks_2samp(ours.ravel(), theirs.ravel()).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("backend", [b for b in GPU_BACKENDS if b == "triton"])
-def test_a_scoring_batch_is_one_device_pass(backend, monkeypatch):
-    """The users' indexes go in once and the sequence scores of every mode come out once; no input check
-    waits for the device. The scores are NumPy's."""
+def _count_copies(monkeypatch) -> dict[str, int]:
+    """Counts of host-to-device copies, device-to-host copies and single values read back from here on."""
     import torch
 
     from model.device_state import DeviceState
 
-    cfg = TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0)
-    events = _history(cfg)
-    reference, engine = Engine(cfg, backend="numpy"), Engine(cfg, backend=backend)
-    reference.apply(events)
-    engine.apply(events)
-    users = [f"u{i}" for i in range(300)] + ["stranger"]
-    assert len(users) >= kernels.DEVICE_MIN_ROWS
-    now = float(events.ts.max()) + 60
-    engine.score(users, now)  # the posterior tables go to the device on the first score
     calls = {"in": 0, "out": 0, "item": 0}
-    to_device, cpu, item = DeviceState._to_device, torch.Tensor.cpu, torch.Tensor.item
+    to_device, cpu, item = DeviceState.to_device, torch.Tensor.cpu, torch.Tensor.item
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):
@@ -68,17 +57,90 @@ def test_a_scoring_batch_is_one_device_pass(backend, monkeypatch):
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(DeviceState, "_to_device", counted("in", to_device))
+    monkeypatch.setattr(DeviceState, "to_device", counted("in", to_device))
     monkeypatch.setattr(torch.Tensor, "cpu", counted("out", cpu))
     monkeypatch.setattr(torch.Tensor, "item", counted("item", item))
-    scored = engine.score(users, now)
+    return calls
+
+
+@pytest.mark.parametrize("backend", [b for b in GPU_BACKENDS if b == "triton"])
+def test_a_scoring_batch_is_one_device_pass(backend, monkeypatch):
+    """The users' indexes go in once and every result comes out once; nothing waits for the device. The
+    scores, their features and the next-action probabilities are NumPy's."""
+    cfg = TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0)
+    events = _history(cfg)
+    reference, engine = Engine(cfg, backend="numpy"), Engine(cfg, backend=backend)
+    for start in range(0, len(events), 700):
+        reference.apply(events.take(np.arange(start, min(start + 700, len(events)))))
+        engine.apply(events.take(np.arange(start, min(start + 700, len(events)))))
+    reference.erase_user("u5")
+    engine.erase_user("u5")
+    users = [f"u{i}" for i in range(300)] + ["stranger"]
+    assert len(users) >= kernels.DEVICE_MIN_ROWS
+    now = float(events.ts.max()) + 60
+    engine.score(users, now)  # the tables go to the device on the first score after a tick
+    calls = _count_copies(monkeypatch)
+    scored, expected = engine.score(users, now, draw=False), reference.score(users, now, draw=False)
     assert calls == {"in": 1, "out": 1, "item": 0}
-    np.testing.assert_allclose(scored.score, reference.score(users, now).score, atol=1e-5)
+    np.testing.assert_allclose(scored.features.cpu().numpy(), expected.features, rtol=1e-4, atol=1e-5)
+    for name in ("score", "purchase_5m", "purchase_60m", "next_probs"):
+        np.testing.assert_allclose(getattr(scored, name), getattr(expected, name), atol=1e-5)
+    np.testing.assert_array_equal(scored.known, expected.known)
     # A small batch costs less on the host, where every window also is: the device is not touched.
     few = users[:kernels.DEVICE_MIN_ROWS - 1]
+    before = dict(calls)
     scored = engine.score(few, now)
-    assert calls == {"in": 1, "out": 1, "item": 0}
+    assert calls == before
     np.testing.assert_allclose(scored.score, reference.score(few, now).score, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", [b for b in GPU_BACKENDS if b == "triton"])
+def test_the_score_draw_on_the_device_is_the_host_draw_in_distribution(backend):
+    cfg = TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0)
+    events = _history(cfg)
+    reference, engine = Engine(cfg, backend="numpy"), Engine(cfg, backend=backend)
+    reference.apply(events)
+    engine.apply(events)
+    users = [f"u{i}" for i in range(300)]
+    now = float(events.ts.max()) + 60
+    ours = np.stack([engine.score(users, now).score_draw for _ in range(10)])
+    theirs = np.stack([reference.score(users, now).score_draw for _ in range(10)])
+    assert engine.draws == reference.draws == 10
+    assert not np.allclose(ours[0], ours[1])  # a fresh draw per batch
+    assert stats.ks_2samp(ours.ravel(), theirs.ravel()).pvalue > 1e-3
+    np.testing.assert_allclose(ours.mean(axis=0).mean(), theirs.mean(axis=0).mean(), atol=0.01)
+
+
+@pytest.mark.parametrize("backend", [b for b in GPU_BACKENDS if b == "triton"])
+def test_the_transformer_on_the_device_answers_a_scoring_batch_in_the_same_pass(backend, monkeypatch):
+    """decisions.predict with the Transformer on the engine's device: one copy in, one copy out, and the host
+    path's answers."""
+    from model.decisions import predict
+    from model.predictor import TransformerPredictor
+    from model.training import TrainSettings, train
+    from model.transformer import TransformerConfig
+
+    cfg = TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0, window_size=12)
+    events = _history(cfg)
+    small = TransformerConfig(n_actions=len(cfg.actions), window=8, d_model=16, layers=1, heads=2, dropout=0.0)
+    checkpoint = train(events.take(np.arange(1500)), cfg, TrainSettings(epochs=1, patience=1, batch_size=64, seed=0),
+                       small, log=lambda line: None, show_progress=False)
+    reference, engine = Engine(cfg, backend="numpy"), Engine(cfg, backend=backend)
+    reference.apply(events)
+    engine.apply(events)
+    on_host = TransformerPredictor(checkpoint, cfg, "cpu")
+    on_device = TransformerPredictor(checkpoint, cfg, kernels.compute_device())
+    users = [f"u{i}" for i in range(300)] + ["stranger"]
+    now = float(events.ts.max()) + 60
+    predict(engine, on_device, users, now)  # the tables go to the device on the first score after a tick
+    calls = _count_copies(monkeypatch)
+    ours = predict(engine, on_device, users, now)
+    assert calls == {"in": 1, "out": 1, "item": 0}
+    theirs = predict(reference, on_host, users, now)
+    np.testing.assert_array_equal(ours.by_model, theirs.by_model)
+    assert ours.by_model.sum() > 250 and not ours.by_model[-1]
+    for name in ("score", "next_probs", "purchase_5m", "purchase_60m"):
+        np.testing.assert_allclose(getattr(ours, name), getattr(theirs, name), atol=1e-5)
 
 
 async def test_server_on_the_triton_backend_reports_it_and_scores_like_numpy(start, tmp_path):
@@ -102,6 +164,8 @@ async def test_server_on_the_triton_backend_reports_it_and_scores_like_numpy(sta
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_device_state_mirrors_the_host_after_ingest_erase_and_restore(backend):
+    import torch
+
     cfg = TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0)
     engine = Engine(cfg, backend=backend)
     events = _history(cfg, n_users=50)
@@ -110,18 +174,26 @@ def test_device_state_mirrors_the_host_after_ingest_erase_and_restore(backend):
     engine.erase_user("u3")
 
     def assert_mirrored(e):
-        ds, w = e.device_state, e.windows
-        n = len(w.ids)
-        np.testing.assert_array_equal(ds.length[:n].cpu().numpy(), w.length[:n])
-        np.testing.assert_array_equal(ds.head[:n].cpu().numpy(), w.head[:n])
-        np.testing.assert_array_equal(ds.actions[:n].cpu().numpy(), w.actions[:n])
-        np.testing.assert_array_equal(ds.ts[:n].cpu().numpy(), w.ts[:n])
+        users = np.arange(len(e.windows.ids))
+        rows = e.device_state.gather(torch.from_numpy(users).to(e.device_state.device))
+        actions, ts, lengths = e.windows.gather(users)
+        np.testing.assert_array_equal(rows.length.cpu().numpy(), lengths)
+        valid = np.arange(cfg.window_size)[None, :] < lengths[:, None]
+        np.testing.assert_array_equal(np.where(valid, rows.action.cpu().numpy(), 0), np.where(valid, actions, 0))
+        np.testing.assert_array_equal(np.where(valid, rows.ts.cpu().numpy(), 0), np.where(valid, ts, 0))
+        np.testing.assert_array_equal(rows.counts.cpu().numpy(), e.user_state.counts[users].reshape(len(users), -1))
+        np.testing.assert_array_equal(rows.last_item.cpu().numpy(), e.user_state.last_item[users])
         # The device holds the tables features read: those of the last tick.
-        np.testing.assert_allclose(ds.alpha.cpu().numpy(), e.tables.alpha, rtol=1e-6)
-        np.testing.assert_allclose(ds.lift.cpu().numpy(), e.tables.lift, rtol=1e-6)
+        t = e._device_tables()
+        np.testing.assert_allclose(t.alpha.cpu().numpy(), e.tables.alpha, rtol=1e-6)
+        np.testing.assert_allclose(t.lift.cpu().numpy(), e.tables.lift, rtol=1e-6)
+        np.testing.assert_allclose(t.weights[0].cpu().numpy(), e.combiners["score"].mean)
 
     assert_mirrored(engine)
-    assert int(engine.device_state.length[engine.windows.lookup(["u4"], create=False)[0]]) > 0
+    u4 = engine.windows.lookup(["u4"], create=False)
+    assert int(engine.device_state.gather(torch.from_numpy(u4)).length[0]) > 0
+    u3 = int(engine.windows.users.names.index(None))
+    assert int(engine.device_state.gather(torch.tensor([u3])).length[0]) == 0
     restored = Engine(cfg, backend=backend)
     restored.load_state(engine.state_dict())
     assert_mirrored(restored)

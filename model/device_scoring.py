@@ -1,0 +1,189 @@
+"""A scoring batch computed where a GPU engine's state lives: one copy of the users' indexes in, one copy of the
+results out.
+
+On the device, from the users' packed rows (``device_state.py``): the windowed sequence scores (the array
+backend's kernels), the learned score's features (the same columns as ``ScoreFeatures.assemble`` builds on
+the host), the three learned predictions and the score's Thompson draw, the chain's next-action
+probabilities, and the Transformer's tokens. :meth:`DeviceScores.fetch` brings back the results, with
+whatever else the caller computed on the device from them (the Transformer's predictions), in one copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+import kernels
+
+from .combiner import _CLIP
+from .contexts import OTHER_DEVICE, context_codes
+from .device_state import DeviceState, Rows
+from .score_features import _EPS, MARKOV_HORIZONS, MARKOV_TABLES
+from .transformer import TOKENS
+from .user_state import SCALES_S
+
+if TYPE_CHECKING:
+    from .engine import Engine, Scores
+
+# The learned predictions in the order of ``Tables.weights`` and of the fetched columns.
+ROLES = ("score", "purchase_5m", "purchase_60m")
+
+
+@dataclass
+class DeviceScores:
+    """One scoring batch on the device; nothing has come back to the host yet."""
+
+    users: np.ndarray  # dense indexes, -1 unknown (the host looked them up)
+    rows: Rows  # the users' packed rows
+    results: torch.Tensor  # [B, 4 + A] float64: score, its draw, P(5 m), P(60 m), next-action probabilities
+    features: torch.Tensor  # [B, width] float32
+
+    def tokens(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The Transformer's event tokens [B, K] (left-aligned, oldest first) and the window lengths [B]."""
+        return {name: getattr(self.rows, name) for name in TOKENS}, self.rows.length
+
+    def fetch(self, *extra: torch.Tensor) -> tuple["Scores", list[np.ndarray]]:
+        """The engine's scores, and each of ``extra`` ([B, n] tensors), in one device-to-host copy."""
+        from .engine import Scores
+
+        parts = [self.results, *(e.to(torch.float64).reshape(len(self.users), -1) for e in extra)]
+        host = torch.cat(parts, dim=1).cpu().numpy()
+        score, draw, p5, p60 = host[:, 0], host[:, 1], host[:, 2], host[:, 3]
+        width = self.results.shape[1]
+        out, at = [], width
+        for e in parts[1:]:
+            out.append(host[:, at:at + e.shape[1]])
+            at += e.shape[1]
+        scores = Scores(score=score, score_draw=draw, next_probs=host[:, 4:width], purchase_5m=p5, purchase_60m=p60,
+                        known=self.users >= 0, features=self.features, users=self.users)
+        return scores, out
+
+
+def score_on_device(engine: "Engine", users: np.ndarray, now_s: float, draw: bool) -> DeviceScores:
+    """:meth:`Engine.score` for ``users`` (dense indexes), computed on the engine's device."""
+    ds: DeviceState = engine.device_state
+    cfg = engine.config
+    u = ds.to_device(users)
+    rows = ds.gather(u)
+    t = ds.tables
+    known = u >= 0
+    lengths = rows.length
+    default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0))
+    ctx = torch.where(known, rows.last_ctx, default_ctx).long()
+    ages = (now_s - rows.ts).clamp(min=0.0).float()
+    actions = rows.action.contiguous()
+
+    def sequence(theta: torch.Tensor, lift: torch.Tensor) -> torch.Tensor:
+        return kernels.sequence_scores(actions, ages, lengths, theta, lift, half_life_s=cfg.recency_half_life_s,
+                                       backend=engine.backend, check=False)
+
+    mean_seq = sequence(t.theta[ctx], t.lift)
+    prior_seq = sequence(t.prior_mean.expand(len(users), -1).contiguous(), torch.ones_like(t.lift))
+
+    # The latest two events of each window, and the session they are in.
+    last = (lengths.long() - 1).clamp(min=0)[:, None]
+    before = (lengths.long() - 2).clamp(min=0)[:, None]
+    cur = torch.where(lengths > 0, actions.gather(1, last)[:, 0], -1).long()
+    prev = torch.where(lengths > 1, actions.gather(1, before)[:, 0], -1).long()
+    last_ts, before_ts = rows.ts.gather(1, last)[:, 0], rows.ts.gather(1, before)[:, 0]
+    in_session = (prev >= 0) & ((last_ts - before_ts).abs() <= cfg.session_gap_s)
+    pair_prev = torch.where(in_session, prev, engine.n_actions)
+    has = cur >= 0
+    cur0 = cur.clamp(min=0)
+
+    markov = [torch.where(has, t.conversion_pair[h][pair_prev, cur0], t.conversion_overall[h])
+              for h in (MARKOV_TABLES[name] for name in MARKOV_HORIZONS)]
+    item = t.item_rate[torch.where(known, rows.last_item, 0).long()]
+    category = t.category_rate[torch.where(known, rows.last_category, 0).long()]
+    columns = [
+        torch.ones_like(mean_seq)[:, None],
+        log_odds(mean_seq)[:, None],
+        log_odds(prior_seq)[:, None],
+        torch.where(has, log_odds(t.theta[ctx, cur0]), 0.0)[:, None],
+        *(log_odds(m)[:, None] for m in markov),
+        torch.nn.functional.one_hot(cur0, engine.n_actions).float() * has[:, None],
+        user_state_features(rows, known, now_s, engine.n_actions),
+        log_odds(item[:, 0])[:, None], torch.log1p(item[:, 1])[:, None],
+        log_odds(category[:, 0])[:, None], torch.log1p(category[:, 1])[:, None],
+        session_item_features(actions, rows.ts, rows.item, lengths, cfg.session_gap_s, cfg.conversion_code),
+    ]
+    x = torch.cat([c.float() for c in columns], dim=1)
+    logits = x.double() @ t.weights.T  # [B, 3]
+    predictions = _sigmoid(logits)
+    score_draw = predictions[:, 0]
+    if draw:
+        # As on the host: a Thompson draw of the sequence score's action weights, then of the score's own weights.
+        engine.draws += 1
+        theta = kernels.beta_sample(t.alpha[ctx], t.beta[ctx], seed=cfg.seed, offset=engine.draws,
+                                    backend=engine.backend, check=False)
+        drawn = x.clone()
+        drawn[:, engine.features.index["seq_learned"]] = log_odds(sequence(theta, t.lift))
+        drawn = drawn.double()
+        spread = torch.linalg.vector_norm(drawn @ t.draw_factor, dim=1)
+        generator = torch.Generator(device=ds.device).manual_seed(cfg.seed * 1_000_003 + engine.draws)
+        noise = torch.randn(len(users), generator=generator, device=ds.device, dtype=torch.float64)
+        score_draw = _sigmoid(drawn @ t.weights[0] + spread * noise)
+    active = (lengths > 0) & (now_s - last_ts <= cfg.session_gap_s)
+    next_probs = ds.next_probs[torch.where(active, cur, engine.markov.start)]
+    results = torch.cat([predictions[:, :1], score_draw[:, None], predictions[:, 1:], next_probs], dim=1)
+    return DeviceScores(users=users, rows=rows, results=results, features=x)
+
+
+def log_odds(p: torch.Tensor) -> torch.Tensor:
+    p = p.double().clamp(_EPS, 1.0 - _EPS)
+    return torch.log(p / (1.0 - p)).float()
+
+
+def _sigmoid(z: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(z.clamp(-_CLIP, _CLIP))
+
+
+def user_state_features(rows: Rows, known: torch.Tensor, now_s: float, n_actions: int) -> torch.Tensor:
+    """``UserState.features`` from packed rows: [B, width], zeros for unknown users."""
+    elapsed = (now_s - rows.touched).clamp(min=0.0)
+    scales = torch.tensor(SCALES_S, dtype=torch.float64, device=elapsed.device)
+    decay = torch.exp2(-elapsed[:, None] / scales[None, :]).float()
+    counts = rows.counts.reshape(len(elapsed), len(SCALES_S), n_actions) * decay[:, :, None]
+    last = rows.last_ts
+    converted = torch.isfinite(rows.last_conversion)
+    since_conversion = torch.log1p((last - rows.last_conversion).clamp(min=0.0))
+    summary = torch.stack([
+        torch.log1p(rows.session_events.double()),
+        torch.log1p((last - rows.session_start).clamp(min=0.0)),
+        torch.log1p(rows.last_gap.double().clamp(min=0.0)),
+        (rows.last_gap < 0).double(),
+        torch.where(converted, since_conversion, 0.0),
+        (~converted).double(),
+        torch.log1p((last - rows.first_ts).clamp(min=0.0)),
+    ], dim=1).float()
+    out = torch.cat([torch.log1p(counts.reshape(len(elapsed), -1)), summary], dim=1)
+    return torch.where(known[:, None], out, 0.0)
+
+
+def session_item_features(actions: torch.Tensor, ts: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor,
+                          session_gap_s: float, conversion: int) -> torch.Tensor:
+    """``score_features.session_item_features`` on the device: [B, 4]."""
+    batch, k = actions.shape
+    pos = torch.arange(k, device=actions.device)[None, :]
+    lengths = lengths.long()[:, None]
+    valid = pos < lengths
+    breaks = torch.zeros_like(valid)
+    breaks[:, 1:] = (ts[:, 1:] - ts[:, :-1] > session_gap_s) & valid[:, 1:]
+    start = torch.where(breaks, pos, 0).amax(dim=1, keepdim=True)
+    in_session = valid & (pos >= start) & (items > 0)
+    last = (lengths - 1).clamp(min=0)
+    latest = items.gather(1, last)
+    same = (in_session & (pos < last) & (items == latest) & (latest > 0)).sum(dim=1)
+    seen = _distinct(torch.where(in_session, items, 0))
+    converted = _distinct(torch.where(in_session & (actions == conversion), items, 0))
+    return torch.log1p(torch.stack([same, seen, converted, seen - converted], dim=1).float())
+
+
+def _distinct(keys: torch.Tensor) -> torch.Tensor:
+    """Distinct non-zero values per row."""
+    ordered = keys.sort(dim=1).values
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return (new & (ordered > 0)).sum(dim=1)
