@@ -98,9 +98,58 @@ def test_the_transformer_on_the_gpu_predicts_what_it_predicts_on_the_cpu():
     tokens, lengths = engine.window_features(users)
     state = engine.current_features(users, float(batch.ts.max()))
     on_cpu = TransformerPredictor(checkpoint, CFG, "cpu").predict(tokens, lengths, state)
-    on_gpu = TransformerPredictor(checkpoint, CFG, "cuda").predict(tokens, lengths, state)
+    on_gpu = TransformerPredictor(checkpoint, CFG, "cuda", precision="float32").predict(tokens, lengths, state)
     for cpu, gpu in zip(on_cpu, on_gpu):
         np.testing.assert_allclose(gpu, cpu, atol=1e-4)
+    # Served in bf16 by default on a GPU: close to fp32, and the same most likely next action.
+    bf16 = TransformerPredictor(checkpoint, CFG, "cuda").predict(tokens, lengths, state)
+    assert TransformerPredictor(checkpoint, CFG, "cuda").precision == "bfloat16"
+    for cpu, gpu in zip(on_cpu, bf16):
+        np.testing.assert_allclose(gpu, cpu, atol=2e-2)
+    assert (bf16[0].argmax(axis=1) == on_cpu[0].argmax(axis=1)).mean() >= 0.95
+
+
+def test_bf16_predictions_agree_with_fp32():
+    """The precision a GPU serves in by default, checked on the CPU: every probability within 0.02 of fp32's."""
+    batch = mixed_stream(n_users=60)
+    checkpoint = trained(batch)
+    engine = Engine(CFG, backend="numpy")
+    engine.apply(batch)
+    users = engine.windows.lookup(sorted(set(batch.user_ids)), create=False)
+    tokens, lengths = engine.window_features(users)
+    state = engine.current_features(users, float(batch.ts.max()))
+    exact = TransformerPredictor(checkpoint, CFG, "cpu").predict(tokens, lengths, state)
+    assert TransformerPredictor(checkpoint, CFG, "cpu").precision == "float32"
+    bf16 = TransformerPredictor(checkpoint, CFG, "cpu", precision="bfloat16").predict(tokens, lengths, state)
+    for ours, theirs in zip(bf16, exact):
+        assert np.abs(ours - theirs).max() < 2e-2
+        assert not np.array_equal(ours, theirs)  # it did run in bf16
+    assert (bf16[0].argmax(axis=1) == exact[0].argmax(axis=1)).mean() >= 0.95
+    with pytest.raises(ValueError, match="precision"):
+        TransformerPredictor(checkpoint, CFG, "cpu", precision="float16")
+
+
+def test_predicting_on_the_device_answers_what_predicting_from_host_arrays_does():
+    """predict_on_device keeps every row's last min(K, window) positions (a fixed shape) where predict trims the
+    batch to its longest row: the answers agree, for windows longer and shorter than the model's."""
+    checkpoint = trained(mixed_stream())
+    predictor = TransformerPredictor(checkpoint, CFG)
+    rng = np.random.default_rng(5)
+    n, k = 7, 12
+    tokens = {
+        "action": rng.integers(0, 9, (n, k)), "gap": rng.integers(0, 18, (n, k)),
+        "device": rng.integers(0, 4, (n, k)), "daypart": rng.integers(0, 4, (n, k)),
+        "category": rng.integers(0, 1024, (n, k)),
+    }
+    lengths = np.array([12, 5, 1, 9, 8, 3, 0])
+    state = rng.random((n, checkpoint["model_config"]["state_dim"])).astype(np.float32)
+    has = lengths > 0
+    next_probs, conv = predictor.predict({key: v[has] for key, v in tokens.items()}, lengths[has], state[has])
+    on_device = predictor.predict_on_device({key: torch.from_numpy(v).int() for key, v in tokens.items()},
+                                            torch.from_numpy(lengths).int(), torch.from_numpy(state)).numpy()
+    assert on_device.shape == (n, 9 + 1 + 2)
+    np.testing.assert_allclose(on_device[has, :-2], next_probs, atol=1e-5)
+    np.testing.assert_allclose(on_device[has, -2:], conv, atol=1e-5)
 
 
 def test_predictor_keeps_the_last_events_of_a_long_window():
