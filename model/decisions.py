@@ -72,13 +72,7 @@ def _predict_on_host(engine: Engine, predictor, user_ids, now, draw):
 
 def _predict_on_device(engine: Engine, predictor, users, now, draw):
     """As :func:`_predict_on_host`, in one device pass: the users' indexes in, every result out in one copy."""
-    on_device = engine.score_on_device(users, now, draw=draw)
-    if predictor is None:
-        return on_device.fetch()[0], None, None
-    tokens, lengths = on_device.tokens()
-    model = predictor.predict_on_device(tokens, lengths, on_device.features)
-    scores, (model, lengths) = on_device.fetch(model, lengths)
-    return scores, (model[:, :-2], model[:, -2:]), lengths[:, 0].astype(np.int64)
+    return engine.predict_on_device(users, now, draw=draw, predictor=predictor)
 
 
 def _converted(engine: Engine):

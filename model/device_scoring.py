@@ -4,12 +4,10 @@ results out.
 On the device, from the users' packed rows (``device_state.py``): the windowed sequence scores (the array
 backend's kernels), the learned score's features (the same columns as ``ScoreFeatures.assemble`` builds on
 the host), the three learned predictions and the score's Thompson draw, the chain's next-action
-probabilities, and the Transformer's tokens. :meth:`DeviceScores.fetch` brings back the results, with
-whatever else the caller computed on the device from them (the Transformer's predictions), in one copy.
+probabilities, and the Transformer's predictions from the tokens stored in the rows.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,52 +23,56 @@ from .transformer import TOKENS
 from .user_state import SCALES_S
 
 if TYPE_CHECKING:
-    from .engine import Engine, Scores
+    from .engine import Engine
 
-# The learned predictions in the order of ``Tables.weights`` and of the fetched columns.
-ROLES = ("score", "purchase_5m", "purchase_60m")
-
-
-@dataclass
-class DeviceScores:
-    """One scoring batch on the device; nothing has come back to the host yet."""
-
-    users: np.ndarray  # dense indexes, -1 unknown (the host looked them up)
-    rows: Rows  # the users' packed rows
-    results: torch.Tensor  # [B, 4 + A] float64: score, its draw, P(5 m), P(60 m), next-action probabilities
-    features: torch.Tensor  # [B, width] float32
-
-    def tokens(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The Transformer's event tokens [B, K] (left-aligned, oldest first) and the window lengths [B]."""
-        return {name: getattr(self.rows, name) for name in TOKENS}, self.rows.length
-
-    def fetch(self, *extra: torch.Tensor) -> tuple["Scores", list[np.ndarray]]:
-        """The engine's scores, and each of ``extra`` ([B, n] tensors), in one device-to-host copy."""
-        from .engine import Scores
-
-        parts = [self.results, *(e.to(torch.float64).reshape(len(self.users), -1) for e in extra)]
-        host = torch.cat(parts, dim=1).cpu().numpy()
-        score, draw, p5, p60 = host[:, 0], host[:, 1], host[:, 2], host[:, 3]
-        width = self.results.shape[1]
-        out, at = [], width
-        for e in parts[1:]:
-            out.append(host[:, at:at + e.shape[1]])
-            at += e.shape[1]
-        scores = Scores(score=score, score_draw=draw, next_probs=host[:, 4:width], purchase_5m=p5, purchase_60m=p60,
-                        known=self.users >= 0, features=self.features, users=self.users)
-        return scores, out
+# Batches up to this many users run as a captured CUDA graph (padded to a power of two) when nothing is drawn.
+GRAPH_MAX_USERS = 16384
 
 
-def score_on_device(engine: "Engine", users: np.ndarray, now_s: float, draw: bool) -> DeviceScores:
-    """:meth:`Engine.score` for ``users`` (dense indexes), computed on the engine's device."""
+def run_pass(engine: "Engine", users: np.ndarray, now_s: float, draw: bool, predictor=None):
+    """:meth:`Engine.score` of ``users`` (dense indexes) on the engine's device, with the Transformer's predictions
+    where ``predictor`` is given (on the same device): (scores, (next-action probabilities [B, A + 1],
+    conversion probabilities [B, 2]) or None, window lengths or None). One copy in, one copy out.
+
+    Without a draw, on a GPU, the pass runs as a CUDA graph captured for the batch's size (``device_graphs``).
+    """
+    from .engine import Scores
+
+    ds: DeviceState = engine.device_state
+    default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0))
+    captured = None
+    if not draw and ds.device.type == "cuda" and len(users) <= GRAPH_MAX_USERS:
+        from .device_graphs import captured_pass
+
+        captured = captured_pass(engine, predictor, len(users))
+    if captured is not None:
+        host, features = captured.run(users, now_s, default_ctx)
+    else:
+        packed, features = device_pass(engine, predictor, ds.to_device(users), now_s, default_ctx, draw)
+        host = packed.cpu().numpy()
+    a = engine.n_actions
+    scores = Scores(score=host[:, 0], score_draw=host[:, 1], purchase_5m=host[:, 2], purchase_60m=host[:, 3],
+                    next_probs=host[:, 4:4 + a], known=users >= 0, features=features, users=users)
+    if predictor is None:
+        return scores, None, None
+    model = host[:, 4 + a:-1]
+    return scores, (model[:, :-2], model[:, -2:]), host[:, -1].astype(np.int64)
+
+
+def device_pass(engine: "Engine", predictor, u: torch.Tensor, now_s, default_ctx, draw: bool):
+    """Everything a scoring batch computes, on the device, from the users' indexes there: [B, cols] float64 (the
+    score, its draw, P(5 m), P(60 m), the chain's next-action probabilities, and with a predictor its
+    probabilities and the window lengths) and the features [B, width].
+
+    ``now_s`` and ``default_ctx`` (the context of a user without events) may be 0-d tensors on the device, as
+    in a captured graph, where they change between replays.
+    """
     ds: DeviceState = engine.device_state
     cfg = engine.config
-    u = ds.to_device(users)
     rows = ds.gather(u)
     t = ds.tables
     known = u >= 0
     lengths = rows.length
-    default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now_s), 0, 0))
     ctx = torch.where(known, rows.last_ctx, default_ctx).long()
     ages = (now_s - rows.ts).clamp(min=0.0).float()
     actions = rows.action.contiguous()
@@ -80,7 +82,7 @@ def score_on_device(engine: "Engine", users: np.ndarray, now_s: float, draw: boo
                                        backend=engine.backend, check=False)
 
     mean_seq = sequence(t.theta[ctx], t.lift)
-    prior_seq = sequence(t.prior_mean.expand(len(users), -1).contiguous(), torch.ones_like(t.lift))
+    prior_seq = sequence(t.prior_mean.expand(len(u), -1).contiguous(), torch.ones_like(t.lift))
 
     # The latest two events of each window, and the session they are in.
     last = (lengths.long() - 1).clamp(min=0)[:, None]
@@ -110,8 +112,7 @@ def score_on_device(engine: "Engine", users: np.ndarray, now_s: float, draw: boo
         session_item_features(actions, rows.ts, rows.item, lengths, cfg.session_gap_s, cfg.conversion_code),
     ]
     x = torch.cat([c.float() for c in columns], dim=1)
-    logits = x.double() @ t.weights.T  # [B, 3]
-    predictions = _sigmoid(logits)
+    predictions = _sigmoid(x.double() @ t.weights.T)  # [B, 3]: the score, P(5 m), P(60 m)
     score_draw = predictions[:, 0]
     if draw:
         # As on the host: a Thompson draw of the sequence score's action weights, then of the score's own weights.
@@ -123,12 +124,15 @@ def score_on_device(engine: "Engine", users: np.ndarray, now_s: float, draw: boo
         drawn = drawn.double()
         spread = torch.linalg.vector_norm(drawn @ t.draw_factor, dim=1)
         generator = torch.Generator(device=ds.device).manual_seed(cfg.seed * 1_000_003 + engine.draws)
-        noise = torch.randn(len(users), generator=generator, device=ds.device, dtype=torch.float64)
+        noise = torch.randn(len(u), generator=generator, device=ds.device, dtype=torch.float64)
         score_draw = _sigmoid(drawn @ t.weights[0] + spread * noise)
     active = (lengths > 0) & (now_s - last_ts <= cfg.session_gap_s)
     next_probs = ds.next_probs[torch.where(active, cur, engine.markov.start)]
-    results = torch.cat([predictions[:, :1], score_draw[:, None], predictions[:, 1:], next_probs], dim=1)
-    return DeviceScores(users=users, rows=rows, results=results, features=x)
+    parts = [predictions[:, :1], score_draw[:, None], predictions[:, 1:], next_probs]
+    if predictor is not None:
+        tokens = {name: getattr(rows, name) for name in TOKENS}
+        parts += [predictor.predict_on_device(tokens, lengths, x).double(), lengths.double()[:, None]]
+    return torch.cat(parts, dim=1), x
 
 
 def log_odds(p: torch.Tensor) -> torch.Tensor:

@@ -75,14 +75,21 @@ class DeviceState:
         self.size = window_size
         self.layout = row_layout(window_size, n_actions)
         self.raw = torch.zeros((1, self.layout.itemsize), dtype=torch.uint8, device=self.device)
-        self.rows = Rows(self.raw, self.layout)
         self.tables: Tables | None = None
         self.next_probs: torch.Tensor | None = None  # [actions + 1, actions]: the chain's P(next | prev)
+        # Bumped whenever a tensor that scoring reads is replaced rather than written in place: a captured CUDA
+        # graph reads the tensors it was captured with, so it must be captured again.
+        self.generation = 0
+        self.graphs: dict = {}  # (batch size, id of the predictor) -> a captured pass (model.device_graphs)
+        self.graphs_failed = False
 
-    def to_device(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """One host-to-device copy (the one place a copy in is made, so that tests can count them)."""
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
-        return tensor if dtype is None else tensor.to(dtype)
+    def to_device(self, array: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One host-to-device copy, into ``out`` where given (the one place a copy in is made, so that tests can
+        count them)."""
+        host = torch.from_numpy(np.ascontiguousarray(array))
+        if out is not None:
+            return out.copy_(host, non_blocking=True)
+        return host.to(self.device, non_blocking=True)
 
     def _ensure(self, users: int) -> None:
         have = self.raw.shape[0]
@@ -90,7 +97,7 @@ class DeviceState:
             return
         grow = max(users + 1, 2 * have, 1024) - have
         self.raw = torch.cat([self.raw, self.raw.new_zeros((grow, self.raw.shape[1]))])
-        self.rows = Rows(self.raw, self.layout)
+        self.generation += 1
 
     def push_users(self, windows: UserWindows, state: UserState, users: np.ndarray) -> None:
         """Copy these users' rows from the host: packed there, one copy in, scattered here."""
@@ -102,10 +109,21 @@ class DeviceState:
         self.raw[Rows(rows, self.layout).row] = rows
 
     def push_tables(self, tables: Tables) -> None:
+        """Written in place where the shapes allow (they change only with a config)."""
+        old = self.tables
+        if old is not None and all(getattr(old, f).shape == getattr(tables, f).shape for f in Tables.__dataclass_fields__):
+            for field in Tables.__dataclass_fields__:
+                getattr(old, field).copy_(getattr(tables, field))
+            return
         self.tables = tables
+        self.generation += 1
 
     def push_next_probs(self, probabilities: np.ndarray) -> None:
+        if self.next_probs is not None and self.next_probs.shape == probabilities.shape:
+            self.to_device(probabilities, out=self.next_probs)
+            return
         self.next_probs = self.to_device(probabilities)
+        self.generation += 1
 
     def gather(self, users: torch.Tensor) -> Rows:
         """The packed rows of ``users`` (dense indexes on the device, -1 unknown: the blank row)."""

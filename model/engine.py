@@ -373,7 +373,7 @@ class Engine:
         ``features`` stay there (a torch tensor), for the Transformer to read."""
         users = self.windows.lookup(user_ids, create=False)
         if self.scores_on_device(len(users)):
-            return self.score_on_device(users, now_s, draw=draw).fetch()[0]
+            return self.predict_on_device(users, now_s, draw=draw)[0]
         windows = _Window(*self.windows.gather(users), self.windows.gather_ring(users, "item"))
         modes = ("mean", "prior", "thompson") if draw else ("mean", "prior")
         sequence = self._sequence_scores(users, now_s, modes, windows)
@@ -403,13 +403,14 @@ class Engine:
         """Whether a batch of ``rows`` users is scored on the device (a GPU backend, and a batch large enough)."""
         return self.device_state is not None and kernels.for_rows(self.backend, rows) != "numpy"
 
-    def score_on_device(self, users: np.ndarray, now_s: float, *, draw: bool = True):
-        """:meth:`score` of ``users`` (dense indexes) on the device, not yet brought back:
-        a :class:`~model.device_scoring.DeviceScores`."""
-        from .device_scoring import score_on_device
+    def predict_on_device(self, users: np.ndarray, now_s: float, *, draw: bool = True, predictor=None):
+        """:meth:`score` of ``users`` (dense indexes) in one device pass, with a Transformer's predictions where
+        ``predictor`` (on this device) is given: (scores, (next-action, conversion probabilities) or None,
+        window lengths or None). See :func:`model.device_scoring.run_pass`."""
+        from .device_scoring import run_pass
 
         self._device_tables()
-        return score_on_device(self, users, now_s, draw)
+        return run_pass(self, users, now_s, draw, predictor)
 
     def current_features(self, users: np.ndarray, now_s: float, windows: "_Window | None" = None,
                          sequence: dict[str, np.ndarray] | None = None) -> np.ndarray:

@@ -197,3 +197,41 @@ def test_device_state_mirrors_the_host_after_ingest_erase_and_restore(backend):
     restored = Engine(cfg, backend=backend)
     restored.load_state(engine.state_dict())
     assert_mirrored(restored)
+
+
+@pytest.mark.gpu
+def test_a_captured_pass_answers_what_the_eager_pass_does_as_the_state_changes(monkeypatch):
+    """A scoring pass replayed as a CUDA graph reads the rows and tables as they are at each replay: after new
+    events, new users (the rows grow) and a new tick, it still answers what the eager pass does."""
+    from model import device_graphs
+    from model.decisions import predict
+    from model.predictor import TransformerPredictor
+    from model.training import TrainSettings, train
+    from model.transformer import TransformerConfig
+
+    cfg = TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0)
+    events = _history(cfg, n_users=1500)
+    small = TransformerConfig(n_actions=len(cfg.actions), window=16, d_model=32, layers=2, heads=2, dropout=0.0)
+    checkpoint = train(events.take(np.arange(1500)), cfg, TrainSettings(epochs=1, patience=1, batch_size=64, seed=0),
+                       small, log=lambda line: None, show_progress=False)
+    engine = Engine(cfg, backend="triton")
+    predictor = TransformerPredictor(checkpoint, cfg, "cuda")
+
+    def both(users, now, model):
+        monkeypatch.setattr(device_graphs, "ENABLED", False)
+        eager = predict(engine, model, users, now)
+        monkeypatch.setattr(device_graphs, "ENABLED", True)
+        return eager, predict(engine, model, users, now)
+
+    for part in (slice(0, 1000), slice(1000, 2500), slice(2500, 4000)):
+        engine.apply(events.take(np.arange(len(events))[part]))
+        now = float(events.ts[part].max()) + 60
+        for n in (300, 700):
+            users = [f"u{i}" for i in range(n)] + ["stranger"]
+            for model in (None, predictor):
+                eager, graphed = both(users, now, model)
+                np.testing.assert_array_equal(graphed.by_model, eager.by_model)
+                for name in ("score", "next_probs", "purchase_5m", "purchase_60m"):
+                    np.testing.assert_allclose(getattr(graphed, name), getattr(eager, name), atol=1e-5)
+    assert not engine.device_state.graphs_failed
+    assert {size for size, _ in engine.device_state.graphs} == {512, 1024}
