@@ -27,6 +27,7 @@ import torch
 
 import kernels
 from model import Engine, EventBatch, TenantConfig
+from model import device_graphs
 from model.decisions import predict
 from model.predictor import TransformerPredictor, write_checkpoint
 from model.training import TrainSettings, train
@@ -110,8 +111,12 @@ def main() -> None:
         print(f"{backend}: largest posterior-mean score difference from numpy over {len(ids)} users: {gap:.2e}")
 
     predictors = {d: TransformerPredictor(checkpoint, config, d) for d in devices}
-    print("\n| backend | device | users | score ms | features ms | transformer ms | decide ms |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    fp32 = {d: TransformerPredictor(checkpoint, config, d, precision="float32") for d in devices}
+    print(f"\nTransformer precision: {', '.join(f'{d} {p.precision}' for d, p in predictors.items())}; "
+          f"CUDA graphs {'on' if device_graphs.ENABLED else 'off'} (NUDGE_CUDA_GRAPHS)")
+    print("\n| backend | device | users | score ms | score+draw ms | features ms | transformer ms | decide ms "
+          "| decide eager ms | decide fp32 ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for backend, engine in engines.items():
         for device, predictor in predictors.items():
             for size in batches:
@@ -119,11 +124,24 @@ def main() -> None:
                 users = engine.windows.lookup(chosen, create=False)
                 tokens, lengths = engine.window_features(users)
                 state = engine.score(chosen, now).features
+                has = lengths > 0
+                tokens, lengths, state = {k: v[has] for k, v in tokens.items()}, lengths[has], state[has]
+
+                def eager():
+                    device_graphs.ENABLED = False
+                    try:
+                        predict(engine, predictor, chosen, now)
+                    finally:
+                        device_graphs.ENABLED = True
+
                 row = [
+                    best_ms(lambda: engine.score(chosen, now, draw=False), args.repeats),
                     best_ms(lambda: engine.score(chosen, now), args.repeats),
                     best_ms(lambda: engine.window_features(users), args.repeats),
                     best_ms(lambda: predictor.predict(tokens, lengths, state), args.repeats),
                     best_ms(lambda: predict(engine, predictor, chosen, now), args.repeats),
+                    best_ms(eager, args.repeats),
+                    best_ms(lambda: predict(engine, fp32[device], chosen, now), args.repeats),
                 ]
                 print(f"| {backend} | {device} | {size} | " + " | ".join(f"{v:.2f}" for v in row) + " |", flush=True)
 

@@ -52,7 +52,8 @@ class CapturedPass:
                     run()
             torch.cuda.current_stream(ds.device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # Thread-local: a rebuild may be applying events to another engine on this device meanwhile.
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.packed, self.features = run()
 
     def run(self, users: np.ndarray, now_s: float, default_ctx: int) -> tuple[np.ndarray, torch.Tensor]:
@@ -70,9 +71,10 @@ class CapturedPass:
 
 def captured_pass(engine: "Engine", predictor, users: int) -> CapturedPass | None:
     """The captured pass for a batch of ``users`` (captured now if it is not yet), or None where passes are not
-    captured: switched off, not Triton, or capturing failed once on this engine (it then runs eagerly)."""
+    captured: switched off, not Triton, or capturing failed once on this engine with this model (its passes then
+    run eagerly)."""
     ds = engine.device_state
-    if not ENABLED or engine.backend != "triton" or ds.graphs_failed:
+    if not ENABLED or engine.backend != "triton" or id(predictor) in ds.graphs_failed:
         return None
     size = max(kernels.DEVICE_MIN_ROWS, 1 << (users - 1).bit_length())
     key = (size, id(predictor))
@@ -85,9 +87,8 @@ def captured_pass(engine: "Engine", predictor, users: int) -> CapturedPass | Non
     try:
         ds.graphs[key] = CapturedPass(engine, predictor, size)
     except Exception:
-        log.warning("capturing a scoring pass as a CUDA graph failed; this tenant's passes run eagerly",
-                    exc_info=True)
-        ds.graphs.clear()
-        ds.graphs_failed = True
+        log.warning("capturing a scoring pass as a CUDA graph failed; this tenant's passes with this model run "
+                    "eagerly", exc_info=True)
+        ds.graphs_failed[id(predictor)] = predictor  # kept, so that its id is not another model's
         return None
     return ds.graphs[key]

@@ -105,7 +105,7 @@ def device_pass(engine: "Engine", predictor, u: torch.Tensor, now_s, default_ctx
         log_odds(prior_seq)[:, None],
         torch.where(has, log_odds(t.theta[ctx, cur0]), 0.0)[:, None],
         *(log_odds(m)[:, None] for m in markov),
-        torch.nn.functional.one_hot(cur0, engine.n_actions).float() * has[:, None],
+        (cur[:, None] == torch.arange(engine.n_actions, device=cur.device)[None, :]).float(),  # one-hot, none for -1
         user_state_features(rows, known, now_s, engine.n_actions),
         log_odds(item[:, 0])[:, None], torch.log1p(item[:, 1])[:, None],
         log_odds(category[:, 0])[:, None], torch.log1p(category[:, 1])[:, None],

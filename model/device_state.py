@@ -81,7 +81,7 @@ class DeviceState:
         # graph reads the tensors it was captured with, so it must be captured again.
         self.generation = 0
         self.graphs: dict = {}  # (batch size, id of the predictor) -> a captured pass (model.device_graphs)
-        self.graphs_failed = False
+        self.graphs_failed: dict = {}  # id of a predictor whose pass could not be captured -> that predictor
 
     def to_device(self, array: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         """One host-to-device copy, into ``out`` where given (the one place a copy in is made, so that tests can

@@ -199,6 +199,30 @@ def test_device_state_mirrors_the_host_after_ingest_erase_and_restore(backend):
     assert_mirrored(restored)
 
 
+@pytest.mark.parametrize("backend", [b for b in GPU_BACKENDS if b == "triton"])
+def test_a_pass_reads_the_time_and_default_context_from_the_device_as_a_captured_graph_does(backend):
+    """A captured pass gets the batch's time and default context as 0-d tensors on the device: the same answers."""
+    import torch
+
+    from model.contexts import OTHER_DEVICE, context_codes
+    from model.device_scoring import device_pass
+
+    cfg = TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0)
+    events = _history(cfg)
+    engine = Engine(cfg, backend=backend)
+    engine.apply(events)
+    engine._device_tables()
+    users = engine.windows.lookup([f"u{i}" for i in range(300)] + ["stranger"], create=False)
+    now = float(events.ts.max()) + 60
+    default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now), 0, 0))
+    u = torch.from_numpy(users).to(engine.device_state.device)
+    plain, x = device_pass(engine, None, u, now, default_ctx, draw=False)
+    as_tensors, y = device_pass(engine, None, u, torch.tensor(now, dtype=torch.float64),
+                                torch.tensor(default_ctx), draw=False)
+    np.testing.assert_array_equal(as_tensors.numpy(), plain.numpy())
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+
+
 @pytest.mark.gpu
 def test_a_captured_pass_answers_what_the_eager_pass_does_as_the_state_changes(monkeypatch):
     """A scoring pass replayed as a CUDA graph reads the rows and tables as they are at each replay: after new
