@@ -3,8 +3,9 @@
 #   1. the machine, and the Triton kernels compiled for it;
 #   2. the tests that touch the device (kernels, engine, worker, Transformer, the backends' integration tests),
 #      with Triton compiled for real, CuPy and the `gpu` marker;
-#   3. the kernel benchmark beside torch and CuPy, with the Triton launch-shape sweep;
-#   4. the in-process scoring probe, batches of 1 to 8,192 users, each backend, the Transformer on cuda;
+#   3. the kernel benchmark beside torch and CuPy (the launch-shape sweep: add --sweep);
+#   4. the in-process scoring probe, batches of 1 to 8,192 users, each backend, the Transformer on cuda (in bf16
+#      and fp32, the device pass replayed as a CUDA graph and eagerly);
 #   5. the HTTP benchmark's scoring workloads on numpy and on triton, then on triton serving the probe's
 #      Transformer (no locust needed).
 # Each step has its own time limit so that a slow one cannot starve the rest. Logs go to $OUT (or
@@ -40,8 +41,8 @@ timeout 150 $PY -m pytest -q -p no:cacheprovider -rs \
 tests=$?
 set +o pipefail
 
-timeout 90 $PY -m loadtests.bench_kernels --sizes 1e4,1e6,1e7 --repeats 5 --sweep 2>&1 | tee "$OUT/bench_kernels.txt"
-timeout 110 $PY -m loadtests.bench_scoring --users 20000 --events 100000 --batches 1,64,1024,8192 --repeats 5 \
+timeout 60 $PY -m loadtests.bench_kernels --sizes 1e6,1e7 --repeats 5 2>&1 | tee "$OUT/bench_kernels.txt"
+timeout 150 $PY -m loadtests.bench_scoring --users 20000 --events 100000 --batches 1,64,256,1024,8192 --repeats 5 \
     --devices cuda --save-model "$MODEL" 2>&1 | tee "$OUT/bench_scoring.txt"
 for backend in numpy triton; do
     timeout 50 $PY -m loadtests.bench --backend "$backend" --parts workloads --only score --seconds 4 2>&1 \
