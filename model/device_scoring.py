@@ -147,8 +147,9 @@ def _sigmoid(z: torch.Tensor) -> torch.Tensor:
 def user_state_features(rows: Rows, known: torch.Tensor, now_s: float, n_actions: int) -> torch.Tensor:
     """``UserState.features`` from packed rows: [B, width], zeros for unknown users."""
     elapsed = (now_s - rows.touched).clamp(min=0.0)
-    scales = torch.tensor(SCALES_S, dtype=torch.float64, device=elapsed.device)
-    decay = torch.exp2(-elapsed[:, None] / scales[None, :]).float()
+    # Column by column, with the half-lives as Python numbers: a tensor made from them here would be a copy to the
+    # device, which a CUDA graph cannot capture.
+    decay = torch.stack([torch.exp2(-elapsed / half_life) for half_life in SCALES_S], dim=1).float()
     counts = rows.counts.reshape(len(elapsed), len(SCALES_S), n_actions) * decay[:, :, None]
     last = rows.last_ts
     converted = torch.isfinite(rows.last_conversion)

@@ -129,7 +129,7 @@ def test_the_transformer_on_the_device_answers_a_scoring_batch_in_the_same_pass(
     reference.apply(events)
     engine.apply(events)
     on_host = TransformerPredictor(checkpoint, cfg, "cpu")
-    on_device = TransformerPredictor(checkpoint, cfg, kernels.compute_device())
+    on_device = TransformerPredictor(checkpoint, cfg, kernels.compute_device(), precision="float32")
     users = [f"u{i}" for i in range(300)] + ["stranger"]
     now = float(events.ts.max()) + 60
     predict(engine, on_device, users, now)  # the tables go to the device on the first score after a tick
@@ -217,10 +217,10 @@ def test_a_pass_reads_the_time_and_default_context_from_the_device_as_a_captured
     default_ctx = int(context_codes(OTHER_DEVICE, np.float64(now), 0, 0))
     u = torch.from_numpy(users).to(engine.device_state.device)
     plain, x = device_pass(engine, None, u, now, default_ctx, draw=False)
-    as_tensors, y = device_pass(engine, None, u, torch.tensor(now, dtype=torch.float64),
-                                torch.tensor(default_ctx), draw=False)
-    np.testing.assert_array_equal(as_tensors.numpy(), plain.numpy())
-    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    as_tensors, y = device_pass(engine, None, u, torch.tensor(now, dtype=torch.float64, device=u.device),
+                                torch.tensor(default_ctx, device=u.device), draw=False)
+    np.testing.assert_array_equal(as_tensors.cpu().numpy(), plain.cpu().numpy())
+    np.testing.assert_array_equal(y.cpu().numpy(), x.cpu().numpy())
 
 
 @pytest.mark.gpu
