@@ -78,12 +78,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--devices", default="cpu,cuda", help="the Transformer's torch devices (cuda where present)")
     parser.add_argument("--save-model", default=None, help="also write the trained checkpoint here")
+    parser.add_argument("--backends", default=None, help="array backends to measure (default: all that run here)")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile one decision at the largest batch on the first backend: the top kernels")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 
     config = TenantConfig(allow_backfill=True)
     events = synthetic(config, args.users, args.events)
     backends = [b for b in kernels.available_backends() if b == "numpy" or torch.cuda.is_available()]
+    if args.backends:
+        backends = [b for b in backends if b in args.backends.split(",")]
     devices = [d for d in args.devices.split(",") if d == "cpu" or (d == "cuda" and torch.cuda.is_available())]
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, GPU {gpu}; "
@@ -105,7 +110,12 @@ def main() -> None:
         print(f"{backend}: applied {len(events)} events in {time.perf_counter() - started:.1f} s")
     now = float(events.ts.max()) + 60.0
     ids = sorted(set(events.user_ids.tolist()))
-    reference = engines["numpy"].score(ids, now, draw=False).score
+    if "numpy" in engines:
+        reference = engines["numpy"].score(ids, now, draw=False).score
+    else:
+        numpy_engine = Engine(config)
+        numpy_engine.apply(events)
+        reference = numpy_engine.score(ids, now, draw=False).score
     for backend, engine in engines.items():
         gap = float(np.abs(engine.score(ids, now, draw=False).score - reference).max())
         print(f"{backend}: largest posterior-mean score difference from numpy over {len(ids)} users: {gap:.2e}")
@@ -144,6 +154,28 @@ def main() -> None:
                     best_ms(lambda: predict(engine, fp32[device], chosen, now), args.repeats),
                 ]
                 print(f"| {backend} | {device} | {size} | " + " | ".join(f"{v:.2f}" for v in row) + " |", flush=True)
+    if args.profile:
+        profile(engines[backends[0]], next(iter(predictors.values())), ids, max(batches), now)
+
+
+def profile(engine, predictor, ids, size, now) -> None:
+    """The top kernels of one decision (as ``decide`` times it, warmed up) by device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    chosen = (ids * (size // len(ids) + 1))[:size]
+    for graphs in (True, False):
+        device_graphs.ENABLED = graphs
+        predict(engine, predictor, chosen, now)
+        _sync()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with torch_profile(activities=activities) as prof:
+            predict(engine, predictor, chosen, now)
+            _sync()
+        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        print(f"\none decision of {size} users, CUDA graphs {'on' if graphs else 'off'}, by {key}:")
+        print(prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=60))
+    device_graphs.ENABLED = True
 
 
 if __name__ == "__main__":

@@ -160,7 +160,5 @@ class TransformerPredictor:
     def _forward(self, batch: dict[str, torch.Tensor], last: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Probabilities [B, A + 1 + 2] after each row's position ``last``."""
         with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=self.precision != "float32"):
-            hidden = self.model.encode(batch, None)
-            pick = torch.arange(len(last), device=last.device)
-            next_logits, conv_logits = self.model.heads(hidden[pick, last], state)
+            next_logits, conv_logits = self.model.heads(self.model.encode_last(batch, last), state)
         return torch.cat([torch.softmax(next_logits.float(), -1), torch.sigmoid(conv_logits.float())], dim=1)

@@ -75,6 +75,23 @@ class NextActionTransformer(nn.Module):
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
         return self.norm(self.encoder(x, mask=causal, src_key_padding_mask=padding, is_causal=True))
 
+    def encode_last(self, tokens: dict[str, torch.Tensor], last: torch.Tensor) -> torch.Tensor:
+        """The hidden state at each row's position ``last`` [B, d]: what :meth:`encode` gives there, for serving,
+        where only that position is read. The last layer runs its query, attention output and feed-forward block
+        at that position alone (its keys and values still cover the row)."""
+        length = tokens["action"].shape[1]
+        x = (
+            self.action(tokens["action"]) + self.gap(tokens["gap"]) + self.device_embedding(tokens["device"])
+            + self.daypart(tokens["daypart"]) + self.category(tokens["category"])
+        )
+        *below, top = self.encoder.layers
+        if below:
+            causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+            for layer in below:
+                x = layer(x, src_mask=causal, is_causal=True)
+        pick = torch.arange(len(last), device=x.device)
+        return self.norm(_last_position_layer(top, x, pick, last))
+
     def heads(self, hidden: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(next-action logits, conversion logits) from hidden states [..., d] and user states [..., state_dim]."""
         if self.state is not None and state is not None:
@@ -91,6 +108,22 @@ class NextActionTransformer(nn.Module):
         mean, std = state.mean(axis=0), state.std(axis=0)
         self.state_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
         self.state_scale.copy_(torch.from_numpy(np.where(std > 1e-6, std, 1.0).astype(np.float32)))
+
+
+def _last_position_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, pick: torch.Tensor,
+                         last: torch.Tensor) -> torch.Tensor:
+    """A pre-norm encoder layer's output at position ``last`` of each row [B, d], attending to positions up to it."""
+    attention = layer.self_attn
+    heads, d = attention.num_heads, x.shape[-1]
+    h = layer.norm1(x)
+    w, b = attention.in_proj_weight, attention.in_proj_bias
+    q = nn.functional.linear(h[pick, last], w[:d], b[:d])  # [B, d]: the one query per row
+    k, v = nn.functional.linear(h, w[d:], b[d:]).chunk(2, dim=-1)  # [B, L, d] each
+    split = lambda t: t.reshape(t.shape[0], -1, heads, d // heads).transpose(1, 2)  # noqa: E731  [B, heads, L, d/h]
+    visible = (torch.arange(x.shape[1], device=x.device)[None, :] <= last[:, None])[:, None, None, :]
+    attended = nn.functional.scaled_dot_product_attention(split(q[:, None]), split(k), split(v), attn_mask=visible)
+    y = x[pick, last] + layer.dropout1(attention.out_proj(attended.transpose(1, 2).reshape(len(pick), d)))
+    return y + layer._ff_block(layer.norm2(y))
 
 
 def chunks(seq: Sequences, window: int) -> np.ndarray:

@@ -49,6 +49,24 @@ def test_transformer_outputs_do_not_depend_on_padding():
     torch.testing.assert_close(long[:, :3], short, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_serving_reads_at_the_last_position_what_the_full_encoder_gives_there(layers):
+    """encode_last runs the top layer at each row's last position only: the same hidden state as encode there."""
+    torch.manual_seed(layers)
+    model = NextActionTransformer(TransformerConfig(n_actions=9, window=12, d_model=32, layers=layers, heads=4,
+                                                    state_dim=5)).eval()
+    g = torch.Generator().manual_seed(0)
+    b, k = 50, 12
+    tokens = {"action": torch.randint(0, 10, (b, k), generator=g), "gap": torch.randint(0, 18, (b, k), generator=g),
+              "device": torch.randint(0, 4, (b, k), generator=g), "daypart": torch.randint(0, 4, (b, k), generator=g),
+              "category": torch.randint(0, 1024, (b, k), generator=g)}
+    last = torch.randint(0, k, (b,), generator=g)
+    with torch.no_grad():
+        full = model.encode(tokens, None)[torch.arange(b), last]
+        served = model.encode_last(tokens, last)
+    torch.testing.assert_close(served, full, atol=1e-5, rtol=1e-5)
+
+
 def test_sequences_targets_and_censoring_by_hand():
     b = events([
         ("a", "view", T0), ("a", "add_to_cart", T0 + 60), ("a", "purchase", T0 + 120),
