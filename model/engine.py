@@ -168,6 +168,10 @@ class Engine:
             if ticks[lo] > self.tick:
                 self._tick(ticks[lo])
             parts.append(self._apply_segment(batch.take(slice(lo, hi)), predict))
+        if self.device_state is not None and len(batch):
+            # Once per batch, not per segment: nothing scores in between.
+            self._push_users_to_device(np.unique(self.windows.lookup(batch.user_ids, create=False)))
+            self.device_state.push_next_probs(self.markov.probabilities())
         if seqs is not None and len(seqs):
             self.applied_seq = int(seqs.max())
         if not parts:
@@ -230,9 +234,6 @@ class Engine:
         self.categories.add(category_keys, converted, batch.ts)
         self.events_applied += len(batch)
         self.catalog.observe(batch, users)
-        self._push_users_to_device(np.unique(users))
-        if self.device_state is not None:
-            self.device_state.push_next_probs(self.markov.probabilities())
         return Observed(x, predictions)
 
     def _event_features(self, batch: EventBatch, users, ctx, prev, item_keys, category_keys) -> np.ndarray:
