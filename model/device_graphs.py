@@ -33,7 +33,7 @@ ENABLED = os.environ.get("NUDGE_CUDA_GRAPHS", "1") != "0"
 class CapturedPass:
     """One batch size's device pass, captured."""
 
-    def __init__(self, engine: "Engine", predictor, size: int):
+    def __init__(self, engine: Engine, predictor, size: int):
         ds = engine.device_state
         self.state, self.size, self.predictor, self.generation = ds, size, predictor, ds.generation
         self.users = torch.full((size,), -1, dtype=torch.int64, device=ds.device)
@@ -69,7 +69,7 @@ class CapturedPass:
         return self.packed[:n].cpu().numpy(), self.features[:n].clone()
 
 
-def captured_pass(engine: "Engine", predictor, users: int) -> CapturedPass | None:
+def captured_pass(engine: Engine, predictor, users: int) -> CapturedPass | None:
     """The captured pass for a batch of ``users`` (captured now if it is not yet), or None where passes are not
     captured: switched off, not Triton, or capturing failed once on this engine with this model (its passes then
     run eagerly)."""

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 GRAPH_MAX_USERS = 16384
 
 
-def run_pass(engine: "Engine", users: np.ndarray, now_s: float, draw: bool, predictor=None):
+def run_pass(engine: Engine, users: np.ndarray, now_s: float, draw: bool, predictor=None):
     """:meth:`Engine.score` of ``users`` (dense indexes) on the engine's device, with the Transformer's predictions
     where ``predictor`` is given (on the same device): (scores, (next-action probabilities [B, A + 1],
     conversion probabilities [B, 2]) or None, window lengths or None). One copy in, one copy out.
@@ -59,7 +59,7 @@ def run_pass(engine: "Engine", users: np.ndarray, now_s: float, draw: bool, pred
     return scores, (model[:, :-2], model[:, -2:]), host[:, -1].astype(np.int64)
 
 
-def device_pass(engine: "Engine", predictor, u: torch.Tensor, now_s, default_ctx, draw: bool):
+def device_pass(engine: Engine, predictor, u: torch.Tensor, now_s, default_ctx, draw: bool):
     """Everything a scoring batch computes, on the device, from the users' indexes there: [B, cols] float64 (the
     score, its draw, P(5 m), P(60 m), the chain's next-action probabilities, and with a predictor its
     probabilities and the window lengths) and the features [B, width].
@@ -170,7 +170,7 @@ def user_state_features(rows: Rows, known: torch.Tensor, now_s: float, n_actions
 def session_item_features(actions: torch.Tensor, ts: torch.Tensor, items: torch.Tensor, lengths: torch.Tensor,
                           session_gap_s: float, conversion: int) -> torch.Tensor:
     """``score_features.session_item_features`` on the device: [B, 4]."""
-    batch, k = actions.shape
+    k = actions.shape[1]
     pos = torch.arange(k, device=actions.device)[None, :]
     lengths = lengths.long()[:, None]
     valid = pos < lengths

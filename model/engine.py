@@ -3,7 +3,7 @@ score that combines them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from .score_features import HEURISTIC, MARKOV_TABLES, ScoreFeatures, log_odds, s
 from .sequences import category_buckets
 from .user_state import UserState
 from .windows import UserWindows
+
+if TYPE_CHECKING:
+    import torch
 
 # The Predictive Engagement Module's two horizons: conversion within 5 and within 60 minutes.
 PREDICT_HORIZONS_S = (300.0, 3600.0)
@@ -49,7 +52,7 @@ class Scores:
     purchase_5m: np.ndarray
     purchase_60m: np.ndarray
     known: np.ndarray
-    features: "np.ndarray | torch.Tensor"  # [B, d] the users' state now, as the learned predictions and the Transformer
+    features: np.ndarray | torch.Tensor  # [B, d] the users' state now, as the learned predictions and the Transformer
     # read it; where the batch was scored on a device, it stays there (a torch tensor)
     users: np.ndarray  # dense indexes, -1 for unknown users
 
@@ -413,7 +416,7 @@ class Engine:
         self._device_tables()
         return run_pass(self, users, now_s, draw, predictor)
 
-    def current_features(self, users: np.ndarray, now_s: float, windows: "_Window | None" = None,
+    def current_features(self, users: np.ndarray, now_s: float, windows: _Window | None = None,
                          sequence: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """The score's features of ``users`` (dense indexes, -1 unknown) read at ``now_s``; ``sequence`` holds
         their windowed sequence scores ("mean" and "prior") where the caller already has them."""

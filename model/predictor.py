@@ -13,7 +13,6 @@ from .score_features import ScoreFeatures
 from .training import CHECKPOINT_FORMAT, load_model
 from .transformer import TOKENS
 
-
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 

@@ -119,7 +119,7 @@ def _last_position_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, pic
     w, b = attention.in_proj_weight, attention.in_proj_bias
     q = nn.functional.linear(h[pick, last], w[:d], b[:d])  # [B, d]: the one query per row
     k, v = nn.functional.linear(h, w[d:], b[d:]).chunk(2, dim=-1)  # [B, L, d] each
-    split = lambda t: t.reshape(t.shape[0], -1, heads, d // heads).transpose(1, 2)  # noqa: E731  [B, heads, L, d/h]
+    split = lambda t: t.reshape(t.shape[0], -1, heads, d // heads).transpose(1, 2)
     visible = (torch.arange(x.shape[1], device=x.device)[None, :] <= last[:, None])[:, None, None, :]
     attended = nn.functional.scaled_dot_product_attention(split(q[:, None]), split(k), split(v), attn_mask=visible)
     y = x[pick, last] + layer.dropout1(attention.out_proj(attended.transpose(1, 2).reshape(len(pick), d)))
