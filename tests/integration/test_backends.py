@@ -20,13 +20,19 @@ def _history(cfg, n_users=300, seed=0):
     return EventBatch.build([f"u{i}" for i in rng.integers(0, n_users, n)], [cfg.actions.index(x) for x in names], ts)
 
 
+def _side_by_side(backend, cfg=None, events=None):
+    """(config, events, a NumPy engine, an engine on ``backend``), both having applied the same history."""
+    cfg = cfg or TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0)
+    events = _history(cfg) if events is None else events
+    reference, engine = Engine(cfg, backend="numpy"), Engine(cfg, backend=backend)
+    reference.apply(events)
+    engine.apply(events)
+    return cfg, events, reference, engine
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_engine_scores_match_numpy_exactly_without_draws_and_in_distribution_with_them(backend):
-    cfg = TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0)
-    events = _history(cfg)
-    reference, other = Engine(cfg, backend="numpy"), Engine(cfg, backend=backend)
-    reference.apply(events)
-    other.apply(events)
+    _, events, reference, other = _side_by_side(backend)
     users = [f"u{i}" for i in range(300)] + ["stranger"]  # enough to be scored on the device
     now = float(events.ts.max()) + 60
     np.testing.assert_allclose(
@@ -96,11 +102,7 @@ def test_a_scoring_batch_is_one_device_pass(backend, monkeypatch):
 
 @pytest.mark.parametrize("backend", [b for b in GPU_BACKENDS if b == "triton"])
 def test_the_score_draw_on_the_device_is_the_host_draw_in_distribution(backend):
-    cfg = TenantConfig(horizon_s=600.0, allowed_lateness_s=60.0)
-    events = _history(cfg)
-    reference, engine = Engine(cfg, backend="numpy"), Engine(cfg, backend=backend)
-    reference.apply(events)
-    engine.apply(events)
+    _, events, reference, engine = _side_by_side(backend)
     users = [f"u{i}" for i in range(300)]
     now = float(events.ts.max()) + 60
     ours = np.stack([engine.score(users, now).score_draw for _ in range(10)])
@@ -125,9 +127,7 @@ def test_the_transformer_on_the_device_answers_a_scoring_batch_in_the_same_pass(
     small = TransformerConfig(n_actions=len(cfg.actions), window=8, d_model=16, layers=1, heads=2, dropout=0.0)
     checkpoint = train(events.take(np.arange(1500)), cfg, TrainSettings(epochs=1, patience=1, batch_size=64, seed=0),
                        small, log=lambda line: None, show_progress=False)
-    reference, engine = Engine(cfg, backend="numpy"), Engine(cfg, backend=backend)
-    reference.apply(events)
-    engine.apply(events)
+    _, _, reference, engine = _side_by_side(backend, cfg, events)
     on_host = TransformerPredictor(checkpoint, cfg, "cpu")
     on_device = TransformerPredictor(checkpoint, cfg, kernels.compute_device(), precision="float32")
     users = [f"u{i}" for i in range(300)] + ["stranger"]
