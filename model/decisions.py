@@ -32,7 +32,8 @@ def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Predi
     # The Thompson draw only gates signals on ``min_score``: at 0 (the default) every draw passes, so none is made.
     draw = engine.config.min_score > 0
     users = engine.windows.lookup(user_ids, create=False)
-    if engine.scores_on_device(len(users)) and (predictor is None or predictor.device == engine.device_state.device):
+    on_device = predictor is None or predictor.device == getattr(engine.device_state, "device", None)
+    if on_device and engine.scores_on_device(len(users), draw=draw, predictor=predictor):
         scores, model_out, lengths = _predict_on_device(engine, predictor, users, now, draw)
     else:
         scores, model_out, lengths = _predict_on_host(engine, predictor, user_ids, now, draw)

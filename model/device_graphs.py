@@ -19,7 +19,7 @@ import torch
 
 import kernels
 
-from .device_scoring import device_pass
+from .device_scoring import GRAPH_MAX_USERS, GRAPH_MIN_USERS, device_pass
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -67,6 +67,13 @@ class CapturedPass:
         self.graph.replay()
         # The features are the graph's output buffer, which the next replay overwrites.
         return self.packed[:n].cpu().numpy(), self.features[:n].clone()
+
+
+def replays(engine: Engine, users: int, draw: bool, predictor=None) -> bool:
+    """Whether a batch of ``users`` would replay as a graph: then the device pays from ``GRAPH_MIN_USERS`` up."""
+    ds = engine.device_state
+    return (ENABLED and not draw and engine.backend == "triton" and ds.device.type == "cuda"
+            and GRAPH_MIN_USERS <= users <= GRAPH_MAX_USERS and id(predictor) not in ds.graphs_failed)
 
 
 def captured_pass(engine: Engine, predictor, users: int) -> CapturedPass | None:

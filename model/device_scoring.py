@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 # Batches up to this many users run as a captured CUDA graph (padded to a power of two) when nothing is drawn.
 GRAPH_MAX_USERS = 16384
+# ... and from this many: on an H200 (docs/benchmarks.md, issue 13) the 256-user graph scored in 0.8-0.9 ms, and
+# with the Transformer in 1.3-1.9 ms, where 64 users took 1.4 and 6.2 ms on the host.
+GRAPH_MIN_USERS = 64
 
 
 def run_pass(engine: Engine, users: np.ndarray, now_s: float, draw: bool, predictor=None):

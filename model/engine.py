@@ -373,10 +373,10 @@ class Engine:
         """Score users at ``now_s``: the learned predictions (posterior means), and with ``draw`` a Thompson draw
         of the score for what decides signals; unknown users score from priors.
 
-        On a GPU backend a batch of at least ``kernels.DEVICE_MIN_ROWS`` users is scored on the device, and its
-        ``features`` stay there (a torch tensor), for the Transformer to read."""
+        Where a GPU backend scores the batch on the device (:meth:`scores_on_device`), its ``features`` stay there
+        (a torch tensor), for the Transformer to read."""
         users = self.windows.lookup(user_ids, create=False)
-        if self.scores_on_device(len(users)):
+        if self.scores_on_device(len(users), draw=draw):
             return self.predict_on_device(users, now_s, draw=draw)[0]
         windows = _Window(*self.windows.gather(users), self.windows.gather_ring(users, "item"))
         modes = ("mean", "prior", "thompson") if draw else ("mean", "prior")
@@ -403,9 +403,16 @@ class Engine:
             users=users,
         )
 
-    def scores_on_device(self, rows: int) -> bool:
-        """Whether a batch of ``rows`` users is scored on the device (a GPU backend, and a batch large enough)."""
-        return self.device_state is not None and kernels.for_rows(self.backend, rows) != "numpy"
+    def scores_on_device(self, rows: int, *, draw: bool = True, predictor=None) -> bool:
+        """Whether a batch of ``rows`` users is scored on the device: on a GPU backend, a batch large enough
+        (``kernels.DEVICE_MIN_ROWS``), or smaller where the pass replays as a CUDA graph (``device_graphs``)."""
+        if self.device_state is None:
+            return False
+        if kernels.for_rows(self.backend, rows) != "numpy":
+            return True
+        from .device_graphs import replays
+
+        return replays(self, rows, draw, predictor)
 
     def predict_on_device(self, users: np.ndarray, now_s: float, *, draw: bool = True, predictor=None):
         """:meth:`score` of ``users`` (dense indexes) in one device pass, with a Transformer's predictions where

@@ -250,7 +250,7 @@ def test_a_captured_pass_answers_what_the_eager_pass_does_as_the_state_changes(m
     for part in (slice(0, 1000), slice(1000, 2500), slice(2500, 4000)):
         engine.apply(events.take(np.arange(len(events))[part]))
         now = float(events.ts[part].max()) + 60
-        for n in (300, 700):
+        for n in (100, 300, 700):  # 100: under DEVICE_MIN_ROWS, on the device only because it replays
             users = [f"u{i}" for i in range(n)] + ["stranger"]
             for model in (None, predictor):
                 eager, graphed = both(users, now, model)
@@ -258,4 +258,6 @@ def test_a_captured_pass_answers_what_the_eager_pass_does_as_the_state_changes(m
                 for name in ("score", "next_probs", "purchase_5m", "purchase_60m"):
                     np.testing.assert_allclose(getattr(graphed, name), getattr(eager, name), atol=1e-5)
     assert not engine.device_state.graphs_failed
-    assert {size for size, _ in engine.device_state.graphs} == {512, 1024}
+    assert {size for size, _ in engine.device_state.graphs} == {256, 512, 1024}
+    assert engine.scores_on_device(100, draw=False) and not engine.scores_on_device(100, draw=True)
+    assert not engine.scores_on_device(device_graphs.GRAPH_MIN_USERS - 1, draw=False)
