@@ -4,7 +4,7 @@
 #   2. the tests that touch the device (kernels, engine, worker, Transformer, the backends' integration tests),
 #      with Triton compiled for real, CuPy and the `gpu` marker;
 #   3. the kernel benchmark beside torch and CuPy (the launch-shape sweep: add --sweep);
-#   4. the in-process scoring probe, batches of 1 to 8,192 users, each backend, the Transformer on cuda (in bf16
+#   4. the in-process scoring probe, batches of 1 to 8,192 users (100: a batch that replays the 256-user graph), each backend, the Transformer on cuda (in bf16
 #      and fp32, the device pass replayed as a CUDA graph and eagerly);
 #   5. the HTTP benchmark's scoring workloads on numpy and on triton, then on triton serving the probe's
 #      Transformer (no locust needed).
@@ -42,7 +42,7 @@ tests=$?
 set +o pipefail
 
 timeout 60 $PY -m loadtests.bench_kernels --sizes 1e6,1e7 --repeats 5 2>&1 | tee "$OUT/bench_kernels.txt"
-timeout 150 $PY -m loadtests.bench_scoring --users 20000 --events 100000 --batches 1,64,256,1024,8192 --repeats 5 \
+timeout 150 $PY -m loadtests.bench_scoring --users 20000 --events 100000 --batches 1,64,100,256,1024,8192 --repeats 5 \
     --devices cuda --save-model "$MODEL" 2>&1 | tee "$OUT/bench_scoring.txt"
 for backend in numpy triton; do
     timeout 50 $PY -m loadtests.bench --backend "$backend" --parts workloads --only score --seconds 4 2>&1 \
