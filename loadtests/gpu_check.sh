@@ -4,8 +4,8 @@
 #   2. the tests that touch the device (kernels, engine, worker, Transformer, the backends' integration tests),
 #      with Triton compiled for real, CuPy and the `gpu` marker;
 #   3. the kernel benchmark beside torch and CuPy (the launch-shape sweep: add --sweep);
-#   4. the in-process scoring probe, batches of 1 to 8,192 users (100: a batch that replays the 256-user graph), each backend, the Transformer on cuda (in bf16
-#      and fp32, the device pass replayed as a CUDA graph and eagerly);
+#   4. the in-process scoring probe, batches of 1 to 8,192 users (100: a batch that replays the 256-user graph),
+#      each backend, the Transformer on cuda (in bf16 and fp32, the pass replayed as a CUDA graph and eagerly);
 #   5. the HTTP benchmark's scoring workloads on numpy and on triton, then on triton serving the probe's
 #      Transformer (no locust needed).
 # Each step has its own time limit so that a slow one cannot starve the rest. Logs go to $OUT (or
