@@ -94,6 +94,7 @@ class TransformerPredictor:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.precision = precision
         self.model = load_model(checkpoint).to(self.device)
+        self.events = self.model.event_table()  # the served model's weights never change
         self.window = self.model.config.window
         self.n_actions = len(config.actions)
         self.calibration = ModelCalibration(config.forget_half_life_s)
@@ -159,5 +160,5 @@ class TransformerPredictor:
     def _forward(self, batch: dict[str, torch.Tensor], last: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Probabilities [B, A + 1 + 2] after each row's position ``last``."""
         with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=self.precision != "float32"):
-            next_logits, conv_logits = self.model.heads(self.model.encode_last(batch, last), state)
+            next_logits, conv_logits = self.model.heads(self.model.encode_last(batch, last, self.events), state)
         return torch.cat([torch.softmax(next_logits.float(), -1), torch.sigmoid(conv_logits.float())], dim=1)
