@@ -150,6 +150,15 @@ def test_predicting_on_the_device_answers_what_predicting_from_host_arrays_does(
     assert on_device.shape == (n, 9 + 1 + 2)
     np.testing.assert_allclose(on_device[has, :-2], next_probs, atol=1e-5)
     np.testing.assert_allclose(on_device[has, -2:], conv, atol=1e-5)
+    # A tenant's window shorter than the model's: every position it keeps is served.
+    short = {key: v[:, :5] for key, v in tokens.items()}
+    lengths = np.minimum(lengths, 5)
+    has = lengths > 0
+    next_probs, conv = predictor.predict({key: v[has] for key, v in short.items()}, lengths[has], state[has])
+    on_device = predictor.predict_on_device({key: torch.from_numpy(v).int() for key, v in short.items()},
+                                            torch.from_numpy(lengths).int(), torch.from_numpy(state)).numpy()
+    np.testing.assert_allclose(on_device[has, :-2], next_probs, atol=1e-5)
+    np.testing.assert_allclose(on_device[has, -2:], conv, atol=1e-5)
 
 
 def test_predictor_keeps_the_last_events_of_a_long_window():
