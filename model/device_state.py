@@ -72,7 +72,6 @@ class DeviceState:
 
     def __init__(self, window_size: int, n_actions: int, device: str):
         self.device = torch.device(device)
-        self.size = window_size
         self.layout = row_layout(window_size, n_actions)
         self.raw = torch.zeros((1, self.layout.itemsize), dtype=torch.uint8, device=self.device)
         self.tables: Tables | None = None
