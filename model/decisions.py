@@ -34,7 +34,7 @@ def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Predi
     users = engine.windows.lookup(user_ids, create=False)
     on_device = predictor is None or predictor.device == getattr(engine.device_state, "device", None)
     if on_device and engine.scores_on_device(len(users), draw=draw, predictor=predictor):
-        scores, model_out, lengths = _predict_on_device(engine, predictor, users, now, draw)
+        scores, model_out, lengths = engine.predict_on_device(users, now, draw=draw, predictor=predictor)
     else:
         scores, model_out, lengths = _predict_on_host(engine, predictor, user_ids, now, draw)
     next_probs, p5, p60 = scores.next_probs, scores.purchase_5m, scores.purchase_60m
@@ -69,11 +69,6 @@ def _predict_on_host(engine: Engine, predictor, user_ids, now, draw):
         next_probs[has], conv[has] = predictor.predict({k: v[has] for k, v in tokens.items()}, lengths[has],
                                                        scores.features[has])
     return scores, (next_probs, conv), lengths
-
-
-def _predict_on_device(engine: Engine, predictor, users, now, draw):
-    """As :func:`_predict_on_host`, in one device pass: the users' indexes in, every result out in one copy."""
-    return engine.predict_on_device(users, now, draw=draw, predictor=predictor)
 
 
 def _converted(engine: Engine):

@@ -306,7 +306,7 @@ class Engine:
                 conversion_overall=up(np.array([overall for _, overall in t.conversion])),
                 item_rate=up(np.stack(self.items.rates(np.arange(self.items.buckets)), axis=1)),
                 category_rate=up(np.stack(self.categories.rates(np.arange(self.categories.buckets)), axis=1)),
-                weights=up(np.stack([self.combiners[role].mean for role in ("score", "purchase_5m", "purchase_60m")])),
+                weights=up(np.stack([self.combiners[role].mean for role in ROLES])),  # device_pass's order
                 draw_factor=up(self.combiners["score"].draw_factor()),
             ))
             if ds.next_probs is None:
