@@ -140,3 +140,5 @@ class MixedUser(_NudgeUser):
             self.cursor = page["next"]
             # Several locust users share one tenant: each takes a share of the pulled signals to report on.
             self.signal_ids += [s["signal_id"] for s in page.get("signals", []) if self.rng.random() < 0.5]
+        if self.signal_ids:  # a client reports on what it pulled as it handles it, not at some later turn
+            self.feedback()
