@@ -24,6 +24,8 @@ class ServerConfig:
     max_items_per_request : most events or users in one request.
     max_batch_size : most users in one scoring batch.
     max_wait_ms : longest a scoring request waits for its batch to fill.
+    score_batches_in_flight : a tenant's scoring batches sent to its worker before the first answers: with 2, the
+        next batch waits in the worker's queue instead of behind the round trip to the server and back.
     max_queue_users : users waiting for scoring before new requests are shed with 503.
     max_queue_delay_ms : new scoring requests are shed with 503 while the users already waiting would take
         longer than this to score (0 disables); what fits in the next batch is never refused. 25 ms: with 100-user
@@ -80,6 +82,7 @@ class ServerConfig:
     max_batch_size: int = 1024
     max_wait_ms: float = 2.0
     max_queue_users: int = 65_536
+    score_batches_in_flight: int = 2
     max_queue_delay_ms: float = 25.0
     rate_limit_per_s: float = 2000.0
     rate_limit_burst: float = 4000.0
@@ -130,7 +133,7 @@ class ServerConfig:
             "snapshot_interval_s", "max_commit_events", "max_pending_events", "model_poll_s", "signal_sweep_s",
             "webhook_timeout_s", "webhook_retry_period_s", "webhook_backoff_base_s", "webhook_backoff_max_s",
             "webhook_batch_size", "max_subscriptions", "signal_retention_s", "body_read_timeout_s",
-            "webhook_test_interval_s", "max_users_per_tenant",
+            "webhook_test_interval_s", "max_users_per_tenant", "score_batches_in_flight",
         )
         problems += [f"{n} must be > 0, got {getattr(self, n)}" for n in positive if not getattr(self, n) > 0]
         non_negative = ("workers", "max_wait_ms", "rate_limit_per_s", "rate_limit_burst", "max_loop_lag_ms", "max_queue_delay_ms",

@@ -323,6 +323,7 @@ class Runtime:
             max_queue_items=cfg.max_queue_users,
             max_queue_delay_ms=cfg.max_queue_delay_ms,
             on_batch=self.metrics.score_batch_users.observe,
+            max_in_flight=cfg.score_batches_in_flight,
         )
         return TenantState(
             tenant=tenant,

@@ -124,3 +124,44 @@ async def test_a_request_at_a_trickle_goes_alone_and_a_busy_stream_is_batched(ex
     assert [r[0] for r in await asyncio.gather(*burst)] == list(range(20))
     assert sum(sizes[4:]) == 20 and len(sizes[4:]) < 20
     await batcher.stop()
+
+
+async def test_with_two_in_flight_the_next_batch_is_sent_while_one_runs():
+    started, gates = [], [asyncio.Event(), asyncio.Event()]
+
+    async def run_batch(items):
+        started.append(list(items))
+        await gates[len(started) - 1].wait()
+        return items
+
+    for in_flight, expect_started in ((1, 1), (2, 2)):
+        started.clear()
+        for gate in gates:
+            gate.clear()
+        batcher = MicroBatcher(run_batch, max_batch_size=2, max_wait_ms=0.0, max_queue_items=100,
+                               max_in_flight=in_flight)
+        first = asyncio.ensure_future(batcher.submit([1, 2]))
+        second = asyncio.ensure_future(batcher.submit([3]))
+        await asyncio.sleep(0.05)
+        assert len(started) == expect_started  # the first batch is blocked: only a pipeline sends the second
+        gates[1].set()
+        if in_flight == 2:
+            assert await asyncio.wait_for(second, 1.0) == [3]  # answered before the first: each settles its own
+            assert not first.done()
+        gates[0].set()
+        assert await first == [1, 2] and await second == [3]
+        await batcher.stop()
+
+
+async def test_stop_fails_the_requests_of_every_batch_in_flight():
+    never = asyncio.Event()
+
+    async def run_batch(items):
+        await never.wait()
+
+    batcher = MicroBatcher(run_batch, max_batch_size=1, max_wait_ms=0.0, max_queue_items=100, max_in_flight=2)
+    waiting = [asyncio.ensure_future(batcher.submit([i])) for i in range(3)]
+    await asyncio.sleep(0.05)
+    await batcher.stop()
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) and "shutting down" in str(o) for o in outcomes)
