@@ -19,7 +19,7 @@ from model.report import weights_report
 from model.signals import SignalPolicy
 
 from . import commands as c
-from .score_rows import packed_rows, result_rows, shown_signals
+from .score_rows import packed_results, shown_signals
 
 
 class NotOpen(LookupError):
@@ -162,7 +162,7 @@ class Worker:
         decisions = decide(engine, shard.policy, cmd.user_ids, prediction, now, cmd.hints)
         signals = shown_signals(decisions, [shard.policy.shown_signal(uid) for uid in cmd.user_ids])
         decided = [i for i, d in enumerate(decisions) if d is not None]
-        packed = packed_rows(result_rows(engine.config.actions, cmd.user_ids, prediction, signals))
+        packed = packed_results(engine.config.actions, cmd.user_ids, prediction, signals)
         return c.Reply(c.Scored(engine.config.actions, prediction, signals, decided, packed),
                        [decisions[i] for i in decided])
 

@@ -24,6 +24,7 @@ class Prediction:
     purchase_60m: np.ndarray
     by_model: np.ndarray
     users: np.ndarray  # dense indexes, -1 for unknown users
+    windows: tuple | None = None  # (actions, ts, lengths) of the users' windows, where the host read them already
 
 
 def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Prediction:
@@ -36,7 +37,7 @@ def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Predi
     if on_device and engine.scores_on_device(len(users), draw=draw, predictor=predictor):
         scores, model_out, lengths = engine.predict_on_device(users, now, draw=draw, predictor=predictor)
     else:
-        scores, model_out, lengths = _predict_on_host(engine, predictor, user_ids, now, draw)
+        scores, model_out, lengths = _predict_on_host(engine, predictor, user_ids, users, now, draw)
     next_probs, p5, p60 = scores.next_probs, scores.purchase_5m, scores.purchase_60m
     by_model = np.zeros(len(user_ids), bool)
     if model_out is not None:
@@ -52,13 +53,14 @@ def predict(engine: Engine, predictor, user_ids: list[str], now: float) -> Predi
             next_probs[by_model] = model_next
             p5, p60 = p5.copy(), p60.copy()
             p5[by_model], p60[by_model] = conv[:, 0], conv[:, 1]
-    return Prediction(scores.score, scores.score_draw, next_probs, p5, p60, by_model, users)
+    windows = None if scores.windows is None else scores.windows[:3]
+    return Prediction(scores.score, scores.score_draw, next_probs, p5, p60, by_model, users, windows)
 
 
-def _predict_on_host(engine: Engine, predictor, user_ids, now, draw):
+def _predict_on_host(engine: Engine, predictor, user_ids, users, now, draw):
     """(the engine's scores, the Transformer's (next-action, conversion) probabilities per user or None, window
     lengths), computed on the host (the Transformer on its own device)."""
-    scores = engine.score(user_ids, now, draw=draw)
+    scores = engine.score(user_ids, now, draw=draw, users=users)
     if predictor is None:
         return scores, None, None
     tokens, lengths = engine.window_features(scores.users)
@@ -86,7 +88,7 @@ def decide(
 ) -> list[Decision | None]:
     """Intents from the prediction, then the policy's decision per user."""
     config = engine.config
-    actions, ts, lengths = engine.windows.gather(p.users)
+    actions, ts, lengths = engine.windows.gather(p.users) if p.windows is None else p.windows
     abandoned = open_cart(actions, ts, lengths, config, now)
     scores = intent_scores(p.next_probs, p.purchase_5m, p.purchase_60m, abandoned, config)
     # Exploration belongs here: whether a signal goes out is decided on a Thompson draw of the score.

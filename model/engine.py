@@ -55,6 +55,7 @@ class Scores:
     features: np.ndarray | torch.Tensor  # [B, d] the users' state now, as the learned predictions and the Transformer
     # read it; where the batch was scored on a device, it stays there (a torch tensor)
     users: np.ndarray  # dense indexes, -1 for unknown users
+    windows: "_Window | None" = None  # the users' windows as the host read them (None: scored on a device)
 
 
 @dataclass(frozen=True)
@@ -369,13 +370,15 @@ class Engine:
 
     # ---- scoring ------------------------------------------------------------------------------
 
-    def score(self, user_ids, now_s: float, *, draw: bool = True) -> Scores:
+    def score(self, user_ids, now_s: float, *, draw: bool = True, users: np.ndarray | None = None) -> Scores:
         """Score users at ``now_s``: the learned predictions (posterior means), and with ``draw`` a Thompson draw
-        of the score for what decides signals; unknown users score from priors.
+        of the score for what decides signals; unknown users score from priors. ``users``: their dense indexes,
+        where the caller has looked them up already.
 
         Where a GPU backend scores the batch on the device (:meth:`scores_on_device`), its ``features`` stay there
         (a torch tensor), for the Transformer to read."""
-        users = self.windows.lookup(user_ids, create=False)
+        if users is None:
+            users = self.windows.lookup(user_ids, create=False)
         if self.scores_on_device(len(users), draw=draw):
             return self.predict_on_device(users, now_s, draw=draw)[0]
         windows = _Window(*self.windows.gather(users), self.windows.gather_ring(users, "item"))
@@ -401,6 +404,7 @@ class Engine:
             known=users >= 0,
             features=x,
             users=users,
+            windows=windows,
         )
 
     def scores_on_device(self, rows: int, *, draw: bool = True, predictor=None) -> bool:

@@ -25,10 +25,12 @@ def open_cart(actions: np.ndarray, ts: np.ndarray, lengths: np.ndarray, config: 
     breaks[:, 1:] = (ts[:, 1:] - ts[:, :-1] > config.session_gap_s) & valid[:, 1:]
     session_start = np.where(breaks, pos, 0).max(axis=1)
     in_session = valid & (pos >= session_start[:, None]) & (last_ts[:, None] - ts <= config.session_gap_s)
+    table_size = max(len(config.actions), int(actions.max(initial=0)) + 1)  # past slots may hold any code
 
     def last_of(names) -> np.ndarray:
-        codes = [config.actions.index(n) for n in names if n in config.actions]
-        hit = in_session & np.isin(actions, codes)
+        member = np.zeros(table_size, bool)  # a table read per slot: np.isin sorts, and costs more
+        member[[config.actions.index(n) for n in names if n in config.actions]] = True
+        hit = in_session & member[actions]
         return np.where(hit, pos, -1).max(axis=1)
 
     closing = last_of([config.conversion_action, "remove_from_cart"])
