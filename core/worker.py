@@ -6,9 +6,10 @@ whether it runs in a thread or in a process of its own.
 """
 from __future__ import annotations
 
+
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from model import Engine
@@ -163,7 +164,9 @@ class Worker:
         signals = shown_signals(decisions, [shard.policy.shown_signal(uid) for uid in cmd.user_ids])
         decided = [i for i, d in enumerate(decisions) if d is not None]
         packed = packed_results(engine.config.actions, cmd.user_ids, prediction, signals)
-        return c.Reply(c.Scored(engine.config.actions, prediction, signals, decided, packed),
+        # Without the windows the decisions read: they would cross the pipe for nothing.
+        return c.Reply(c.Scored(engine.config.actions, replace(prediction, windows=None), signals,
+                                decided, packed),
                        [decisions[i] for i in decided])
 
     def _explain(self, cmd: c.Explain) -> c.Reply:

@@ -2,6 +2,7 @@
 import dataclasses
 import pickle
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -39,6 +40,8 @@ def test_worker_scores_in_request_order_with_what_it_applied():
     assert [row["user_id"] for row in rows] == ["u2", "nobody", "u1"]
     assert rows[2]["score"] > rows[1]["score"]  # a cart counts; a stranger has the prior
     assert scored.by_model == 0  # no Transformer served: the Markov chain predicted
+    assert scored.prediction.windows is None  # what the decisions read stays in the worker
+    assert [msgpack.unpackb(row) for row in scored.packed] == rows
 
 
 def test_worker_applies_each_logged_event_once():
