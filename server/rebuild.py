@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,5 +53,19 @@ def replay_state(data_dir: str, tenant_id: int, config: dict[str, Any], settle_e
 
 
 def child_pool() -> concurrent.futures.ProcessPoolExecutor:
-    """One child, started fresh (spawn: nothing of the server's threads or sockets is inherited)."""
-    return concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    """One child, started fresh (spawn: nothing of the server's threads or sockets is inherited). It ends itself
+    when the server's process dies: killed mid-build, the server would otherwise leave it blocked for ever on
+    sending its result, holding a whole engine in memory."""
+    return concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=exit_with_parent, initargs=(os.getpid(),))
+
+
+def exit_with_parent(parent_pid: int, every_s: float = 0.5) -> None:
+    """In a child process: end it once ``parent_pid`` is no longer its parent (the parent died, and the child
+    was handed to another process)."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nudge-exit-with-parent", daemon=True).start()

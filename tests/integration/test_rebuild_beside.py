@@ -253,3 +253,54 @@ async def test_batches_waiting_for_their_commit_count_as_ahead_of_a_rebuild(star
     assert (await waiting).status == 200
     assert (await asyncio.wait_for(change, HELD_S)).status == 200
     assert "p19" in state.engine.windows.index and state.engine.config.window_size == 16
+
+
+def test_the_rebuild_child_ends_when_the_server_process_is_killed(tmp_path):
+    """A server killed mid-build must not leave its child blocked for ever on sending an engine back."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, time\n"
+        "from server.rebuild import child_pool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = child_pool()\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 600)\n"
+        "    time.sleep(600)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=root, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # alive while its parent is
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            _reap(child)
+            time.sleep(0.1)
+        else:
+            os.kill(child, signal.SIGKILL)
+            raise AssertionError("the rebuild child outlived its server")
+    finally:
+        parent.kill()
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid`` where it became this process's child (a subreaper), so that it can vanish."""
+    import os
+
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
