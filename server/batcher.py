@@ -66,6 +66,7 @@ class MicroBatcher:
         self._gap_s: float | None = None  # the recent time between two requests, smoothed
         self._slots = asyncio.Semaphore(max(1, max_in_flight))
         self._running: set[asyncio.Task] = set()
+        self._in_flight: list[int] = []  # the items of each batch sent and not yet answered, oldest first
         self._last_done = 0.0  # perf_counter when the last batch finished: where a pipelined batch's own time starts
 
     def start(self) -> None:
@@ -96,9 +97,11 @@ class MicroBatcher:
         """:class:`Overloaded` while the items already waiting would take longer than ``max_queue_delay_ms``
         (cheap: callers check it before they read a request). What fits in the next batch is never refused: it
         waits for one batch whatever the bound, and a slow model (a Transformer on a CPU) makes that batch long."""
-        if self.max_queue_delay_ms and self.queued_items > self.max_batch_size and self.items_per_s:
-            if 1000.0 * self.queued_items / self.items_per_s > self.max_queue_delay_ms:
-                raise Overloaded(self.queued_items, retry_after_s=1.0)
+        # Batches sent behind the one running wait too: their items count as queued.
+        waiting = self.queued_items + sum(self._in_flight[1:])
+        if self.max_queue_delay_ms and waiting > self.max_batch_size and self.items_per_s:
+            if 1000.0 * waiting / self.items_per_s > self.max_queue_delay_ms:
+                raise Overloaded(waiting, retry_after_s=1.0)
 
     async def submit(self, items: list[Any]) -> list[Any]:
         """Results for ``items`` in their order, once their batch has run."""
@@ -155,8 +158,10 @@ class MicroBatcher:
             except BaseException:
                 self._slots.release()
                 raise
-            self.queued_items -= sum(len(items) for items, _ in batch)
-            task = asyncio.get_running_loop().create_task(self._run_guarded(batch))
+            size = sum(len(items) for items, _ in batch)
+            self.queued_items -= size
+            self._in_flight.append(size)
+            task = asyncio.get_running_loop().create_task(self._run_guarded(batch, size))
             self._running.add(task)
             task.add_done_callback(self._finished)
 
@@ -164,7 +169,7 @@ class MicroBatcher:
         self._running.discard(task)
         self._slots.release()
 
-    async def _run_guarded(self, batch: list[tuple[list[Any], asyncio.Future]]) -> None:
+    async def _run_guarded(self, batch: list[tuple[list[Any], asyncio.Future]], size: int) -> None:
         try:
             await self._run(batch)
         except asyncio.CancelledError:
@@ -176,6 +181,8 @@ class MicroBatcher:
             log.exception("a scoring batch failed outside its requests")
             for _, fut in batch:
                 _settle(fut, exc=RuntimeError("the batch failed"))
+        finally:
+            self._in_flight.remove(size)
 
     async def _run(self, batch: list[tuple[list[Any], asyncio.Future]]) -> None:
         flat = [item for items, _ in batch for item in items]

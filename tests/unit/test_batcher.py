@@ -165,3 +165,28 @@ async def test_stop_fails_the_requests_of_every_batch_in_flight():
     await batcher.stop()
     outcomes = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(o, RuntimeError) and "shutting down" in str(o) for o in outcomes)
+
+
+async def test_a_batch_sent_behind_the_running_one_counts_toward_the_delay_bound():
+    gate = asyncio.Event()
+
+    async def run_batch(items):
+        await gate.wait()
+        return items
+
+    batcher = MicroBatcher(run_batch, max_batch_size=2, max_wait_ms=0.0, max_queue_items=100,
+                           max_queue_delay_ms=10.0, max_in_flight=2)
+    batcher.items_per_s = 100.0  # 10 ms per item
+    running = asyncio.ensure_future(batcher.submit([1, 2]))
+    await asyncio.sleep(0.02)
+    behind = asyncio.ensure_future(batcher.submit([3, 4]))  # sent at once, and waits in the worker's queue
+    await asyncio.sleep(0.02)
+    queued = asyncio.ensure_future(batcher.submit([5]))
+    await asyncio.sleep(0.02)
+    assert batcher.queued_items == 1  # only [5] waits here: [3, 4] waits behind [1, 2]
+    with pytest.raises(Overloaded):
+        batcher.check_delay()  # three items ahead at 100 items/s: 30 ms > 10 ms
+    gate.set()
+    assert [await running, await behind, await queued] == [[1, 2], [3, 4], [5]]
+    batcher.check_delay()  # nothing waits any more
+    await batcher.stop()
