@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import numpy as np
@@ -10,10 +10,12 @@ import numpy as np
 from model.decisions import Prediction
 
 
-def shown_signals(decisions, shown: list[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
+def shown_signals(decisions, user_ids: list[str], open_signal: Callable[[str], dict[str, Any] | None]
+                  ) -> list[dict[str, Any] | None]:
     """Per user, the signal a score answers with: the one decided now, else the user's latest open one (decided at
-    ingest, or at an earlier score): one truth per user. A withheld (holdout) decision shows as none."""
-    return [d.signal() if d is not None and not d.withheld else open_signal for d, open_signal in zip(decisions, shown)]
+    ingest, or at an earlier score; ``open_signal``): one truth per user. A withheld (holdout) decision shows as
+    none."""
+    return [d.signal() if d is not None and not d.withheld else open_signal(uid) for d, uid in zip(decisions, user_ids)]
 
 
 def plain(value: Any) -> Any:

@@ -161,7 +161,7 @@ class Worker:
         engine, now = shard.engine, time.time() if cmd.now is None else cmd.now
         prediction = predict(engine, shard.predictor, cmd.user_ids, now)
         decisions = decide(engine, shard.policy, cmd.user_ids, prediction, now, cmd.hints)
-        signals = shown_signals(decisions, [shard.policy.shown_signal(uid) for uid in cmd.user_ids])
+        signals = shown_signals(decisions, cmd.user_ids, shard.policy.shown_signal)
         decided = [i for i, d in enumerate(decisions) if d is not None]
         packed = packed_results(engine.config.actions, cmd.user_ids, prediction, signals)
         # Without the windows the decisions read: they would cross the pipe for nothing.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -37,10 +37,12 @@ class Decision:
     withheld: bool
 
     def signal(self) -> dict[str, Any]:
-        """The signal as third parties receive it."""
-        out = asdict(self)
-        del out["withheld"]
-        return out
+        """The signal as third parties receive it (its payload is the decision's own: read, don't change it).
+
+        Built field by field: ``dataclasses.asdict`` copied the payload deeply, and a score shows every user's
+        open signal, so that copy was a quarter of a worker's time once most users had one."""
+        return {"signal_id": self.signal_id, "user_id": self.user_id, "intent": self.intent, "type": self.type,
+                "variant": self.variant, "payload": self.payload, "score": self.score, "created_at": self.created_at}
 
 
 @dataclass(frozen=True)

@@ -276,3 +276,14 @@ def test_signals_are_gated_on_a_thompson_draw_of_the_score_only_where_min_score_
         p = predict(engine, None, ["u", "v"], T0 + 2)
         assert np.array_equal(p.score_draw, p.score) == (min_score == 0)
     assert drawn == [False, True]
+
+
+def test_a_signal_is_its_decision_without_the_holdout_flag():
+    from dataclasses import asdict, fields
+
+    from model.signals import Decision
+
+    d = Decision("s1", "u1", "cart_abandonment", "offer_discount", "10", {"discount_pct": 10.0, "items": ["a"]},
+                 0.7, 1.7e9, False)
+    assert d.signal() == {k: v for k, v in asdict(d).items() if k != "withheld"}
+    assert [f.name for f in fields(Decision) if f.name != "withheld"] == list(d.signal())  # every field, in order
