@@ -132,9 +132,10 @@ class SignalPolicy:
         ``no_discount`` marks users who must not get ``offer_discount`` now (they just converted).
         """
         user_ids = list(user_ids)
+        with_intent = np.flatnonzero(np.asarray(intents) >= 0).tolist()  # most users have none: no loop over them
         eligible = [
-            i for i, uid in enumerate(user_ids)
-            if intents[i] >= 0 and self.allowed(uid, now)
+            i for i in with_intent
+            if self.allowed(user_ids[i], now)
             and not (no_discount is not None and no_discount[i]
                      and self.signal_type(INTENTS[int(intents[i])]) == "offer_discount")
         ]
