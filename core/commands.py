@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from model import EventBatch, TenantConfig
-from model.decisions import Prediction
 from model.signals import Decision, Resolution
 
-from .score_rows import result_rows
 
 
 @dataclass(frozen=True)
@@ -82,22 +81,16 @@ class Score:
 
 @dataclass(frozen=True)
 class Scored:
-    """What a score answers: its rows, packed where they were made, and the arrays they came from (``rows`` builds
-    them again as dicts)."""
+    """What a score answers: its rows, packed where they were made, and what the host counts. Only this crosses a
+    worker process's pipe: the arrays the rows came from stay in the worker."""
 
-    actions: tuple[str, ...]  # the engine's vocabulary, in its order
-    prediction: Prediction
-    signals: list[dict[str, Any] | None]  # per user: the signal decided now, else the user's open one, or None
+    packed: list[bytes]  # the rows in request order, packed by the worker that made them (score_rows.packed_results)
     decided: list[int]  # the rows whose user was decided for now: their reply's decisions, in order
-    packed: list[bytes]  # the rows, packed by the worker that made them (score_rows.packed_rows)
+    by_model: int  # how many users the Transformer predicted for (the Markov chain the rest)
 
-    @property
-    def by_model(self) -> int:
-        """How many users the Transformer predicted for (the Markov chain the rest)."""
-        return int(self.prediction.by_model.sum())
-
-    def rows(self, user_ids: list[str]) -> list[dict[str, Any]]:
-        return result_rows(self.actions, user_ids, self.prediction, self.signals)
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows as dicts (for tests and tools; the server splices the packed rows as they are)."""
+        return [msgpack.unpackb(row) for row in self.packed]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from model import Engine
@@ -164,10 +164,7 @@ class Worker:
         signals = shown_signals(decisions, cmd.user_ids, shard.policy.shown_signal)
         decided = [i for i, d in enumerate(decisions) if d is not None]
         packed = packed_results(engine.config.actions, cmd.user_ids, prediction, signals)
-        # Without the windows the decisions read: they would cross the pipe for nothing.
-        return c.Reply(c.Scored(engine.config.actions, replace(prediction, windows=None), signals,
-                                decided, packed),
-                       [decisions[i] for i in decided])
+        return c.Reply(c.Scored(packed, decided, int(prediction.by_model.sum())), [decisions[i] for i in decided])
 
     def _explain(self, cmd: c.Explain) -> c.Reply:
         engine = self.shards[cmd.tenant_id].engine
