@@ -1,7 +1,8 @@
 """nudge against a bare aiohttp msgpack server, under the same load, in one run.
 
     python -m loadtests.bench [--seconds 6] [--concurrency 16] [--generators 2] [--backend numpy]
-                              [--parts workloads,batching,overload[,neighbours]] [--only score] [--model MODEL.pt]
+                              [--parts workloads,batching,overload[,neighbours][,scaling]] [--only score]
+                              [--model MODEL.pt]
                               [--peers] [--neighbour-rate 100] [--flood-factor 3] [--config-changes 3]
                               [--json OUT.json]
 
@@ -27,6 +28,12 @@ change has answered (``--neighbour-max-seconds`` at most). It prints B's p50, p9
 error code) in both phases and the p99 ratio, A's answers by status, and how long each config change took.
 The per-tenant rate limit is off, as in every part: what holds A back is the server's overload shedding and
 its fair share of the ingest backlogs (429 ``tenant_over_share``).
+
+``--parts scaling`` (opt-in) measures what more worker processes give: for each count in ``--scaling-workers``
+(1 and 8 by default), a fresh server with ``--scaling-tenants`` tenants (8), each preloaded alike, serves 100-user
+scoring and then 1000-event ingest, every tenant driven at once (``--scaling-concurrency`` requests in flight each,
+one generator process per tenant). Workers own tenants by id, so the tenants are what spreads the load over them. It
+prints the aggregate users/s and events/s per count, and each one's ratio to the first count's.
 
 ``--server-log PATH`` appends nudge's own log, at INFO, to PATH.
 
@@ -505,6 +512,45 @@ def run_overload(pool, args, rng, sustainable_rps: float) -> dict:
             | {3.0: (_summary(over, 1), over["statuses"])}, "offered_rps": 3.0 * sustainable_rps, "rss_mb": rss}
 
 
+def run_scaling(pool, args, rng) -> list[dict]:
+    """Aggregate scoring and ingest throughput over ``--scaling-tenants`` tenants, per worker count (see the
+    module's docstring)."""
+    tenants = tuple(f"tenant{i}" for i in range(args.scaling_tenants))
+    preload = _preload_bodies(rng, args.scaling_preload)
+    loads = (("score 100 users", "/v1/score", 100, [score_body(rng, 100) for _ in range(64)]),
+             ("ingest rows, 1000 events", "/v1/events", 1000, [events_body(rng, 1000, False) for _ in range(32)]))
+    rows = []
+    for workers in (int(w) for w in args.scaling_workers.split(",")):
+        nudge = Nudge(args.backend, args.model, tenants=tenants, workers=workers)
+        try:
+            for key in nudge.keys.values():
+                _preload(nudge, preload, key)
+            row = {"workers": workers}
+            for name, path, per_request, bodies in loads:
+                parts = [pool.submit(_closed_loop, nudge.base + path, key, bodies, args.seconds,
+                                     args.scaling_concurrency) for key in nudge.keys.values()]
+                row[name] = _summary(_merge([p.result() for p in parts]), per_request)
+            rows.append(row)
+        finally:
+            nudge.stop()
+    return rows
+
+
+def print_scaling(rows: list[dict]) -> None:
+    first = rows[0]
+    names = [name for name in first if name != "workers"]
+    print("\nscaling: the same load over several tenants, by worker processes\n")
+    print("| workers | " + " | ".join(f"{n}: items/s | p99 ms | ratio | errors" for n in names) + " |")
+    print("|---|" + "---|---|---|---|" * len(names))
+    for row in rows:
+        cells = []
+        for n in names:
+            r = row[n]
+            cells.append(f"{r['items_per_s']:.0f} | {r['p99_ms']:.1f} | "
+                         f"{r['items_per_s'] / max(first[n]['items_per_s'], 1e-9):.2f} | {r['errors']}")
+        print(f"| {row['workers']} | " + " | ".join(cells) + " |")
+
+
 # ---- the noisy neighbour --------------------------------------------------------------------------
 
 # Engine settings tenant A switches between (window_size 32 is the default): each change rebuilds A's engine
@@ -675,7 +721,7 @@ def main() -> None:
     parser.add_argument("--generators", type=int, default=2, help="load-generator processes")
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--parts", default="workloads,batching,overload",
-                        help="comma-separated: workloads, batching, overload, neighbours (opt-in)")
+                        help="comma-separated: workloads, batching, overload; neighbours and scaling (opt-in)")
     parser.add_argument("--only", default="", help="run only the workloads whose name holds this text")
     parser.add_argument("--model", default=None, help="a checkpoint (nudge train) for the tenant to serve")
     parser.add_argument("--sustainable-rps", type=float, default=240.0,
@@ -695,13 +741,17 @@ def main() -> None:
                         help="neighbours: the longest the noisy phase runs on waiting for A's config changes")
     parser.add_argument("--workers", type=int, default=0,
                         help="nudge's worker processes (0: the engines on a thread of the server's process)")
+    parser.add_argument("--scaling-workers", default="1,8", help="scaling: the worker-process counts compared")
+    parser.add_argument("--scaling-tenants", type=int, default=8, help="scaling: tenants, each driven at once")
+    parser.add_argument("--scaling-concurrency", type=int, default=8, help="scaling: requests in flight per tenant")
+    parser.add_argument("--scaling-preload", type=int, default=10, help="scaling: 1000-event bodies per tenant first")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     global SERVER_LOG, WORKERS, NUDGE_PROCESSES
     SERVER_LOG = args.server_log
     WORKERS, NUDGE_PROCESSES = args.workers, 1 + args.workers
     parts = set(args.parts.split(","))
-    unknown = parts - {"workloads", "batching", "overload", "neighbours"}
+    unknown = parts - {"workloads", "batching", "overload", "neighbours", "scaling"}
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if args.peers:
@@ -719,8 +769,11 @@ def main() -> None:
           f"backend {args.backend}; {args.generators} generator processes; {args.seconds:g} s per measurement; "
           f"predictor {'transformer (' + args.model + ')' if args.model else 'markov'}; "
           f"{NUDGE_PROCESSES} nudge process{'es' if NUDGE_PROCESSES > 1 else ''} ({WORKERS} worker processes)")
-    # The neighbours part drives three load shapes at once (B, A's ingest, A's scoring): one process each.
-    with concurrent.futures.ProcessPoolExecutor(max(args.generators, 3 if "neighbours" in parts else 1)) as pool:
+    # The neighbours part drives three load shapes at once (B, A's ingest, A's scoring), and the scaling part one
+    # per tenant: one process each.
+    generators = max(args.generators, 3 if "neighbours" in parts else 1,
+                     args.scaling_tenants if "scaling" in parts else 1)
+    with concurrent.futures.ProcessPoolExecutor(generators) as pool:
         sustainable = None
         if "workloads" in parts:
             rows = run_workloads(pool, args, rng)
@@ -768,6 +821,10 @@ def main() -> None:
             n = run_neighbours(pool, args, rng)
             report["neighbours"] = n
             print_neighbours(n)
+        if "scaling" in parts:
+            rows = run_scaling(pool, args, rng)
+            report["scaling"] = rows
+            print_scaling(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(_jsonable(report), indent=1) + "\n")
         print(f"\nfigures written to {args.json}")

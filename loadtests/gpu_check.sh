@@ -7,9 +7,10 @@
 #   4. the in-process scoring probe, batches of 1 to 8,192 users (100: a batch that replays the 256-user graph),
 #      each backend, the Transformer on cuda (in bf16 and fp32, the pass replayed as a CUDA graph and eagerly);
 #   5. the HTTP benchmark's scoring workloads on numpy and on triton, then on triton serving the probe's
-#      Transformer (no locust needed).
+#      Transformer (no locust needed);
+#   6. the HTTP benchmark's scaling part: 8 tenants served by 1 worker process, then by 8 (issue 12's target).
 # Each step has its own time limit so that a slow one cannot starve the rest. Logs go to $OUT (or
-# /tmp/gpu_check), seven files at most (the device tool brings back eight). Wheels in .whl (pytest,
+# /tmp/gpu_check), eight files (the most the device tool brings back). Wheels in .whl (pytest,
 # pytest-aiohttp, ... which the GPU image lacks) are installed first where present.
 # Exit status: that of the tests.
 set -u
@@ -52,4 +53,5 @@ if [ -f "$MODEL" ]; then
     timeout 50 $PY -m loadtests.bench --backend triton --model "$MODEL" --parts workloads --only score --seconds 4 2>&1 \
         | tee "$OUT/bench_http_triton_transformer.txt"
 fi
+timeout 150 $PY -m loadtests.bench --parts scaling --scaling-workers 1,8 --seconds 4 2>&1 | tee "$OUT/bench_scaling.txt"
 exit $tests

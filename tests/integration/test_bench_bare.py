@@ -1,4 +1,5 @@
-"""The benchmark's yardstick serves one port from as many processes as it is told to."""
+"""The benchmark's yardstick serves one port from as many processes as it is told to; the scaling part serves every
+tenant with each worker count."""
 from __future__ import annotations
 
 import os
@@ -58,3 +59,19 @@ def test_the_bare_server_follows_nudge_process_count(monkeypatch):
         assert len(_children(bare.proc.pid)) == 1
     finally:
         bare.stop()
+
+
+def test_the_scaling_part_serves_every_tenant_with_each_worker_count():
+    import argparse
+    import concurrent.futures
+    import random
+
+    args = argparse.Namespace(backend="numpy", model=None, scaling_workers="1,2", scaling_tenants=2,
+                              scaling_concurrency=2, scaling_preload=1, seconds=1.0)
+    with concurrent.futures.ProcessPoolExecutor(2) as pool:
+        rows = bench.run_scaling(pool, args, random.Random(0))
+    assert [row["workers"] for row in rows] == [1, 2]
+    for row in rows:
+        assert set(row) == {"workers", "score 100 users", "ingest rows, 1000 events"}
+        score, ingest = row["score 100 users"], row["ingest rows, 1000 events"]
+        assert score["errors"] == 0 and score["items_per_s"] > 0 and ingest["items_per_s"] > 0
