@@ -16,7 +16,6 @@ from model import EventBatch, TenantConfig
 from model.signals import Decision, Resolution
 
 
-
 @dataclass(frozen=True)
 class Open:
     """Start serving a tenant: a fresh engine, advanced to ``engine_state`` (a snapshot's) where one is given, less

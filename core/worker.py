@@ -6,7 +6,6 @@ whether it runs in a thread or in a process of its own.
 """
 from __future__ import annotations
 
-
 import itertools
 import time
 from dataclasses import dataclass, field

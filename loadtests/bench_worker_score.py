@@ -6,7 +6,8 @@ for each micro-batch (the prediction, the signal decisions and the packed result
 The tenant first applies ``--preload`` bodies of 1000 events from the HTTP benchmark (``loadtests/bodies.py``) as
 live events, then scores every user once, so that users have the open signals those decisions left, as in a server
 that has been scoring them for a while. Scores are asked ``--later`` seconds after the events, when carts left
-alone have gone idle and abandoned-cart signals fire. Prints the median milliseconds per batch, and per user, for each size.
+alone have gone idle and abandoned-cart signals fire. Prints the median milliseconds per batch, and per user, for
+each size.
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def main() -> None:
         decided += len(worker.handle(c.Score(TENANT, everyone[start:start + 1024], [None] * 1024, now)).decisions)
     policy = worker.shards[TENANT].policy
     print(f"machine: {platform.machine()}, Python {platform.python_version()}; {seq} events applied, "
-          f"{decided} signals decided (at ingest, then scoring every user once), {len(policy.open_signal)} users with an open signal\n")
+          f"{decided} signals decided (at ingest, then scoring every user once), "
+          f"{len(policy.open_signal)} users with an open signal\n")
     print("| users per batch | ms per batch (median) | µs per user |\n|---|---|---|")
     for size in (int(b) for b in args.batches.split(",")):
         warm = max(1, args.repeats // 10)
