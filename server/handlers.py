@@ -32,7 +32,7 @@ from .shares import OverShare
 from .storage import ConfigConflict
 from .validation import (
     encode_cursor,
-    parse_events,
+    parse_event_body,
     parse_feedback,
     parse_histogram_query,
     parse_pull_query,
@@ -205,7 +205,9 @@ async def _events_batch(request: web.Request, state):
     raw = await _raw_body(request)
 
     def parse():
-        return parse_events(_decoded(request, raw), state.config, time.time(), runtime.config.max_items_per_request)
+        body = inflate(raw, request.headers.get("Content-Encoding"), runtime.config.max_body_bytes)
+        return parse_event_body(body, request_format(request), state.config, time.time(),
+                                runtime.config.max_items_per_request)
 
     if len(raw) < _TAKES_TURNS_BYTES or not runtime.shares.others_active(state.tenant.id):
         return parse()

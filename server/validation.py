@@ -12,7 +12,9 @@ from model import DEVICES, EventBatch, TenantConfig, schema
 from model.config import SIGNAL_TYPES
 from model.schema import MAX_ID_CHARS, MAX_QUERY_CHARS, MAX_TZ_OFFSET_MIN
 
+from .codecs import MSGPACK, decode
 from .errors import ApiError, invalid_field
+from .typed_events import decode_rows
 
 PAST_WINDOW_S = 7 * 86400.0
 FUTURE_SKEW_S = 300.0
@@ -218,7 +220,25 @@ def parse_events(body: Any, config: TenantConfig, now_s: float, max_items: int) 
             raise _too_many(n, max_items)
     if n == 0:
         raise invalid_field("events", "must hold at least one event")
+    return _checked_batch(columns, n, row_form, problems, config, now_s)
 
+
+def parse_event_body(raw: bytes, fmt: str, config: TenantConfig, now_s: float, max_items: int) -> EventBatch:
+    """:func:`parse_events` of an ingest body as it came (inflated): a well-formed row-wise msgpack body is decoded
+    straight into typed columns (``server/typed_events.py``); any other goes through :func:`decode`."""
+    columns = decode_rows(raw) if fmt == MSGPACK else None
+    if columns is None:
+        return parse_events(decode(raw, fmt), config, now_s, max_items)
+    n = len(columns["user_id"])
+    if n > max_items:
+        raise _too_many(n, max_items)
+    return _checked_batch(columns, n, True, [], config, now_s)
+
+
+def _checked_batch(columns: dict[str, list], n: int, row_form: bool, problems: list[Problem], config: TenantConfig,
+                   now_s: float) -> EventBatch:
+    """The batch of ``n`` events in ``columns``, once every value passes its check (400 listing all that fail,
+    with ``problems`` found before)."""
     vocab = {a: i for i, a in enumerate(config.actions)}
     segments = {s: i + 1 for i, s in enumerate(config.segments)}
     devices = {d: i for i, d in enumerate(DEVICES)}
@@ -259,7 +279,7 @@ def parse_events(body: Any, config: TenantConfig, now_s: float, max_items: int) 
 
     def numbers_within(lo: float, hi: float, integers: bool = False):
         def check(values):
-            if not all(type(v) is int or (type(v) is float and not integers) for v in values):
+            if not set(map(type, values)) <= ({int} if integers else {int, float}):  # no bool, whose type is not int
                 return False
             arr = np.array(values, dtype=np.float64)
             return bool(np.isfinite(arr).all() and (arr >= lo).all() and (arr <= hi).all())
@@ -272,7 +292,7 @@ def parse_events(body: Any, config: TenantConfig, now_s: float, max_items: int) 
     def ascii_texts(max_chars: int):
         def check(values):
             texts = [v for v in values if v is not None]
-            return (all(type(v) is str for v in texts) and max(map(len, texts), default=0) <= max_chars
+            return (set(map(type, texts)) <= {str} and max(map(len, texts), default=0) <= max_chars
                     and "".join(texts).isascii())  # ASCII text holds no lone surrogate
 
         return check
