@@ -11,7 +11,8 @@
 #   6. the HTTP benchmark's scaling part: 8 tenants served by 1 worker process, then by 8 (issue 12's target).
 # Each step has its own time limit so that a slow one cannot starve the rest. Logs go to $OUT (or
 # /tmp/gpu_check), eight files (the most the device tool brings back). Wheels in .whl (pytest,
-# pytest-aiohttp, ... which the GPU image lacks) are installed first where present.
+# pytest-aiohttp, msgspec, ... which the GPU image lacks) are installed first where present. msgspec is one of
+# nudge's own dependencies: without its wheel the script stops at once (exit status 3).
 # Exit status: that of the tests.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
@@ -24,6 +25,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
     export PYTHONPATH=/tmp/site
 fi
+$PY -c "import msgspec" 2>/dev/null || { echo "msgspec is missing: carry its wheel in .whl (see the header)"; exit 3; }
 
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
