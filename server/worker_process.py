@@ -15,12 +15,16 @@ import concurrent.futures
 import itertools
 import logging
 import multiprocessing
+import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
+
+from threadpoolctl import threadpool_limits
 
 from core import Outcome, Worker
 from core.fair_thread import FairThread, all_done
@@ -39,9 +43,31 @@ class WorkerLost(Exception):
     """The worker process ended before it replied; its tenants are recovered from the log."""
 
 
-def _serve(conn, data_dir: str, backend: str) -> None:
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """The math libraries' threads in each worker process: the cores left beside the server's own process, shared
+    by the workers; at least one."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, (cores - 1) // workers)
+
+
+def limit_threads(threads: int) -> None:
+    """Hold this process's BLAS, OpenMP and torch thread pools to ``threads``.
+
+    By default each pool takes every core. On two cores, NumPy's BLAS doubled the CPU time of an 8,000-event
+    engine update (21.9 against 11.1 µs per event), spinning where the server's process or another worker would
+    have run.
+    """
+    threadpool_limits(threads)  # the pools already loaded (NumPy's BLAS)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # those loaded later read it
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def _serve(conn, data_dir: str, backend: str, threads: int) -> None:
     """A worker process: commands in, replies out, until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its workers; a terminal's Ctrl-C reaches both
+    limit_threads(threads)
     gc_tuning.tune()  # the engines' many long-lived objects, as in the server (see gc_tuning)
     runner = Runner(Worker(backend), Path(data_dir))
     thread = FairThread("nudge-worker")
@@ -106,11 +132,11 @@ def _settle(future: concurrent.futures.Future, result: Any = None, exc: BaseExce
 class _Child:
     """One worker process, its pipe, and the requests waiting for its replies."""
 
-    def __init__(self, index: int, data_dir: Path, backend: str):
+    def __init__(self, index: int, data_dir: Path, backend: str, threads: int):
         self.index = index
         ctx = multiprocessing.get_context("spawn")  # nothing of the server's threads or sockets is inherited
         self.conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child_conn, str(data_dir), backend),
+        self.process = ctx.Process(target=_serve, args=(child_conn, str(data_dir), backend, threads),
                                    name=f"nudge-worker-{index}", daemon=True)
         self.process.start()
         child_conn.close()
@@ -150,6 +176,7 @@ class ProcessHost:
         self.data_dir, self.backend, self._sink, self._on_restart = Path(data_dir), backend, sink, on_restart
         self._requests = itertools.count()
         self._closing = False
+        self._threads = threads_per_worker(workers)
         self._children = [self._start(i) for i in range(workers)]
 
     @property
@@ -164,7 +191,7 @@ class ProcessHost:
         return [child.process.pid for child in self._children]
 
     def _start(self, index: int) -> _Child:
-        child = _Child(index, self.data_dir, self.backend)
+        child = _Child(index, self.data_dir, self.backend, self._threads)
         threading.Thread(target=self._read, args=(child,), name=f"nudge-worker-{index}-replies", daemon=True).start()
         return child
 

@@ -42,3 +42,32 @@ def test_auc_matches_hand_computed_values():
     assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True])) == 0.75
     assert auc(np.array([0.5, 0.5]), np.array([False, True])) == 0.5
     assert np.isnan(auc(np.array([0.5]), np.array([True])))
+
+
+def test_each_worker_process_gets_its_share_of_the_cores_for_math_threads():
+    from server.worker_process import threads_per_worker
+
+    assert threads_per_worker(1, cores=2) == 1  # the server's process keeps a core
+    assert threads_per_worker(1, cores=16) == 15
+    assert threads_per_worker(8, cores=16) == 1
+    assert threads_per_worker(4, cores=16) == 3
+    assert threads_per_worker(32, cores=16) == 1
+
+
+def test_a_worker_process_holds_its_thread_pools_to_its_share():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import numpy, json, os\n"
+             "from threadpoolctl import threadpool_info\n"
+             "from server.worker_process import limit_threads\n"
+             "limit_threads(1)\n"
+             "import torch\n"
+             "print(json.dumps([[p['user_api'], p['num_threads']] for p in threadpool_info()] + "
+             "[['torch', torch.get_num_threads()], ['omp', int(os.environ['OMP_NUM_THREADS'])]]))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")})
+    pools = json.loads(out.stdout.strip().splitlines()[-1])
+    assert pools and all(threads == 1 for _, threads in pools), pools
