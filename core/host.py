@@ -13,7 +13,7 @@ from typing import Any, Callable, Hashable
 
 from model.signals import Decision, Resolution
 
-from .commands import Command
+from .commands import Apply, Command, Reply
 from .fair_thread import FairThread
 from .worker import Worker
 
@@ -28,6 +28,11 @@ class Outcome:
     written: concurrent.futures.Future | None = None
 
 
+def join_key(command: Apply) -> tuple:
+    """Engine updates run joined only with those of the same kind (live or a replay) under the same config."""
+    return command.live, command.config
+
+
 class ThreadHost:
     """A worker on a thread of its own; see the module's docstring."""
 
@@ -37,15 +42,24 @@ class ThreadHost:
         self._thread = FairThread(name)
 
     def send(self, command: Command) -> concurrent.futures.Future:
-        """Run ``command`` after those sent before it for its tenant; the future's result is an :class:`Outcome`."""
+        """Run ``command`` after those sent before it for its tenant; the future's result is an :class:`Outcome`.
+        Engine updates queued together run as one (:meth:`Worker.apply_joined`)."""
+        if isinstance(command, Apply):
+            return self._thread.submit_joinable(command.tenant_id, self._apply_joined, command,
+                                                join_key(command), len(command.batch))
         return self._thread.submit(command.tenant_id, self.handle, command)
 
     def handle(self, command: Command) -> Outcome:
         """Run ``command`` now: on the worker's thread only (in a call, or a batch from :meth:`executor`)."""
-        reply = self.worker.handle(command)
+        return self._outcome(command.tenant_id, self.worker.handle(command))
+
+    def _apply_joined(self, commands: list[Apply]) -> list[Outcome]:
+        return [self._outcome(cmd.tenant_id, reply) for cmd, reply in zip(commands, self.worker.apply_joined(commands))]
+
+    def _outcome(self, tenant_id: int, reply: Reply) -> Outcome:
         written = None
         if reply.decisions or reply.resolutions:
-            written = self._sink(command.tenant_id, reply.decisions, reply.resolutions)
+            written = self._sink(tenant_id, reply.decisions, reply.resolutions)
         return Outcome(reply.result, written)
 
     def call(self, lane: Hashable, fn: Callable, *args: Any) -> concurrent.futures.Future:

@@ -11,7 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from model import Engine
+import numpy as np
+
+from model import Engine, EventBatch
 from model.contexts import describe_context
 from model.decisions import decide, newly_idle, predict, worth_deciding
 from model.events import ConfigChanged, recode_events
@@ -143,6 +145,29 @@ class Worker:
             prediction = predict(engine, shard.predictor, users, now)
             decisions = [d for d in decide(engine, shard.policy, users, prediction, now) if d is not None]
         return c.Reply(self._applied(engine, len(batch), started), decisions, resolutions)
+
+    def apply_joined(self, commands: list[c.Apply]) -> list[c.Reply]:
+        """:class:`~core.commands.Apply` commands of one tenant, in log order and under one config, run as one
+        engine update (whose fixed cost they then share): a reply each, what was decided in the last one's."""
+        if len(commands) == 1:
+            return [self.handle(commands[0])]
+        first = commands[0]
+        # Each command's rows past what the commands before it applied, as separate updates would take them.
+        applied = self.shards[first.tenant_id].engine.applied_seq if first.tenant_id in self.shards else 0
+        fresh = []
+        for cmd in commands:
+            fresh.append(cmd.seqs > applied)
+            applied = max(applied, int(cmd.seqs[fresh[-1]].max(initial=applied)))
+        batch = EventBatch.concat([cmd.batch.take(f) for cmd, f in zip(commands, fresh)])
+        seqs = np.concatenate([cmd.seqs[f] for cmd, f in zip(commands, fresh)])
+        reply = self.handle(c.Apply(first.tenant_id, batch, seqs, first.config, first.live))
+        done: c.Applied = reply.result
+        rows = sum(len(cmd.batch) for cmd in commands)
+        replies = [c.Reply(c.Applied(int(f.sum()) if done.events else 0, done.applied_seq, done.users,
+                                     done.seconds * len(cmd.batch) / max(rows, 1)))
+                   for cmd, f in zip(commands, fresh)]
+        replies[-1] = c.Reply(replies[-1].result, reply.decisions, reply.resolutions)
+        return replies
 
     @staticmethod
     def _applied(engine: Engine, events: int, started: float) -> c.Applied:

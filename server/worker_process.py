@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from core import Outcome, Worker
 from core.fair_thread import FairThread, all_done
-from core.host import Sink
+from core.host import Sink, join_key
 from core import commands as c
 
 from . import gc_tuning
@@ -92,6 +92,18 @@ def _serve(conn, data_dir: str, backend: str, threads: int) -> None:
         if isinstance(command, Recover):
             gc_tuning.freeze()  # what a recovery built lives as long as the tenant: no collection walks it
 
+    def apply_joined(items: list[tuple[int, c.Apply]]) -> list[None]:
+        """Engine updates queued together, run as one (:meth:`Worker.apply_joined`), a reply to each."""
+        try:
+            replies = runner.apply_joined([command for _, command in items])
+        except BaseException as exc:  # the worker outlives any command; the senders get the error
+            for request, _ in items:
+                send((request, None, _portable(exc)))
+        else:
+            for (request, _), reply in zip(items, replies):
+                send((request, reply, None))
+        return [None] * len(items)
+
     while True:
         try:
             request, command = conn.recv()
@@ -103,6 +115,9 @@ def _serve(conn, data_dir: str, backend: str, threads: int) -> None:
             thread.barrier().result()
             run(request, command)
             break
+        elif isinstance(command, c.Apply):
+            thread.submit_joinable(command.tenant_id, apply_joined, (request, command), join_key(command),
+                                   len(command.batch))
         else:
             thread.submit(command.tenant_id, run, request, command)
     thread.shutdown(wait=True)

@@ -138,6 +138,9 @@ class Runner:
         step = _STEPS.get(type(command))
         return step(self, command) if step is not None else self.worker.handle(command)
 
+    def apply_joined(self, commands: list[c.Apply]) -> list[c.Reply]:
+        return self.worker.apply_joined(commands)
+
     def _recover(self, cmd: Recover) -> c.Reply:
         tenant_id, config, snapshots = cmd.tenant_id, cmd.config, self.snapshots
         aside: list[tuple[str, str]] = []

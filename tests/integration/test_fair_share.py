@@ -75,26 +75,27 @@ async def test_another_tenants_score_waits_for_one_engine_update_of_a_busy_tenan
 
     def slow_apply(batch, seqs):
         time.sleep(0.2)
-        ran.append("acme update")
+        ran.append(("acme update", len(batch)))
         return apply(batch, seqs)
 
     handle = s.runtime.worker.handle
 
     def recorded(command):
         if isinstance(command, Score):
-            ran.append(f"score {s.runtime.tenants[command.tenant_id].tenant.name}")
+            ran.append((f"score {s.runtime.tenants[command.tenant_id].tenant.name}", 0))
         return handle(command)
 
     monkeypatch.setattr(acme.engine, "apply_observed", slow_apply)
     monkeypatch.setattr(s.runtime.worker, "handle", recorded)
-    for _ in range(5):  # acknowledged at once; their updates queue in acme's lane
-        assert (await s.acme.events(views("a", 10))).status == 200
+    for _ in range(5):  # acknowledged at once; their updates queue in acme's lane (each too big to join another
+        # while globex waits: see FairThread.shared_join_weight)
+        assert (await s.acme.events(views("a", 300))).status == 200
     scored = await asyncio.gather(s.globex.score("g1"), s.acme.score("a1"))
     assert [r.status for r in scored] == [200, 200]
     # Globex waited for the update running when its score came (the acknowledgements take a few commits, so
     # one or two had run by then), not for the ones queued behind it.
-    assert ran[ran.index("score globex"):].count("acme update") >= 3, ran
-    assert ran[-1] == "score acme" and ran.count("acme update") == 5, ran  # after all five of acme's own
+    assert ran[ran.index(("score globex", 0)):].count(("acme update", 300)) >= 2, ran
+    assert ran[-1] == ("score acme", 0) and ran.count(("acme update", 300)) == 5, ran  # after all five of acme's
 
 
 async def test_when_the_loop_runs_late_the_tenant_with_most_requests_in_flight_is_shed_first(start, monkeypatch):
@@ -137,7 +138,8 @@ async def test_a_tenants_updates_run_in_shorter_calls_while_others_are_active(st
     assert (await s.globex.events(views("g", 5))).status == 200  # globex is active now
     assert (await s.acme.events(views("a", 3000))).status == 200
     await s.runtime.on_device(lambda: None)
-    assert alone == [runtime_module._APPLY_CHUNK, 3000 - runtime_module._APPLY_CHUNK]
+    # Alone, the server's chunks may run joined again in the worker's thread; not while globex is active.
+    assert sum(alone) == 3000 and max(alone) >= runtime_module._APPLY_CHUNK
     assert sizes == [runtime_module._APPLY_CHUNK_SHARED] * (3000 // runtime_module._APPLY_CHUNK_SHARED)
 
 
@@ -148,7 +150,7 @@ async def test_while_others_are_active_a_tenants_large_bodies_are_parsed_one_per
 
     s = await start()
     turns, parsed_at = [0], []
-    parse = handlers.parse_events
+    parse = handlers.parse_event_body
 
     def counted(*args, **kwargs):
         parsed_at.append(turns[0])
@@ -159,7 +161,7 @@ async def test_while_others_are_active_a_tenants_large_bodies_are_parsed_one_per
             turns[0] += 1
             await asyncio.sleep(0)
 
-    monkeypatch.setattr(handlers, "parse_events", counted)
+    monkeypatch.setattr(handlers, "parse_event_body", counted)
     big = views("a", 1000)  # well past 32 KiB as a request body
     assert (await s.acme.events(big)).status == 200  # alone: parsed at once, no turn taken
     assert (await s.globex.events(views("g", 10))).status == 200  # globex is active from now on

@@ -61,3 +61,108 @@ def test_shutdown_runs_what_is_queued_then_refuses(fair):
     assert queued.result(10) == "done"
     with pytest.raises(RuntimeError):
         fair.submit("q", lambda: None)
+
+
+@pytest.fixture
+def fair_now():
+    """A FairThread that counts a lane as active only while it has calls queued."""
+    thread = FairThread("test-fair-now", active_s=0.0)
+    yield thread
+    thread.shutdown()
+
+
+def _joined(log):
+    def run(items):
+        log.append(list(items))
+        return [f"done {item}" for item in items]
+
+    return run
+
+
+def test_joinable_calls_queued_together_run_as_one_call(fair_now):
+    fair = fair_now
+    release = _hold(fair)
+    log = []
+    run = _joined(log)
+    futures = [fair.submit_joinable("a", run, i, key="k", weight=10) for i in range(4)]
+    release.set()
+    assert [f.result(10) for f in futures] == ["done 0", "done 1", "done 2", "done 3"]
+    assert log == [[0, 1, 2, 3]]
+
+
+def test_joining_stops_at_another_key_another_call_or_the_weight(fair_now):
+    fair = fair_now
+    release = _hold(fair)
+    log, ran = [], []
+    run = _joined(log)
+    futures = [fair.submit_joinable("a", run, 0, key="k"), fair.submit_joinable("a", run, 1, key="other"),
+               fair.submit_joinable("a", run, 2, key="other"), fair.submit("a", ran.append, "plain"),
+               fair.submit_joinable("a", run, 3, key="other")]
+    futures += [fair.submit_joinable("a", run, i, key="w", weight=3000) for i in range(4, 8)]
+    release.set()
+    for f in futures:
+        f.result(10)
+    # 8000 in all at most while no other lane waits: 3000 + 3000, then 3000 + 3000.
+    assert log == [[0], [1, 2], [3], [4, 5], [6, 7]]
+    assert ran == ["plain"]
+
+
+def test_joining_takes_less_while_other_lanes_wait(fair_now):
+    fair = fair_now
+    release = _hold(fair)
+    log, ran = [], []
+    run = _joined(log)
+    futures = [fair.submit_joinable("flood", run, i, weight=300) for i in range(4)]
+    futures.append(fair.submit("quiet", ran.append, "q"))
+    release.set()
+    for f in futures:
+        f.result(10)
+    # While the quiet lane waits, a joined call weighs at most 500: one item of 300, then the quiet call.
+    assert log == [[0], [1, 2, 3]]
+    assert ran == ["q"]
+
+
+def test_joining_takes_less_while_another_lane_was_active_lately(fair):
+    release = _hold(fair)  # the "hold" lane had a call just now, and so counts as active for a second
+    log = []
+    run = _joined(log)
+    futures = [fair.submit_joinable("flood", run, i, weight=200) for i in range(5)]
+    release.set()
+    for f in futures:
+        f.result(10)
+    assert log == [[0, 1], [2, 3], [4]]
+
+
+def test_a_joined_call_that_fails_fails_each_of_its_items(fair):
+    release = _hold(fair)
+    log = []
+
+    def fails(items):
+        log.append(items)
+        return 1 / 0
+
+    def one_result(items):
+        return ["one"]
+
+    futures = [fair.submit_joinable("a", fails, i) for i in range(3)]
+    wrong = [fair.submit_joinable("b", one_result, i) for i in range(2)]
+    release.set()
+    for f in futures:
+        with pytest.raises(ZeroDivisionError):
+            f.result(10)
+    for f in wrong:
+        with pytest.raises(RuntimeError, match="1 results for 2 items"):
+            f.result(10)
+    assert log == [[0, 1, 2]]
+    assert fair.submit("a", lambda: "still running").result(10) == "still running"
+
+
+def test_a_cancelled_joinable_call_is_left_out(fair):
+    release = _hold(fair)
+    log = []
+    run = _joined(log)
+    futures = [fair.submit_joinable("a", run, i) for i in range(3)]
+    assert futures[1].cancel()
+    release.set()
+    assert futures[0].result(10) == "done 0" and futures[2].result(10) == "done 2"
+    assert log == [[0, 2]]

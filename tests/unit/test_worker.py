@@ -50,6 +50,25 @@ def test_worker_applies_each_logged_event_once():
     assert (again.events, again.applied_seq) == (0, 2)
 
 
+def test_engine_updates_run_joined_give_each_command_its_reply_and_the_same_state():
+    rows = [(f"u{i % 3}", "add_to_cart" if i == 4 else "view", T0 + i) for i in range(9)]
+    parts = [events(rows[i:i + 3], first_seq=i + 1) for i in range(0, 9, 3)]
+    apart, joined = opened(), opened()
+    for batch, seqs in parts:
+        apart.handle(c.Apply(TENANT, batch, seqs, CFG))
+    already, _ = events(rows[:3])  # the first part is in the log twice, as after a replay: applied once
+    commands = [c.Apply(TENANT, already, parts[0][1], CFG)] + [c.Apply(TENANT, b, s, CFG) for b, s in parts]
+    replies = joined.apply_joined(commands)
+    assert [r.result.events for r in replies] == [3, 0, 3, 3]
+    assert {r.result.applied_seq for r in replies} == {9} and {r.result.users for r in replies} == {3}
+    seconds = [r.result.seconds for r in replies]
+    assert all(s == seconds[0] for s in seconds) and seconds[0] > 0  # the update's time, shared by rows
+    assert all(not r.decisions and not r.resolutions for r in replies[:-1])
+    score = c.Score(TENANT, ["u0", "u1", "u2"], [None] * 3, T0 + 20)
+    assert joined.handle(score).result.rows() == apart.handle(score).result.rows()
+    assert joined.handle(c.Snapshot(TENANT)).result[1] == apart.handle(c.Snapshot(TENANT)).result[1] == 9
+
+
 def test_worker_recodes_events_committed_under_an_older_config_and_skips_what_it_lacks():
     newer = dataclasses.replace(CFG, actions=(*CFG.actions, "wishlist"))
     worker = opened()
