@@ -262,7 +262,7 @@ class Engine:
     def _window_scores_at_events(self, users: np.ndarray, ts: np.ndarray, theta: np.ndarray):
         """Windowed sequence scores (learned weights with lifts; heuristic weights without) and the session's
         item features, just after each event."""
-        actions, times, lengths = self.windows.gather(users)
+        actions, times, lengths, items = self.windows.gather(users, "item")
         # The windows hold the whole segment: events of the same user later in it are cut off.
         plan = plan_ring_append(users)
         later = np.empty(len(users), np.int64)
@@ -275,7 +275,6 @@ class Engine:
         learned, heuristic = kernels.sequence_scores_many(
             actions, ages, lengths, [(theta, tables.lift.astype(np.float32)), (prior, np.ones_like(tables.lift))],
             half_life_s=half_life, backend="numpy", check=False)
-        items = self.windows.gather_ring(users, "item")
         session = session_item_features(actions, times, items, lengths, self.config.session_gap_s,
                                         self.config.conversion_code)
         return np.asarray(learned), np.asarray(heuristic), session
@@ -381,7 +380,7 @@ class Engine:
             users = self.windows.lookup(user_ids, create=False)
         if self.scores_on_device(len(users), draw=draw):
             return self.predict_on_device(users, now_s, draw=draw)[0]
-        windows = _Window(*self.windows.gather(users), self.windows.gather_ring(users, "item"))
+        windows = _Window(*self.windows.gather(users, "item"))
         modes = ("mean", "prior", "thompson") if draw else ("mean", "prior")
         sequence = self._sequence_scores(users, now_s, modes, windows)
         x = self.current_features(users, now_s, windows, sequence)
@@ -432,7 +431,7 @@ class Engine:
         """The score's features of ``users`` (dense indexes, -1 unknown) read at ``now_s``; ``sequence`` holds
         their windowed sequence scores ("mean" and "prior") where the caller already has them."""
         if windows is None:
-            windows = _Window(*self.windows.gather(users), self.windows.gather_ring(users, "item"))
+            windows = _Window(*self.windows.gather(users, "item"))
         if sequence is None:
             sequence = self._sequence_scores(users, now_s, ("mean", "prior"), windows)
         cur, before, last_ts, before_ts, _ = self.windows.last_two(users)

@@ -115,7 +115,10 @@ def session_item_features(actions: np.ndarray, ts: np.ndarray, items: np.ndarray
     earlier = in_session & (pos < last[:, None])
     same = (earlier & (items == latest_item[:, None]) & (latest_item[:, None] > 0)).sum(axis=1)
     seen = _distinct(np.where(in_session, items, 0))
-    converted = _distinct(np.where(in_session & (actions == conversion), items, 0))
+    bought = in_session & (actions == conversion)
+    converted = np.zeros(batch, np.int64)
+    rows = np.flatnonzero(bought.any(axis=1))  # few windows hold a conversion: only theirs are sorted
+    converted[rows] = _distinct(np.where(bought[rows], items[rows], 0))
     out[:, 0] = np.log1p(same)
     out[:, 1] = np.log1p(seen)
     out[:, 2] = np.log1p(converted)
