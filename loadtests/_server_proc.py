@@ -25,8 +25,10 @@ def free_port() -> int:
 
 
 def start_server(data_dir: Path, port: int, log_path: Path, **settings: str) -> subprocess.Popen:
-    """``nudge serve`` on the numpy backend; ``settings`` become ``NUDGE_<NAME>`` variables; output appends to the log."""
+    """``nudge serve`` on the numpy backend; ``settings`` become ``NUDGE_<NAME>`` variables; output appends to the log.
+    No worker process unless ``workers`` is given: the same server on every machine, whatever its cores."""
     env = {**os.environ, "NUDGE_SNAPSHOT_INTERVAL_S": "0.3", "NUDGE_RATE_LIMIT_PER_S": "0", "PYTHONUNBUFFERED": "1",
+           "NUDGE_WORKERS": "0",
            **{f"NUDGE_{k.upper()}": v for k, v in settings.items()}}
     with open(log_path, "ab") as log:
         return subprocess.Popen(

@@ -14,7 +14,7 @@ from model import TenantConfig
 from model.event_files import FORMATS
 
 from . import gc_tuning
-from .config import ServerConfig
+from .config import ServerConfig, workers_for
 from .logs import ACCESS_LOG_FORMAT, configure_logging
 from .storage import Store
 
@@ -44,8 +44,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import SERVER_KWARGS, create_app
 
     config = ServerConfig.load(
-        args.config, data_dir=args.data_dir, host=args.host, port=args.port, backend=args.backend,
-        workers=args.workers,
+        args.config, defaults={"workers": workers_for()}, data_dir=args.data_dir, host=args.host, port=args.port,
+        backend=args.backend, workers=args.workers,
     )
     configure_logging(config.log_level.upper(), config.log_format)
     # What can fail is checked before the demo key is shown: a key printed for a server that never runs is lost.
@@ -67,7 +67,8 @@ def _serve(args: argparse.Namespace) -> int:
         gc_tuning.tune()
         app.on_startup.append(_freeze_once_ready)
         print(f"nudge serving on http://{config.host}:{config.port} (data in {config.data_dir}; "
-              f"event loop {type(loop).__module__.split('.')[0]})", flush=True)
+              f"event loop {type(loop).__module__.split('.')[0]}; "
+              f"{config.workers or 'no'} worker process{'' if config.workers == 1 else 'es'})", flush=True)
         web.run_app(
             app,
             loop=loop,
@@ -356,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--backend", choices=("auto", "numpy", "triton", "cupy"), default=None)
     serve.add_argument("--workers", type=int, default=None,
-                       help="worker processes that own the tenants' engines (0: a thread of the server's process)")
+                       help="worker processes that own the tenants' engines (0: a thread of the server's process); "
+                            "default: one per core beside the server's, at most 8")
     serve.add_argument("--config", default=None, help="a TOML file of server settings")
     serve.set_defaults(run=_serve)
 

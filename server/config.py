@@ -19,7 +19,8 @@ class ServerConfig:
     host, port : where to listen.
     backend : array backend: auto, numpy, triton or cupy.
     workers : worker processes that own the tenants' engines (by tenant id), off the server's GIL; 0 runs the one
-        worker on a thread of the server's process.
+        worker on a thread of the server's process. ``nudge serve`` fits it to the machine where it is not set
+        (:func:`workers_for`); built here, a config has none.
     max_body_bytes : larger request bodies are refused with 413.
     max_items_per_request : most events or users in one request.
     max_batch_size : most users in one scoring batch.
@@ -154,9 +155,11 @@ class ServerConfig:
         return cls(**{k: _coerce(k, types[k], v) for k, v in data.items()})
 
     @classmethod
-    def load(cls, file: str | os.PathLike | None = None, env: Mapping[str, str] | None = None, **overrides: Any):
-        """Layer a TOML file, ``NUDGE_*`` variables and explicit overrides (None means 'not given')."""
-        values: dict[str, Any] = {}
+    def load(cls, file: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
+             defaults: Mapping[str, Any] | None = None, **overrides: Any):
+        """Layer ``defaults`` (in place of the built-in ones), a TOML file, ``NUDGE_*`` variables and explicit
+        overrides (None means 'not given')."""
+        values: dict[str, Any] = dict(defaults or {})
         if file:
             with open(file, "rb") as fh:
                 values.update(tomllib.load(fh))
@@ -165,6 +168,14 @@ class ServerConfig:
         values.update({k[6:].lower(): v for k, v in env.items() if k.startswith("NUDGE_") and k[6:].lower() in names})
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
+
+
+def workers_for(cores: int | None = None) -> int:
+    """``nudge serve``'s worker processes where none are set: one per core beside the server's own process, at most
+    eight (tenants are spread over them by id; each holds its own imports and engines); none on a single core."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(cores - 1, 8))
 
 
 def _coerce(name: str, kind: str, value: Any) -> Any:

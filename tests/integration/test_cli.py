@@ -61,7 +61,16 @@ def test_serve_on_an_empty_data_dir_creates_a_demo_tenant_whose_key_works(tmp_pa
         lines = [proc.stdout.readline() for _ in range(2)]
         key = lines[1].strip()
         assert "demo" in lines[0] and key.startswith("nk_")
+        banner = next(line for line in iter(proc.stdout.readline, "") if line.startswith("nudge serving on"))
+        # No --workers: as many worker processes as fit the machine (one on CI's two cores).
+        from server.config import workers_for
+
+        from .test_crash import worker_pids
+
+        workers = workers_for()
+        assert f"; {workers or 'no'} worker process" in banner, banner
         _ingest_once_ready(port, key)
+        assert len(worker_pids(proc.pid)) == workers
     finally:
         proc.terminate()
         proc.wait(30)

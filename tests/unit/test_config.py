@@ -46,6 +46,22 @@ def test_server_config_layers_file_env_and_overrides(tmp_path):
     assert (cfg.port, cfg.max_batch_size, cfg.max_wait_ms, cfg.host) == (9100, 64, 1.0, "0.0.0.0")
 
 
+def test_server_config_defaults_give_way_to_file_env_and_overrides(tmp_path):
+    assert ServerConfig.load(env={}, defaults={"workers": 3}).workers == 3
+    assert ServerConfig.load(env={"NUDGE_WORKERS": "0"}, defaults={"workers": 3}).workers == 0
+    assert ServerConfig.load(env={}, defaults={"workers": 3}, workers=1).workers == 1
+    path = tmp_path / "nudge.toml"
+    path.write_text("workers = 2\n")
+    assert ServerConfig.load(path, env={}, defaults={"workers": 3}).workers == 2
+    assert ServerConfig.load(env={}).workers == 0  # built without defaults: no worker process
+
+
+def test_serve_fits_its_worker_processes_to_the_machine():
+    from server.config import workers_for
+
+    assert [workers_for(cores) for cores in (1, 2, 4, 16, 64)] == [0, 1, 3, 8, 8]
+
+
 def test_server_config_rejects_unknown_and_bad_values():
     with pytest.raises(ValueError, match="unknown server settings: colour"):
         ServerConfig.from_dict({"colour": "red"})
