@@ -43,10 +43,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .app import SERVER_KWARGS, create_app
 
-    config = ServerConfig.load(
-        args.config, defaults={"workers": workers_for()}, data_dir=args.data_dir, host=args.host, port=args.port,
-        backend=args.backend, workers=args.workers,
-    )
+    given = dict(data_dir=args.data_dir, host=args.host, port=args.port, backend=args.backend, workers=args.workers)
+    config = ServerConfig.load(args.config, **given)
     configure_logging(config.log_level.upper(), config.log_format)
     # What can fail is checked before the demo key is shown: a key printed for a server that never runs is lost.
     try:
@@ -56,6 +54,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError(f"{exc}; start with --backend numpy (runs anywhere) or --backend auto") from None
     loop = _event_loop(config.event_loop)
     demo = _create_demo_tenant(config.data_dir)
+    gpu = kernels.resolve_backend(config.backend) != "numpy"
+    config = ServerConfig.load(args.config, defaults={"workers": workers_for(gpu=gpu)}, **given)
     listening = False
 
     def _listening(_banner: str) -> None:

@@ -170,9 +170,12 @@ class ServerConfig:
         return cls.from_dict(values)
 
 
-def workers_for(cores: int | None = None) -> int:
+def workers_for(cores: int | None = None, gpu: bool = False) -> int:
     """``nudge serve``'s worker processes where none are set: one per core beside the server's own process, at most
-    eight (tenants are spread over them by id; each holds its own imports and engines); none on a single core."""
+    eight (tenants are spread over them by id; each holds its own imports and engines); none on a single core. One
+    on a GPU backend, whose device one process drives (each process would hold a CUDA context of its own)."""
+    if gpu:
+        return 1
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, min(cores - 1, 8))

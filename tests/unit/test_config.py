@@ -60,6 +60,7 @@ def test_serve_fits_its_worker_processes_to_the_machine():
     from server.config import workers_for
 
     assert [workers_for(cores) for cores in (1, 2, 4, 16, 64)] == [0, 1, 3, 8, 8]
+    assert workers_for(16, gpu=True) == 1
 
 
 def test_server_config_rejects_unknown_and_bad_values():
