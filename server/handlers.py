@@ -205,6 +205,12 @@ async def _events_batch(request: web.Request, state):
     raw = await _raw_body(request)
 
     def parse():
+        # Checked again after the last wait: bodies admitted together (when room was made, each waited for its read
+        # and its turn) are refused here, before their parse, once those parsed before them fill the backlog.
+        try:
+            runtime.check_ingest_backlog(state)
+        except Overloaded as exc:
+            raise _overloaded(exc) from None
         body = inflate(raw, request.headers.get("Content-Encoding"), runtime.config.max_body_bytes)
         return parse_event_body(body, request_format(request), state.config, time.time(),
                                 runtime.config.max_items_per_request)

@@ -451,10 +451,13 @@ class Runtime:
             ahead = state.logged_seq - behind.applied_seq + self.shares.pending.get(state.tenant.id, 0)
             if ahead > state.catch_up_lag:
                 raise Overloaded(ahead, retry_after_s=1.0)
-        if self.unapplied_events and self.apply_events_per_s and self.config.max_apply_delay_ms:
-            backlog_ms = 1000.0 * self.unapplied_events / self.apply_events_per_s
+        # Events waiting for their commit are on their way to the engines too: counted, a burst of bodies admitted
+        # together cannot all pass before the first of them reaches the backlog.
+        coming = self.unapplied_events + self.pending_events
+        if coming and self.apply_events_per_s and self.config.max_apply_delay_ms:
+            backlog_ms = 1000.0 * coming / self.apply_events_per_s
             if backlog_ms > self.config.max_apply_delay_ms:
-                raise Overloaded(self.unapplied_events, retry_after_s=1.0)
+                raise Overloaded(coming, retry_after_s=1.0)
         self.shares.check_unapplied(state.tenant.id, self.apply_events_per_s, self.config.max_apply_delay_ms)
 
     async def admit_ingest(self, state: TenantState) -> None:

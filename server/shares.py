@@ -91,7 +91,8 @@ class Shares:
             raise OverShare(held, retry_after_s=1.0)
 
     def check_unapplied(self, tenant_id: int, events_per_s: float | None, max_delay_ms: float) -> None:
-        held = self.unapplied.get(tenant_id, 0)
+        """The tenant's share of the apply backlog, with its events waiting for their commit."""
+        held = self.unapplied.get(tenant_id, 0) + self.pending.get(tenant_id, 0)
         if not (held and events_per_s and max_delay_ms):
             return
         if 1000.0 * held / events_per_s > self.share * max_delay_ms and self.others_active(tenant_id):

@@ -185,3 +185,33 @@ async def test_a_tenants_bodies_waiting_for_their_turn_are_bounded_and_the_rest_
     assert statuses.count(200) >= 9 and refused, statuses
     assert all(a.body["error"]["code"] == "tenant_over_share" and a.headers["Retry-After"] == "1" for a in refused)
     assert (await s.globex.score("g1")).status == 200
+
+
+async def test_bodies_admitted_together_are_refused_before_their_parse_once_the_first_fill_the_backlog(start,
+                                                                                                      monkeypatch):
+    """Room for one more body lets every waiting body through the admission at once; each is checked again just
+    before its parse, counting the events parsed before it that wait for their commit, so the rest are refused
+    there, cheaply, and not after a parse wasted on them."""
+    from server import handlers
+
+    s = await start(max_apply_delay_ms=200.0, ingest_wait_ms=0.0)
+    s.runtime.apply_events_per_s = 1000.0  # as measured: 300 events are 300 ms of engine updates
+    release = hold_commits(s, monkeypatch)
+    read, parsed = asyncio.Event(), []
+    raw_body, parse = handlers._raw_body, handlers.parse_event_body
+
+    async def held_read(request):
+        body = await raw_body(request)
+        await read.wait()  # both are admitted before either is read
+        return body
+
+    monkeypatch.setattr(handlers, "_raw_body", held_read)
+    monkeypatch.setattr(handlers, "parse_event_body", lambda *a, **k: parsed.append(1) or parse(*a, **k))
+    both = [asyncio.ensure_future(s.acme.events(views("a", 300))) for _ in range(2)]
+    await asyncio.sleep(0.2)
+    read.set()
+    refused = await asyncio.wait_for(both[1], HELD_S)
+    assert refused.status == 503 and refused.body["error"]["code"] == "overloaded", refused.body
+    assert len(parsed) == 1  # the refused body was never parsed
+    release.set()
+    assert (await asyncio.wait_for(both[0], HELD_S)).status == 200
