@@ -450,6 +450,9 @@ def run_workloads(pool, args, rng) -> list[dict]:
         nudge, bare = Nudge(args.backend, args.model), Bare()
         _preload(nudge, preload)
         for out, (_, path, per_request, bodies) in zip(rows, workloads):
+            # Each workload starts once the events of the ones before it are applied: a score measured behind the
+            # last second of an ingest workload's backlog measures that backlog.
+            _barrier(nudge, nudge.key)
             for label, target in (("nudge", nudge), ("bare", bare)):
                 result = drive(pool, args.generators, _closed_loop, target.base + path, target.key, bodies,
                                args.seconds, args.concurrency // args.generators)
