@@ -52,7 +52,7 @@ def decode_rows(body: bytes) -> dict[str, list] | None:
     form too, whose msgpack decoding builds no dict per event), which the generic path then decodes."""
     try:
         events = _DECODER.decode(body).events
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.MsgspecError, ValueError, RecursionError):  # invalid UTF-8 in a string is a ValueError
         return None
     if not events:
         return None  # the generic path says why

@@ -113,9 +113,11 @@ def test_other_bodies_go_the_generic_way(body):
     _both(raw)
 
 
-def test_trailing_bytes_and_truncation_are_malformed_either_way():
-    raw = msgpack.packb({"events": [{"user_id": "u1", "action": "view"}]})
-    for bad in (raw + b"\x00", raw[:-3], b""):
+def test_trailing_bytes_truncation_bad_text_and_deep_nesting_are_malformed_either_way():
+    raw = msgpack.packb({"events": [{"user_id": "AB", "action": "view"}]})
+    bad_text = [raw.replace(b"\xa2AB", b"\xa2\xed\xa0"), raw.replace(b"\xa2AB", b"\xa2\xc0A")]  # not UTF-8
+    deep = b"\x81\xa6events" + b"\x91" * 100_000 + b"\xc0"
+    for bad in (raw + b"\x00", raw[:-3], b"", *bad_text, deep):
         kind, (status, code, *_) = _both(bad)
         assert (kind, status, code) == ("error", 400, "malformed_body")
 
