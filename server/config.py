@@ -176,9 +176,12 @@ def workers_for(cores: int | None = None, gpu: bool = False) -> int:
     on a GPU backend, whose device one process drives (each process would hold a CUDA context of its own)."""
     if gpu:
         return 1
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(cores - 1, 8))
+    return max(0, min((usable_cores() if cores is None else cores) - 1, 8))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the platform tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _coerce(name: str, kind: str, value: Any) -> Any:

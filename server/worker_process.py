@@ -32,6 +32,7 @@ from core.host import Sink, join_key
 from core import commands as c
 
 from . import gc_tuning
+from .config import usable_cores
 from .worker_runner import Close, Recover, Runner
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,7 @@ class WorkerLost(Exception):
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
     """The math libraries' threads in each worker process: the cores left beside the server's own process, shared
     by the workers; at least one."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, (cores - 1) // workers)
+    return max(1, ((usable_cores() if cores is None else cores) - 1) // workers)
 
 
 def limit_threads(threads: int) -> None:
