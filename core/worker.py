@@ -151,6 +151,15 @@ class Worker:
         engine update (whose fixed cost they then share): a reply each, what was decided in the last one's."""
         if len(commands) == 1:
             return [self.handle(commands[0])]
+        runs: list[list[c.Apply]] = [[]]
+        for cmd in commands:
+            # A conversion resolves the signals decided before it: a live command that holds one starts another
+            # update, so that the decisions of the commands before it are made first, as separate updates make them.
+            if runs[-1] and cmd.live and (cmd.batch.actions == cmd.config.conversion_code).any():
+                runs.append([])
+            runs[-1].append(cmd)
+        if len(runs) > 1:
+            return [reply for run in runs for reply in self.apply_joined(run)]
         first = commands[0]
         # Each command's rows past what the commands before it applied, as separate updates would take them.
         applied = self.shards[first.tenant_id].engine.applied_seq if first.tenant_id in self.shards else 0

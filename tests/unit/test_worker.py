@@ -69,6 +69,18 @@ def test_engine_updates_run_joined_give_each_command_its_reply_and_the_same_stat
     assert joined.handle(c.Snapshot(TENANT)).result[1] == apart.handle(c.Snapshot(TENANT)).result[1] == 9
 
 
+def test_a_conversion_in_a_joined_command_starts_another_update_after_the_decisions_before_it(monkeypatch):
+    worker = opened()
+    updates = []
+    handle = worker.handle
+    monkeypatch.setattr(worker, "handle", lambda cmd: updates.append(len(cmd.batch)) or handle(cmd))
+    parts = [events([("u1", "view", T0), ("u2", "view", T0 + 1)], 1), events([("u1", "purchase", T0 + 2)], 3),
+             events([("u2", "view", T0 + 3)], 4)]
+    replies = worker.apply_joined([c.Apply(TENANT, b, s, CFG) for b, s in parts])
+    assert updates == [2, 2]  # the first command alone, then the purchase with the view behind it
+    assert [r.result.events for r in replies] == [2, 1, 1]
+
+
 def test_worker_recodes_events_committed_under_an_older_config_and_skips_what_it_lacks():
     newer = dataclasses.replace(CFG, actions=(*CFG.actions, "wishlist"))
     worker = opened()
