@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from model import Engine, EventBatch
+from model.engine import Observed
 from model.contexts import describe_context
 from model.decisions import decide, newly_idle, predict, worth_deciding
 from model.events import ConfigChanged, recode_events
@@ -117,9 +118,18 @@ class Worker:
     # ---- events -------------------------------------------------------------------------------
 
     def _apply(self, cmd: c.Apply) -> c.Reply:
+        applied, [(decisions, resolutions)] = self._update(cmd)
+        return c.Reply(applied, decisions, resolutions)
+
+    def _update(self, cmd: c.Apply, parts: list[int] | None = None) -> tuple[c.Applied, list[tuple[list, list]]]:
+        """The engine update of ``cmd``'s events and, per part of them (its rows in order, of lengths ``parts``; one
+        part by default), what the signal policy made of that part: its decisions and the resolutions of its
+        conversions. Parts are taken in log order, so a part's conversions resolve the decisions of those before
+        it, as separate updates would."""
         started = time.perf_counter()
         shard = self.shards[cmd.tenant_id]
         engine, batch = shard.engine, cmd.batch
+        nothing = [([], [])] * (1 if parts is None else len(parts))
         if engine.config != cmd.config:
             # Committed under a config the live engine does not have yet (its successor is being rebuilt from the
             # log, which holds these events too): applied in the live engine's codes where they mean something
@@ -127,12 +137,23 @@ class Worker:
             try:
                 batch = recode_events(batch, cmd.config, engine.config)
             except ConfigChanged:  # actions the live engine lacks: the rebuild has them
-                return c.Reply(self._applied(engine, 0, started))
+                return self._applied(engine, 0, started), nothing
         if not cmd.live:
-            return c.Reply(self._applied(engine, engine.apply(batch, cmd.seqs), started))
+            return self._applied(engine, engine.apply(batch, cmd.seqs), started), nothing
         batch, observed = engine.apply_observed(batch, cmd.seqs)
-        # Conversions resolve open signals; users active just now may get one.
         now = time.time()
+        bounds = np.cumsum([0, *(parts or [len(batch)])])
+        made = [self._ingest_signals(shard, batch, observed, slice(lo, hi), now)
+                for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+        return self._applied(engine, len(batch), started), made
+
+    @staticmethod
+    def _ingest_signals(shard: Shard, batch: EventBatch, observed: Observed, part: slice, now: float
+                        ) -> tuple[list, list]:
+        """Conversions resolve open signals; users active just now may get one."""
+        engine = shard.engine
+        batch = batch.take(part)
+        observed = Observed(observed.features[part], {role: p[part] for role, p in observed.predictions.items()})
         converted = batch.actions == engine.config.conversion_code
         resolutions = shard.policy.conversions(batch.user_ids[converted], batch.ts[converted])
         if shard.predictor is None:
@@ -144,39 +165,31 @@ class Worker:
         if users:
             prediction = predict(engine, shard.predictor, users, now)
             decisions = [d for d in decide(engine, shard.policy, users, prediction, now) if d is not None]
-        return c.Reply(self._applied(engine, len(batch), started), decisions, resolutions)
+        return decisions, resolutions
 
     def apply_joined(self, commands: list[c.Apply]) -> list[c.Reply]:
         """:class:`~core.commands.Apply` commands of one tenant, in log order and under one config, run as one
-        engine update (whose fixed cost they then share): a reply each, what was decided in the last one's."""
+        engine update (whose fixed cost they then share): a reply each, with what its own events decided and
+        resolved."""
         if len(commands) == 1:
             return [self.handle(commands[0])]
-        runs: list[list[c.Apply]] = [[]]
-        for cmd in commands:
-            # A conversion resolves the signals decided before it: a live command that holds one starts another
-            # update, so that the decisions of the commands before it are made first, as separate updates make them.
-            if runs[-1] and cmd.live and (cmd.batch.actions == cmd.config.conversion_code).any():
-                runs.append([])
-            runs[-1].append(cmd)
-        if len(runs) > 1:
-            return [reply for run in runs for reply in self.apply_joined(run)]
         first = commands[0]
+        if first.tenant_id not in self.shards:
+            return [self.handle(first)]  # raises NotOpen, as each would
         # Each command's rows past what the commands before it applied, as separate updates would take them.
-        applied = self.shards[first.tenant_id].engine.applied_seq if first.tenant_id in self.shards else 0
+        applied = self.shards[first.tenant_id].engine.applied_seq
         fresh = []
         for cmd in commands:
             fresh.append(cmd.seqs > applied)
             applied = max(applied, int(cmd.seqs[fresh[-1]].max(initial=applied)))
         batch = EventBatch.concat([cmd.batch.take(f) for cmd, f in zip(commands, fresh)])
         seqs = np.concatenate([cmd.seqs[f] for cmd, f in zip(commands, fresh)])
-        reply = self.handle(c.Apply(first.tenant_id, batch, seqs, first.config, first.live))
-        done: c.Applied = reply.result
+        done, made = self._update(c.Apply(first.tenant_id, batch, seqs, first.config, first.live),
+                                  [int(f.sum()) for f in fresh])
         rows = sum(len(cmd.batch) for cmd in commands)
-        replies = [c.Reply(c.Applied(int(f.sum()) if done.events else 0, done.applied_seq, done.users,
-                                     done.seconds * len(cmd.batch) / max(rows, 1)))
-                   for cmd, f in zip(commands, fresh)]
-        replies[-1] = c.Reply(replies[-1].result, reply.decisions, reply.resolutions)
-        return replies
+        return [c.Reply(c.Applied(int(f.sum()) if done.events else 0, done.applied_seq, done.users,
+                                  done.seconds * len(cmd.batch) / max(rows, 1)), decisions, resolutions)
+                for cmd, f, (decisions, resolutions) in zip(commands, fresh, made)]
 
     @staticmethod
     def _applied(engine: Engine, events: int, started: float) -> c.Applied:

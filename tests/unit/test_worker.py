@@ -63,21 +63,32 @@ def test_engine_updates_run_joined_give_each_command_its_reply_and_the_same_stat
     assert {r.result.applied_seq for r in replies} == {9} and {r.result.users for r in replies} == {3}
     seconds = [r.result.seconds for r in replies]
     assert all(s == seconds[0] for s in seconds) and seconds[0] > 0  # the update's time, shared by rows
-    assert all(not r.decisions and not r.resolutions for r in replies[:-1])
     score = c.Score(TENANT, ["u0", "u1", "u2"], [None] * 3, T0 + 20)
     assert joined.handle(score).result.rows() == apart.handle(score).result.rows()
     assert joined.handle(c.Snapshot(TENANT)).result[1] == apart.handle(c.Snapshot(TENANT)).result[1] == 9
 
 
-def test_a_conversion_in_a_joined_command_starts_another_update_after_the_decisions_before_it(monkeypatch):
+def test_joined_commands_share_one_update_and_meet_the_signal_policy_one_by_one_in_log_order(monkeypatch):
+    """A conversion resolves the signals decided before it: each command's conversions and decisions are taken
+    after those of the commands before it, and come back in its own reply."""
     worker = opened()
-    updates = []
-    handle = worker.handle
-    monkeypatch.setattr(worker, "handle", lambda cmd: updates.append(len(cmd.batch)) or handle(cmd))
-    parts = [events([("u1", "view", T0), ("u2", "view", T0 + 1)], 1), events([("u1", "purchase", T0 + 2)], 3),
-             events([("u2", "view", T0 + 3)], 4)]
-    replies = worker.apply_joined([c.Apply(TENANT, b, s, CFG) for b, s in parts])
-    assert updates == [2, 2]  # the first command alone, then the purchase with the view behind it
+    updates, parts = [], []
+    apply, signals = worker.shards[TENANT].engine.apply_observed, Worker._ingest_signals
+    monkeypatch.setattr(worker.shards[TENANT].engine, "apply_observed",
+                        lambda batch, seqs: updates.append(len(batch)) or apply(batch, seqs))
+
+    def recorded(shard, batch, observed, part, now):
+        parts.append(batch.take(part).user_ids.tolist())
+        made = signals(shard, batch, observed, part, now)
+        return made[0] + [f"decided {len(parts)}"], made[1]
+
+    monkeypatch.setattr(Worker, "_ingest_signals", staticmethod(recorded))
+    commands = [events([("u1", "view", T0), ("u2", "view", T0 + 1)], 1), events([("u1", "purchase", T0 + 2)], 3),
+                events([("u2", "view", T0 + 3)], 4)]
+    replies = worker.apply_joined([c.Apply(TENANT, b, s, CFG) for b, s in commands])
+    assert updates == [4]
+    assert parts == [["u1", "u2"], ["u1"], ["u2"]]
+    assert [r.decisions[-1] for r in replies] == ["decided 1", "decided 2", "decided 3"]
     assert [r.result.events for r in replies] == [2, 1, 1]
 
 
